@@ -1,0 +1,310 @@
+"""The autograd engine: a Tensor, a Function, the graph and backward.
+
+A forward pass records, for every result, the Function that made it
+(``tensor._ctx``) and that Function's inputs. ``loss.backward()`` then walks
+this graph from the loss back to the leaves, calling each Function's
+``backward`` with the gradient of its output and handing the gradients it
+returns to its inputs (the chain rule, one op at a time).
+
+Ops themselves live in :mod:`minivit.functional`, each as a ``Function``
+subclass whose ``backward`` sits right under its ``forward``. This file knows
+nothing about any particular op or model.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from minivit import backend
+
+_grad_enabled = True
+
+
+class no_grad:
+    """Context manager (and decorator) that stops recording the graph, as ``torch.no_grad``."""
+
+    def __enter__(self):
+        global _grad_enabled
+        self._prev, _grad_enabled = _grad_enabled, False
+
+    def __exit__(self, *exc):
+        global _grad_enabled
+        _grad_enabled = self._prev
+
+    def __call__(self, fn):
+        def wrapper(*args, **kwargs):
+            with no_grad():
+                return fn(*args, **kwargs)
+        wrapper.__name__, wrapper.__doc__ = fn.__name__, fn.__doc__
+        return wrapper
+
+
+def is_grad_enabled() -> bool:
+    return _grad_enabled
+
+
+# Called as hook(function, inputs, output) after every op's forward; the
+# complexity lab uses this to count the MACs of the ops that actually ran.
+forward_hooks: list = []
+
+
+class Function:
+    """One differentiable op.
+
+    Subclasses implement ``forward(*arrays) -> array`` and
+    ``backward(grad_out) -> grad or tuple of grads`` (one per input, ``None``
+    where an input needs none). Whatever backward needs, forward keeps on
+    ``self``. Non-tensor arguments (a dim, a stride) go to ``__init__``.
+    ``self.needs_grad[i]`` (set before forward runs) says whether input i wants
+    a gradient, so forward and backward can skip work nobody asked for.
+    """
+
+    inputs: tuple
+    needs_grad: tuple
+
+    def __call__(self, *inputs) -> "Tensor":
+        ref = next(x for x in inputs if isinstance(x, Tensor))
+        inputs = tuple(x if isinstance(x, Tensor) else _constant(x, ref) for x in inputs)
+        # Known before forward, so forward can skip saving what no backward will use.
+        self.needs_grad = tuple(_grad_enabled and x.requires_grad for x in inputs)
+        out = Tensor(self.forward(*[x.data for x in inputs]))
+        if any(self.needs_grad):
+            self.inputs = inputs
+            out.requires_grad, out._ctx = True, self
+        if forward_hooks:
+            for hook in forward_hooks:
+                hook(self, inputs, out)
+        return out
+
+    def forward(self, *xs):
+        raise NotImplementedError
+
+    def backward(self, gy):
+        raise NotImplementedError
+
+
+def _constant(x, ref: "Tensor") -> "Tensor":
+    """A non-tensor operand (Python number or array) as a tensor on ref's device.
+    Python numbers take ref's dtype, so ``x * 2.0`` keeps float32 float32."""
+    xp = ref.xp
+    if isinstance(x, (bool, int, float)):
+        return Tensor(xp.asarray(x, dtype=ref.dtype))
+    return Tensor(xp.asarray(x))
+
+
+class Tensor:
+    """An n-dimensional array (NumPy or CuPy) that can remember how it was made.
+
+    ``data`` is the array, ``grad`` the gradient array after ``backward`` (same
+    shape, or None). Tensors built from Python lists or numbers are float32,
+    as in PyTorch; from arrays they keep the array's dtype.
+    """
+
+    __slots__ = ("data", "grad", "requires_grad", "_ctx", "_retains_grad", "__weakref__")
+    # `ndarray op Tensor`: NumPy steps aside (returns NotImplemented) so Python
+    # calls our reflected operator; CuPy honours __array_priority__.
+    __array_ufunc__ = None
+    __array_priority__ = 1000
+    __hash__ = object.__hash__  # __eq__ is elementwise, identity stays hashable
+
+    def __init__(self, data, requires_grad: bool = False, dtype=None):
+        if isinstance(data, Tensor):
+            data = data.data
+        xp = backend.get_array_module(data)
+        if not isinstance(data, xp.ndarray):
+            from_python = not isinstance(data, np.generic)  # NumPy scalars keep their dtype
+            data = np.asarray(data)
+            if from_python and dtype is None and data.dtype == np.float64:
+                dtype = np.float32
+        if dtype is not None and data.dtype != dtype:
+            data = data.astype(dtype)
+        if requires_grad and data.dtype.kind != "f":
+            raise TypeError(f"only floating-point tensors can require gradients, got dtype {data.dtype}")
+        self.data = data
+        self.grad = None
+        self.requires_grad = requires_grad
+        self._ctx = None
+        self._retains_grad = False
+
+    # ---------------------------------------------------------------- array facts
+    shape = property(lambda self: self.data.shape)
+    dtype = property(lambda self: self.data.dtype)
+    ndim = property(lambda self: self.data.ndim)
+    device = property(lambda self: backend.device_of(self.data))
+    xp = property(lambda self: backend.get_array_module(self.data))
+    is_leaf = property(lambda self: self._ctx is None)
+
+    def size(self, dim=None):
+        return self.data.shape if dim is None else self.data.shape[dim]
+
+    def numel(self) -> int:
+        return int(self.data.size)
+
+    def dim(self) -> int:
+        return self.data.ndim
+
+    def __len__(self):
+        return len(self.data)
+
+    def item(self):
+        return self.data.item()
+
+    def numpy(self) -> np.ndarray:
+        """The data as a host NumPy array (copied from the GPU when needed)."""
+        return backend.to_numpy(self.data)
+
+    def tolist(self):
+        return self.numpy().tolist()
+
+    def __repr__(self):
+        grad = ", requires_grad=True" if self.requires_grad else ""
+        dev = ", device='cuda'" if self.device == "cuda" else ""
+        body = np.array2string(self.numpy(), separator=", ", prefix="tensor(")
+        return f"tensor({body}{dev}{grad})"
+
+    # ---------------------------------------------------------------- graph
+    def detach(self) -> "Tensor":
+        """The same data, cut off from the graph."""
+        return Tensor(self.data)
+
+    def requires_grad_(self, flag: bool = True) -> "Tensor":
+        self.requires_grad = flag
+        return self
+
+    def retain_grad(self):
+        """Keep ``.grad`` on this non-leaf tensor too (leaves always keep theirs)."""
+        self._retains_grad = True
+
+    def backward(self, grad=None, retain_graph: bool = False):
+        """Fill ``.grad`` of every leaf this tensor depends on.
+
+        The graph is walked iteratively (deep graphs hit no recursion limit) in
+        reverse topological order, so a tensor used by several ops has the sum
+        of all their gradients before its own op's backward runs. Afterwards the
+        graph is freed, unless ``retain_graph``.
+        """
+        if not self.requires_grad:
+            raise RuntimeError("backward() on a tensor that does not require grad: "
+                               "no input of the computation had requires_grad=True")
+        xp = self.xp
+        if grad is None:
+            if self.data.size != 1:
+                raise RuntimeError(f"backward() without a gradient needs a single-element "
+                                   f"output, got shape {self.shape}; pass grad=")
+            grad = xp.ones_like(self.data)
+        else:
+            grad = xp.asarray(grad.data if isinstance(grad, Tensor) else grad, dtype=self.dtype)
+            if grad.shape != self.shape:
+                raise ValueError(f"grad has shape {grad.shape}, tensor has shape {self.shape}")
+
+        # 1. Topological order: a post-order DFS with an explicit stack.
+        order, seen, stack = [], set(), [(self, False)]
+        while stack:
+            t, expanded = stack.pop()
+            if expanded:
+                order.append(t)
+                continue
+            if id(t) in seen:
+                continue
+            seen.add(id(t))
+            stack.append((t, True))
+            if t._ctx is not None:
+                stack.extend((x, False) for x in t._ctx.inputs if x.requires_grad and id(x) not in seen)
+
+        # 2. Reverse order: every user of t has run, so grads[t] is complete.
+        grads = {id(self): grad}
+        for t in reversed(order):
+            g = grads.pop(id(t), None)
+            ctx = t._ctx
+            if g is not None and (ctx is None or t._retains_grad):
+                # A copy: one gradient array may feed several inputs (a + b).
+                t.grad = g.copy() if t.grad is None else t.grad + g
+            if ctx is None:
+                continue
+            if g is not None:
+                gxs = ctx.backward(g)
+                if not isinstance(gxs, tuple):
+                    gxs = (gxs,)
+                for x, gx in zip(ctx.inputs, gxs):
+                    if gx is not None and x.requires_grad:
+                        k = id(x)
+                        grads[k] = gx if k not in grads else grads[k] + gx
+            if not retain_graph:
+                t._ctx = None  # frees the op and every array it saved for backward
+
+    # ---------------------------------------------------------------- device / dtype
+    def to(self, device=None, dtype=None) -> "Tensor":
+        """A copy on another device and/or dtype; differentiable, as in PyTorch."""
+        return _ops.to(self, device=device, dtype=dtype)
+
+    def float(self):
+        return self.to(dtype=np.float32)
+
+    def double(self):
+        return self.to(dtype=np.float64)
+
+    def half(self):
+        return self.to(dtype=np.float16)
+
+    def cpu(self):
+        return self.to(device="cpu")
+
+    def cuda(self):
+        return self.to(device="cuda")
+
+    # ---------------------------------------------------------------- operators
+    def __add__(self, o): return _ops.add(self, o)
+    def __radd__(self, o): return _ops.add(o, self)
+    def __sub__(self, o): return _ops.sub(self, o)
+    def __rsub__(self, o): return _ops.sub(o, self)
+    def __mul__(self, o): return _ops.mul(self, o)
+    def __rmul__(self, o): return _ops.mul(o, self)
+    def __truediv__(self, o): return _ops.div(self, o)
+    def __rtruediv__(self, o): return _ops.div(o, self)
+    def __pow__(self, o): return _ops.pow(self, o)
+    def __rpow__(self, o): return _ops.pow(o, self)
+    def __matmul__(self, o): return _ops.matmul(self, o)
+    def __rmatmul__(self, o): return _ops.matmul(o, self)
+    def __neg__(self): return _ops.neg(self)
+    def __getitem__(self, index): return _ops.getitem(self, index)
+
+    # Comparisons give boolean tensors outside the graph.
+    def _cmp(self, o, op):
+        return Tensor(op(self.data, o.data if isinstance(o, Tensor) else o))
+    def __lt__(self, o): return self._cmp(o, lambda a, b: a < b)
+    def __le__(self, o): return self._cmp(o, lambda a, b: a <= b)
+    def __gt__(self, o): return self._cmp(o, lambda a, b: a > b)
+    def __ge__(self, o): return self._cmp(o, lambda a, b: a >= b)
+    def __eq__(self, o): return self._cmp(o, lambda a, b: a == b)
+    def __ne__(self, o): return self._cmp(o, lambda a, b: a != b)
+
+    # ---------------------------------------------------------------- methods (PyTorch's names)
+    def reshape(self, *shape): return _ops.reshape(self, *shape)
+    view = reshape
+    def flatten(self, start_dim=0, end_dim=-1): return _ops.flatten(self, start_dim, end_dim)
+    def unsqueeze(self, dim): return _ops.unsqueeze(self, dim)
+    def squeeze(self, dim=None): return _ops.squeeze(self, dim)
+    def transpose(self, dim0, dim1): return _ops.transpose(self, dim0, dim1)
+    def permute(self, *dims): return _ops.permute(self, *dims)
+    def expand(self, *shape): return _ops.expand(self, *shape)
+    def contiguous(self): return self
+    def sum(self, dim=None, keepdim=False): return _ops.sum(self, dim, keepdim)
+    def mean(self, dim=None, keepdim=False): return _ops.mean(self, dim, keepdim)
+    def var(self, dim=None, keepdim=False, unbiased=True): return _ops.var(self, dim, keepdim, unbiased)
+    def max(self, dim=None, keepdim=False): return _ops.max(self, dim, keepdim)
+    def amax(self, dim=None, keepdim=False): return _ops.amax(self, dim, keepdim)
+    def argmax(self, dim=None, keepdim=False): return _ops.argmax(self, dim, keepdim)
+    def exp(self): return _ops.exp(self)
+    def log(self): return _ops.log(self)
+    def sqrt(self): return _ops.sqrt(self)
+    def tanh(self): return _ops.tanh(self)
+    def abs(self): return _ops.abs(self)
+    def clamp(self, min=None, max=None): return _ops.clamp(self, min, max)
+    def roll(self, shifts, dims=None): return _ops.roll(self, shifts, dims)
+    def split(self, split_size, dim=0): return _ops.split(self, split_size, dim)
+    def chunk(self, chunks, dim=0): return _ops.chunk(self, chunks, dim)
+    def unbind(self, dim=0): return _ops.unbind(self, dim)
+
+
+# The ops need Tensor and Function, and Tensor's operators need the ops:
+# import them last, once both classes exist.
+from minivit.functional import basic as _ops  # noqa: E402

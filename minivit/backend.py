@@ -1,0 +1,146 @@
+"""The one place that knows CuPy exists.
+
+Every other module asks this one for the array module (`xp`) that fits its
+arrays, so the same op code runs on NumPy (CPU) and CuPy (GPU):
+
+    xp = get_array_module(x)          # numpy or cupy
+    y = xp.exp(x - x.max(axis=-1, keepdims=True))
+
+Devices are named as in PyTorch: ``"cpu"`` and ``"cuda"``.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+try:  # CuPy is optional: `pip install minivit[cuda12]` (or [cuda13]).
+    import cupy as _cupy
+    import cupyx as _cupyx
+except Exception:  # ImportError, or a CuPy that cannot find its CUDA libraries
+    _cupy = None
+    _cupyx = None
+
+DEVICES = ("cpu", "cuda")
+
+
+# --------------------------------------------------------------------------- devices
+def cupy_available() -> bool:
+    """True when CuPy imports and can see at least one GPU."""
+    if _cupy is None:
+        return False
+    try:
+        return _cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:
+        return False
+
+
+def check_device(device: str) -> str:
+    """Validate a device name; for "cuda", make sure CuPy and a GPU are really there."""
+    if device not in DEVICES:
+        raise ValueError(f"unknown device {device!r}: use one of {DEVICES}")
+    if device == "cuda":
+        if _cupy is None:
+            raise RuntimeError(
+                "device 'cuda' needs CuPy, which is not installed (or failed to import). "
+                "Install the wheel for your CUDA version: pip install 'minivit[cuda12]' "
+                "(cupy-cuda12x) or 'minivit[cuda13]' (cupy-cuda13x); or use device='cpu'.")
+        if not cupy_available():
+            raise RuntimeError(
+                "device 'cuda' was asked for but CuPy found no GPU (cudaGetDeviceCount "
+                "returned 0 or failed). Check nvidia-smi and CUDA_VISIBLE_DEVICES, or use device='cpu'.")
+    return device
+
+
+def xp_for(device: str):
+    """The array module for a device name: numpy for "cpu", cupy for "cuda"."""
+    return _cupy if check_device(device) == "cuda" else np
+
+
+def default_device() -> str:
+    """"cuda" when CuPy sees a GPU, else "cpu"."""
+    return "cuda" if cupy_available() else "cpu"
+
+
+# --------------------------------------------------------------------------- arrays
+def is_cupy_array(a) -> bool:
+    return _cupy is not None and isinstance(a, _cupy.ndarray)
+
+
+def get_array_module(*arrays):
+    """numpy, or cupy if any of the arrays lives on the GPU (DeZero's / CuPy's idiom)."""
+    if _cupy is not None:
+        for a in arrays:
+            if isinstance(a, _cupy.ndarray):
+                return _cupy
+    return np
+
+
+def device_of(a) -> str:
+    return "cuda" if is_cupy_array(a) else "cpu"
+
+
+def to_device(a, device: str):
+    """Move an array (or a scalar) to a device; a no-op when it is already there."""
+    check_device(device)
+    if device == "cuda":
+        return _cupy.asarray(a)
+    if is_cupy_array(a):
+        return _cupy.asnumpy(a)
+    return np.asarray(a)
+
+
+def to_numpy(a):
+    """A NumPy array on the host, whatever the array's device."""
+    return _cupy.asnumpy(a) if is_cupy_array(a) else np.asarray(a)
+
+
+def synchronize(device: str = "cuda"):
+    """Wait for queued GPU work (needed before reading a clock); a no-op on CPU."""
+    if device == "cuda" and _cupy is not None:
+        _cupy.cuda.get_current_stream().synchronize()
+
+
+# --------------------------------------------------------------------------- randomness
+def manual_seed(seed: int):
+    """Seed NumPy's and (when present) CuPy's global generators."""
+    np.random.seed(seed)
+    if cupy_available():
+        _cupy.random.seed(seed)
+
+
+def get_rng_state() -> dict:
+    """Global RNG states of both backends, for checkpoints."""
+    state = {"numpy": np.random.get_state()}
+    if cupy_available():
+        rs = _cupy.random.get_random_state()
+        state["cupy"] = rs._generator.state if hasattr(rs, "_generator") else None
+    return state
+
+
+def set_rng_state(state: dict):
+    np.random.set_state(state["numpy"])
+    if state.get("cupy") is not None and cupy_available():
+        _cupy.random.get_random_state()._generator.state = state["cupy"]
+
+
+# --------------------------------------------------------------------------- the few ops numpy and cupy spell differently
+def erf(x):
+    """Elementwise error function (needed by the exact GELU)."""
+    if is_cupy_array(x):
+        import cupyx.scipy.special as sp
+        return sp.erf(x)
+    import scipy.special as sp
+    return sp.erf(x)
+
+
+def scatter_add(a, indices, values):
+    """a[indices] += values, where repeated indices add up (np.add.at semantics), in place."""
+    if is_cupy_array(a):
+        _cupyx.scatter_add(a, indices, values)
+    else:
+        np.add.at(a, indices, values)
+
+
+def sliding_window_view(x, window_shape, axis):
+    """A strided view of every window (no copy); the heart of im2col."""
+    xp = get_array_module(x)
+    return xp.lib.stride_tricks.sliding_window_view(x, window_shape, axis=axis)

@@ -1,0 +1,652 @@
+"""Convolution, pooling, padding and resizing on NCHW images.
+
+Every op here is built from one of three ideas:
+
+* **im2col**: a convolution is a matrix product. Lay every receptive field
+  out as a column (``backend.sliding_window_view`` gives all windows as a
+  strided view, one reshape copies them into place), and the whole conv is a
+  single GEMM ``W (C_out, C_in·kH·kW) @ cols (C_in·kH·kW, N·H_out·W_out)``.
+  Groups become a batch dimension of that product, so a depthwise conv
+  (groups = C_in, used by CvT, PiT, PVT v2) is one batched matmul, no
+  Python loop over channels.
+* **shift and add**: a sum over a k×k window is the sum of k·k shifted,
+  strided slices of the whole image. Pooling and col2im (the backward of
+  im2col, which adds each column back onto the pixels it came from) loop
+  over the k·k kernel offsets, never over pixels.
+* **separable weights**: adaptive average pooling and bilinear / bicubic /
+  nearest resizing give every output pixel a fixed weighted sum of input
+  pixels, and the weights factor into a row part and a column part. So the
+  op is ``A_h @ x @ A_wᵀ`` with two small matrices, and its backward is
+  ``A_hᵀ @ g @ A_w``.
+
+Shapes follow PyTorch: input (N, C, H, W) — or unbatched (C, H, W) — and
+conv weights (C_out, C_in / groups, kH, kW).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from minivit import backend
+from minivit.autograd import Function, Tensor, is_grad_enabled
+from minivit.functional.basic import squeeze, unsqueeze
+
+get_array_module = backend.get_array_module
+
+
+# =========================================================================== argument helpers
+def _pair(v, name, op):
+    """An int or a pair of ints → (h, w), as PyTorch's kernel_size/stride/padding/dilation."""
+    if isinstance(v, (int, np.integer)):
+        return int(v), int(v)
+    if isinstance(v, (tuple, list)) and len(v) == 2 and all(isinstance(i, (int, np.integer)) for i in v):
+        return int(v[0]), int(v[1])
+    raise TypeError(f"{op}: {name} must be an int or a pair of ints, got {v!r}")
+
+
+def _out_size(n, k, s, pad_lo, pad_hi, d=1, ceil_mode=False):
+    """Output length of a sliding window: ⌊(n + pads − d·(k−1) − 1) / s⌋ + 1.
+
+    With ceil_mode the division rounds up, but (as in PyTorch) the last window
+    must still start inside the input or the left padding."""
+    span = n + pad_lo + pad_hi - d * (k - 1) - 1
+    out = (-(-span // s) if ceil_mode else span // s) + 1
+    if ceil_mode and (out - 1) * s >= n + pad_lo:
+        out -= 1
+    return out
+
+
+def _window(offset, d, s, out):
+    """The input rows that kernel row ``offset`` touches, for all ``out`` output rows at once.
+
+    Output row i reads padded row i·s + offset·d, so one strided slice covers them all."""
+    start = offset * d
+    return slice(start, start + s * (out - 1) + 1, s)
+
+
+def _check_4d(x, op):
+    if x.ndim != 4:
+        raise ValueError(f"{op}: expected a 4-D (N, C, H, W) or 3-D (C, H, W) input, got shape {tuple(x.shape)}")
+
+
+def _batched(op, x, fn):
+    """Run fn on a 4-D input; an unbatched (C, H, W) input gets a batch dim of 1 and loses it after."""
+    if x.ndim == 3:
+        return squeeze(fn(unsqueeze(x, 0)), 0)
+    _check_4d(x, op)
+    return fn(x)
+
+
+def _check_positive(op, **values):
+    for name, v in values.items():
+        if min(v) < 1:
+            raise ValueError(f"{op}: {name} must be positive, got {v}")
+
+
+def _pad_hw(x, pads, value=0):
+    """Pad the last two dims by pads = (top, bottom, left, right); no copy when all are 0."""
+    if not any(pads):
+        return x
+    xp = get_array_module(x)
+    top, bottom, left, right = pads
+    width = [(0, 0)] * (x.ndim - 2) + [(top, bottom), (left, right)]
+    return xp.pad(x, width, mode="constant", constant_values=value)
+
+
+def _unpad_hw(g, pads):
+    top, bottom, left, right = pads
+    return g[..., top:g.shape[-2] - bottom, left:g.shape[-1] - right]
+
+
+# =========================================================================== conv2d
+class Conv2d(Function):
+    """2-D cross-correlation (PyTorch's conv2d) by im2col and one (batched) GEMM.
+
+    With G groups, Cg = C_in/G input and Og = C_out/G output channels per
+    group, K = Cg·kH·kW and L = N·H_out·W_out:
+
+        cols (G, K, L)   column l holds the receptive field of output pixel l
+        y    (G, Og, L) = W (G, Og, K) @ cols
+
+    Backward, with g = ∂L/∂y laid out as (G, Og, L):
+        ∂L/∂W    = g @ colsᵀ                                  (G, Og, K)
+        ∂L/∂cols = Wᵀ @ g, then col2im adds every column back onto the pixels it was read from
+        ∂L/∂b    = Σ over N, H_out, W_out of g
+    """
+
+    def __init__(self, stride, pads, dilation, groups, keep_cols=True):
+        self.stride, self.pads, self.dilation, self.groups = stride, pads, dilation, groups
+        self.keep_cols = keep_cols      # cols are only needed for ∂W: don't hold them otherwise
+
+    def forward(self, x, w, b=None):
+        xp = get_array_module(x)
+        N, C, H, W = x.shape
+        O, Cg, kh, kw = w.shape
+        G, (sh, sw), (dh, dw) = self.groups, self.stride, self.dilation
+        xpad = _pad_hw(x, self.pads)
+        Hp, Wp = xpad.shape[-2:]
+        Ho = _out_size(H, kh, sh, *self.pads[:2], dh)
+        Wo = _out_size(W, kw, sw, *self.pads[2:], dw)
+        # All dilated windows as a view (N, C, Ho, Wo, kh, kw), then one copy into columns.
+        win = backend.sliding_window_view(xpad, (dh * (kh - 1) + 1, dw * (kw - 1) + 1), axis=(2, 3))
+        win = win[:, :, ::sh, ::sw, ::dh, ::dw]
+        cols = (win.reshape(N, G, Cg, Ho, Wo, kh, kw)
+                .transpose(1, 2, 5, 6, 0, 3, 4)             # (G, Cg, kh, kw, N, Ho, Wo)
+                .reshape(G, Cg * kh * kw, N * Ho * Wo))      # (G, K, L)
+        w3 = w.reshape(G, O // G, Cg * kh * kw)             # (G, Og, K)
+        y = w3 @ cols                                       # (G, Og, L): the one big GEMM
+        y = xp.ascontiguousarray(y.reshape(O, N, Ho, Wo).transpose(1, 0, 2, 3))  # (N, O, Ho, Wo)
+        if b is not None:
+            y += b.reshape(1, O, 1, 1)
+        # Keep only what backward will use: cols for ∂W, W for ∂x.
+        self.cols = cols if self.keep_cols else None
+        self.w3 = w3
+        self.shapes = x.shape, w.shape, (Hp, Wp), (Ho, Wo)
+        return y
+
+    def backward(self, gy):
+        xp = get_array_module(gy)
+        (N, C, H, W), (O, Cg, kh, kw), (Hp, Wp), (Ho, Wo) = self.shapes
+        G, (sh, sw), (dh, dw) = self.groups, self.stride, self.dilation
+        g3 = gy.transpose(1, 0, 2, 3).reshape(G, O // G, N * Ho * Wo)   # (G, Og, L)
+        gx = gw = None
+        if self.needs_grad[0]:
+            wt = self.w3.transpose(0, 2, 1)                              # (G, K, Og)
+            # With Og = 1 (depthwise) the product is an outer product, which a
+            # broadcast multiply does several times faster than BLAS.
+            gcols = (wt @ g3 if O // G > 1 else wt * g3).reshape(G, Cg, kh, kw, N, Ho, Wo)
+            # col2im: each kernel offset (i, j) read one strided slice of the padded
+            # input; add its column gradient back onto that slice.
+            gpad = xp.zeros((G, Cg, N, Hp, Wp), dtype=gy.dtype)
+            for i in range(kh):
+                for j in range(kw):
+                    gpad[..., _window(i, dh, sh, Ho), _window(j, dw, sw, Wo)] += gcols[:, :, i, j]
+            gx = _unpad_hw(gpad.reshape(C, N, Hp, Wp).transpose(1, 0, 2, 3), self.pads)
+        if self.needs_grad[1]:
+            gw = (g3 @ self.cols.transpose(0, 2, 1)).reshape(O, Cg, kh, kw)
+        if len(self.needs_grad) == 2:                       # called without a bias
+            return gx, gw
+        return gx, gw, (gy.sum(axis=(0, 2, 3)) if self.needs_grad[2] else None)
+
+
+def _conv_padding(padding, k, d, stride):
+    """padding (int, pair, 'valid' or 'same') → (top, bottom, left, right).
+
+    'same' pads d·(k−1) in total per dim, the odd one extra at the bottom/right (as PyTorch)."""
+    if isinstance(padding, str):
+        if padding == "valid":
+            return (0, 0, 0, 0)
+        if padding == "same":
+            if stride != (1, 1):
+                raise ValueError(f"conv2d: padding='same' needs stride 1 (as in PyTorch), got stride {stride}; "
+                                 f"give the padding as numbers instead")
+            (th, tw) = (d[0] * (k[0] - 1), d[1] * (k[1] - 1))
+            return (th // 2, th - th // 2, tw // 2, tw - tw // 2)
+        raise ValueError(f"conv2d: padding string must be 'same' or 'valid', got {padding!r}")
+    ph, pw = _pair(padding, "padding", "conv2d")
+    if ph < 0 or pw < 0:
+        raise ValueError(f"conv2d: padding must be non-negative, got {(ph, pw)}")
+    return (ph, ph, pw, pw)
+
+
+def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):  # noqa: A002
+    """``torch.nn.functional.conv2d``: input (N, C_in, H, W), weight (C_out, C_in/groups, kH, kW),
+    bias (C_out,) → (N, C_out, H_out, W_out). padding may be an int, a pair, 'same' or 'valid'."""
+    def run(x):
+        if weight.ndim != 4:
+            raise ValueError(f"conv2d: weight must be 4-D (C_out, C_in/groups, kH, kW), got shape {tuple(weight.shape)}")
+        N, C, H, W = x.shape
+        O, Cg, kh, kw = weight.shape
+        if not isinstance(groups, (int, np.integer)) or groups < 1:
+            raise ValueError(f"conv2d: groups must be a positive int, got {groups!r}")
+        if C % groups or O % groups:
+            raise ValueError(f"conv2d: groups={groups} must divide both the input channels ({C}) and the "
+                             f"output channels ({O} = weight.shape[0])")
+        if C != Cg * groups:
+            raise ValueError(f"conv2d: input has {C} channels but weight of shape {tuple(weight.shape)} with "
+                             f"groups={groups} expects weight.shape[1] × groups = {Cg * groups}; the weight "
+                             f"should be ({O}, {C // groups}, {kh}, {kw})")
+        s = _pair(stride, "stride", "conv2d")
+        d = _pair(dilation, "dilation", "conv2d")
+        _check_positive("conv2d", stride=s, dilation=d)
+        pads = _conv_padding(padding, (kh, kw), d, s)
+        ek = (d[0] * (kh - 1) + 1, d[1] * (kw - 1) + 1)
+        if ek[0] > H + pads[0] + pads[1] or ek[1] > W + pads[2] + pads[3]:
+            raise ValueError(f"conv2d: kernel {kh}x{kw} (dilation {d}, so it spans {ek[0]}x{ek[1]}) is larger "
+                             f"than the padded input {H + pads[0] + pads[1]}x{W + pads[2] + pads[3]} (input "
+                             f"{H}x{W}, padding {pads[:2]}, {pads[2:]}); use a bigger input, more padding or "
+                             f"a smaller kernel")
+        if bias is not None and tuple(bias.shape) != (O,):
+            raise ValueError(f"conv2d: bias must have shape ({O},) = (C_out,), got {tuple(bias.shape)}")
+        for name, t in (("weight", weight), ("bias", bias)):
+            if t is not None and t.dtype != x.dtype:
+                raise TypeError(f"conv2d: input is {x.dtype} but {name} is {t.dtype}; cast one of them so they match")
+        op = Conv2d(s, pads, d, int(groups), keep_cols=weight.requires_grad and is_grad_enabled())
+        return op(x, weight) if bias is None else op(x, weight, bias)
+    return _batched("conv2d", input, run)
+
+
+# =========================================================================== pooling
+def _pool_args(op, kernel_size, stride, padding, dilation=1):
+    k = _pair(kernel_size, "kernel_size", op)
+    s = k if stride is None or stride == [] or stride == () else _pair(stride, "stride", op)
+    p = _pair(padding, "padding", op)
+    d = _pair(dilation, "dilation", op)
+    _check_positive(op, kernel_size=k, stride=s, dilation=d)
+    return k, s, p, d
+
+
+def _check_pool_input(op, x, k, p, d=(1, 1)):
+    """PyTorch's rules: 0 ≤ padding ≤ half the kernel size, and the window fits the padded input."""
+    if not (0 <= p[0] <= k[0] // 2 and 0 <= p[1] <= k[1] // 2):
+        raise ValueError(f"{op}: padding {p} must be between 0 and half the kernel size "
+                         f"({k[0] // 2}, {k[1] // 2}) for kernel {k}")
+    H, W = x.shape[-2:]
+    ek = (d[0] * (k[0] - 1) + 1, d[1] * (k[1] - 1) + 1)
+    if ek[0] > H + 2 * p[0] or ek[1] > W + 2 * p[1]:
+        raise ValueError(f"{op}: kernel {k} (spanning {ek[0]}x{ek[1]}) is larger than the padded input "
+                         f"{H + 2 * p[0]}x{W + 2 * p[1]} (input {H}x{W}, padding {p}); use a smaller kernel")
+
+
+class AvgPool2d(Function):
+    """Mean over each k×k window: a shift-and-add over the k·k kernel offsets, divided per window.
+
+    The divisor follows PyTorch: with count_include_pad it counts the zero padding
+    but not the part of a ceil_mode window that hangs past the padding; without it,
+    only real pixels. It factors as rows(i) · cols(j). Backward spreads g/divisor
+    back over each window (the same slices, added in reverse)."""
+
+    def __init__(self, k, s, p, ceil_mode, count_include_pad, divisor_override):
+        self.k, self.s, self.p = k, s, p
+        self.ceil_mode, self.count_include_pad, self.divisor_override = ceil_mode, count_include_pad, divisor_override
+
+    def _counts(self, n, k, s, p, out):
+        start = np.arange(out) * s - p
+        end = np.minimum(start + k, n + p)          # windows stop at the end of the padding
+        if self.count_include_pad:
+            return end - start
+        return np.minimum(end, n) - np.maximum(start, 0)
+
+    def forward(self, x):
+        xp = get_array_module(x)
+        (kh, kw), (sh, sw), (ph, pw) = self.k, self.s, self.p
+        H, W = x.shape[-2:]
+        Ho = _out_size(H, kh, sh, ph, ph, 1, self.ceil_mode)
+        Wo = _out_size(W, kw, sw, pw, pw, 1, self.ceil_mode)
+        # Pad enough zeros for the last (ceil_mode) window too.
+        self.pads = (ph, max(0, (Ho - 1) * sh + kh - H - ph), pw, max(0, (Wo - 1) * sw + kw - W - pw))
+        xpad = _pad_hw(x, self.pads)
+        self.pad_shape = xpad.shape
+        y = xp.zeros(x.shape[:-2] + (Ho, Wo), dtype=x.dtype)
+        for i in range(kh):
+            for j in range(kw):
+                y += xpad[..., _window(i, 1, sh, Ho), _window(j, 1, sw, Wo)]
+        if self.divisor_override:
+            div = np.full((Ho, Wo), float(self.divisor_override))
+        else:
+            div = np.outer(self._counts(H, kh, sh, ph, Ho), self._counts(W, kw, sw, pw, Wo))
+        self.inv_div = xp.asarray(1.0 / div, dtype=x.dtype)           # (Ho, Wo)
+        return y * self.inv_div
+
+    def backward(self, gy):
+        xp = get_array_module(gy)
+        (kh, kw), (sh, sw) = self.k, self.s
+        Ho, Wo = gy.shape[-2:]
+        g = gy * self.inv_div
+        gpad = xp.zeros(self.pad_shape, dtype=gy.dtype)
+        for i in range(kh):
+            for j in range(kw):
+                gpad[..., _window(i, 1, sh, Ho), _window(j, 1, sw, Wo)] += g
+        return _unpad_hw(gpad, self.pads)
+
+
+def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,  # noqa: A002
+               divisor_override=None):
+    """``torch.nn.functional.avg_pool2d``; stride defaults to kernel_size."""
+    k, s, p, _ = _pool_args("avg_pool2d", kernel_size, stride, padding)
+
+    def run(x):
+        _check_pool_input("avg_pool2d", x, k, p)
+        return AvgPool2d(k, s, p, ceil_mode, count_include_pad, divisor_override)(x)
+    return _batched("avg_pool2d", input, run)
+
+
+class MaxPool2d(Function):
+    """Max over each (dilated) window, by a running max over the k·k kernel offsets.
+
+    A strict ``>`` keeps the first maximum in window order (row by row), which
+    is the element PyTorch picks and the one that gets the whole gradient.
+    (A dilated window that falls wholly in the padding gives −inf, as in PyTorch.)
+    Backward: offset t's slice gets g where t was the winner."""
+
+    def __init__(self, k, s, p, d, ceil_mode):
+        self.k, self.s, self.p, self.d, self.ceil_mode = k, s, p, d, ceil_mode
+
+    def forward(self, x):
+        xp = get_array_module(x)
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.k, self.s, self.p, self.d
+        H, W = x.shape[-2:]
+        Ho = _out_size(H, kh, sh, ph, ph, dh, self.ceil_mode)
+        Wo = _out_size(W, kw, sw, pw, pw, dw, self.ceil_mode)
+        self.pads = (ph, max(0, (Ho - 1) * sh + dh * (kh - 1) + 1 - H - ph),
+                     pw, max(0, (Wo - 1) * sw + dw * (kw - 1) + 1 - W - pw))
+        xpad = _pad_hw(x, self.pads, value=-np.inf)   # padding never wins
+        self.pad_shape = xpad.shape
+        y = None
+        for t in range(kh * kw):
+            v = xpad[..., _window(t // kw, dh, sh, Ho), _window(t % kw, dw, sw, Wo)]
+            if y is None:
+                y, self.arg = v.copy(), xp.zeros(v.shape, dtype=np.int32)   # arg: winning offset
+            else:
+                better = v > y
+                y = xp.where(better, v, y)
+                self.arg[better] = t
+        return y
+
+    def backward(self, gy):
+        xp = get_array_module(gy)
+        (kh, kw), (sh, sw), (dh, dw) = self.k, self.s, self.d
+        Ho, Wo = gy.shape[-2:]
+        gpad = xp.zeros(self.pad_shape, dtype=gy.dtype)
+        zero = gy.dtype.type(0)
+        for t in range(kh * kw):
+            gpad[..., _window(t // kw, dh, sh, Ho), _window(t % kw, dw, sw, Wo)] += xp.where(self.arg == t, gy, zero)
+        return _unpad_hw(gpad, self.pads)
+
+    def indices(self, W):
+        """Flat index h·W + w into each (unpadded) input plane of every max, as PyTorch's return_indices."""
+        xp = get_array_module(self.arg)
+        (kw, (sh, sw), (ph, pw), (dh, dw)) = self.k[1], self.s, self.p, self.d
+        Ho, Wo = self.arg.shape[-2:]
+        row = xp.arange(Ho).reshape(-1, 1) * sh - ph + (self.arg // kw) * dh
+        col = xp.arange(Wo) * sw - pw + (self.arg % kw) * dw
+        return (row * W + col).astype(np.int64)
+
+
+def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,  # noqa: A002
+               return_indices=False):
+    """``torch.nn.functional.max_pool2d``; stride defaults to kernel_size. With return_indices,
+    also the flat (h·W + w) index of every max, as a tensor outside the graph."""
+    k, s, p, d = _pool_args("max_pool2d", kernel_size, stride, padding, dilation)
+    op = MaxPool2d(k, s, p, d, ceil_mode)
+
+    def run(x):
+        _check_pool_input("max_pool2d", x, k, p, d)
+        return op(x)
+    y = _batched("max_pool2d", input, run)
+    if not return_indices:
+        return y
+    idx = op.indices(input.shape[-1])
+    return y, Tensor(idx[0] if input.ndim == 3 else idx)
+
+
+# =========================================================================== separable linear maps
+class Separable2d(Function):
+    """y = A_h @ x @ A_wᵀ on the last two dims, for fixed matrices A_h (H_out, H), A_w (W_out, W).
+
+    Each output pixel is Σ_ab A_h[i, a] · A_w[j, b] · x[a, b]: a weighted sum
+    whose weights factor by row and column. Linear in x, so backward applies the
+    transposes: ∂L/∂x = A_hᵀ @ g @ A_w."""
+
+    def __init__(self, ah, aw):
+        self.ah, self.aw = ah, aw          # host float64 matrices; moved and cast in forward
+
+    def forward(self, x):
+        xp = get_array_module(x)
+        self.ah = xp.asarray(self.ah, dtype=x.dtype)
+        self.aw = xp.asarray(self.aw, dtype=x.dtype)
+        return self.ah @ x @ self.aw.T
+
+    def backward(self, gy):
+        return self.ah.T @ gy @ self.aw
+
+
+def _adaptive_matrix(n, out):
+    """Row i averages input [⌊i·n/out⌋, ⌈(i+1)·n/out⌉): PyTorch's adaptive bins (they may overlap)."""
+    a = np.zeros((out, n))
+    for i in range(out):
+        start, end = (i * n) // out, -(-((i + 1) * n) // out)
+        a[i, start:end] = 1.0 / (end - start)
+    return a
+
+
+def adaptive_avg_pool2d(input, output_size):  # noqa: A002
+    """``torch.nn.functional.adaptive_avg_pool2d``: output_size an int or a pair; None keeps that dim."""
+    def run(x):
+        H, W = x.shape[-2:]
+        size = (output_size, output_size) if not isinstance(output_size, (tuple, list)) else tuple(output_size)
+        if len(size) != 2:
+            raise ValueError(f"adaptive_avg_pool2d: output_size must be an int or a pair, got {output_size!r}")
+        oh, ow = (H if size[0] is None else int(size[0])), (W if size[1] is None else int(size[1]))
+        if oh < 1 or ow < 1:
+            raise ValueError(f"adaptive_avg_pool2d: output_size must be positive, got {output_size!r}")
+        if H < 1 or W < 1:
+            raise ValueError(f"adaptive_avg_pool2d: input has an empty spatial dim, shape {tuple(x.shape)}")
+        return Separable2d(_adaptive_matrix(H, oh), _adaptive_matrix(W, ow))(x)
+    return _batched("adaptive_avg_pool2d", input, run)
+
+
+# =========================================================================== pad
+class ConstantPad(Function):
+    """Constant padding of the trailing dims; a negative amount crops. Backward crops (or zero-pads) back."""
+
+    def __init__(self, widths, value):
+        self.widths, self.value = widths, value     # [(before, after)] for every dim
+
+    def forward(self, x):
+        xp = get_array_module(x)
+        crop = tuple(slice(max(-lo, 0), n - max(-hi, 0)) for (lo, hi), n in zip(self.widths, x.shape))
+        grow = [(max(lo, 0), max(hi, 0)) for lo, hi in self.widths]
+        self.shape, self.crop, self.grow = x.shape, crop, grow
+        y = x[crop]
+        return xp.pad(y, grow, mode="constant", constant_values=self.value) if any(map(any, grow)) else y.copy()
+
+    def backward(self, gy):
+        xp = get_array_module(gy)
+        g = gy[tuple(slice(lo, gy.shape[i] - hi) for i, (lo, hi) in enumerate(self.grow))]
+        gx = xp.zeros(self.shape, dtype=gy.dtype)
+        gx[self.crop] = g
+        return gx
+
+
+class IndexPad(Function):
+    """reflect / replicate / circular padding: along each padded dim the output is
+    x.take(idx) for an index array idx; backward adds each gradient back onto
+    the index it came from (an index appears several times near the edges)."""
+
+    def __init__(self, index_by_dim):
+        self.index_by_dim = index_by_dim            # {dim: host index array}
+
+    def forward(self, x):
+        xp = get_array_module(x)
+        self.shape = x.shape
+        for dim, idx in self.index_by_dim.items():
+            x = xp.take(x, xp.asarray(idx), axis=dim)
+        return x
+
+    def backward(self, gy):
+        xp = get_array_module(gy)
+        g = gy
+        for dim, idx in reversed(list(self.index_by_dim.items())):
+            shape = list(g.shape)
+            shape[dim] = self.shape[dim]
+            gx = xp.zeros(shape, dtype=g.dtype)
+            backend.scatter_add(xp.moveaxis(gx, dim, 0), xp.asarray(idx), xp.moveaxis(g, dim, 0))
+            g = gx
+        return g
+
+
+_NP_MODES = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}
+
+
+def pad(input, pad, mode="constant", value=None):  # noqa: A002
+    """``torch.nn.functional.pad``: pad = (left, right, top, bottom, ...) for the last dim first.
+
+    mode 'constant' (fill ``value``, default 0; negative amounts crop), 'reflect',
+    'replicate' or 'circular'."""
+    pad = tuple(int(p) for p in pad)
+    if len(pad) % 2 or len(pad) // 2 > input.ndim:
+        raise ValueError(f"pad: the pad tuple needs an even length of at most 2 × ndim = {2 * input.ndim} "
+                         f"(left, right, top, bottom, ... for the last dims first), got {pad}")
+    nd = len(pad) // 2
+    widths = [(0, 0)] * input.ndim
+    for i in range(nd):                          # pad[2i:2i+2] pads dim -(i+1)
+        widths[input.ndim - 1 - i] = (pad[2 * i], pad[2 * i + 1])
+    if mode == "constant":
+        for (lo, hi), n in zip(widths, input.shape):
+            if n + lo + hi < 0 or (lo < 0 and -lo > n) or (hi < 0 and -hi > n):
+                raise ValueError(f"pad: cropping by {(lo, hi)} is more than the dim's size {n}")
+        return ConstantPad(widths, 0.0 if value is None else value)(input)
+    if mode not in _NP_MODES:
+        raise ValueError(f"pad: mode must be 'constant', 'reflect', 'replicate' or 'circular', got {mode!r}")
+    if value not in (None, 0, 0.0):
+        raise ValueError(f"pad: value is only used by mode='constant', got value={value} with mode={mode!r}")
+    index_by_dim = {}
+    for dim, (lo, hi) in enumerate(widths):
+        if lo == hi == 0:
+            continue
+        n = input.shape[dim]
+        if lo < 0 or hi < 0:
+            raise ValueError(f"pad: negative padding {(lo, hi)} is only supported in mode='constant'")
+        if mode == "reflect" and max(lo, hi) >= n:
+            raise ValueError(f"pad: reflect padding {(lo, hi)} must be smaller than the dim's size {n}")
+        if mode == "circular" and max(lo, hi) > n:
+            raise ValueError(f"pad: circular padding {(lo, hi)} must be at most the dim's size {n}")
+        if n == 0:
+            raise ValueError(f"pad: cannot {mode}-pad an empty dim (shape {tuple(input.shape)})")
+        index_by_dim[dim] = np.pad(np.arange(n), (lo, hi), mode=_NP_MODES[mode])
+    return IndexPad(index_by_dim)(input)
+
+
+# =========================================================================== interpolate
+def _source_scale(n, out, align_corners, scale_factor):
+    """PyTorch's area_pixel_compute_scale: input pixels per output pixel."""
+    if align_corners:
+        return (n - 1) / (out - 1) if out > 1 else 0.0
+    return 1.0 / scale_factor if scale_factor is not None and scale_factor > 0 else n / out
+
+
+def _linear_matrix(n, out, align_corners, scale_factor):
+    """Bilinear weights along one dim: output i sits at input coordinate
+    src = scale·i (align_corners) or scale·(i + ½) − ½ (pixel centres, clamped at 0),
+    and mixes its two neighbours ⌊src⌋ and ⌊src⌋+1 by distance."""
+    if out == n:                     # PyTorch copies when the size is unchanged
+        return np.eye(n)
+    scale = _source_scale(n, out, align_corners, scale_factor)
+    a = np.zeros((out, n))
+    for i in range(out):
+        src = scale * i if align_corners else max(scale * (i + 0.5) - 0.5, 0.0)
+        i0 = min(int(src), n - 1)
+        i1 = min(i0 + 1, n - 1)
+        frac = src - i0
+        a[i, i0] += 1.0 - frac
+        a[i, i1] += frac
+    return a
+
+
+def _cubic_matrix(n, out, align_corners, scale_factor, A=-0.75):
+    """Bicubic (Keys' cubic convolution, a = −0.75 as PyTorch) along one dim:
+    four taps ⌊src⌋−1 … ⌊src⌋+2, indices clamped to the border."""
+    scale = _source_scale(n, out, align_corners, scale_factor)
+
+    def near(t):   # |t| ≤ 1
+        return ((A + 2) * t - (A + 3)) * t * t + 1
+
+    def far(t):    # 1 < |t| < 2
+        return ((A * t - 5 * A) * t + 8 * A) * t - 4 * A
+
+    a = np.zeros((out, n))
+    for i in range(out):
+        src = scale * i if align_corners else scale * (i + 0.5) - 0.5
+        i0 = math.floor(src)
+        t = src - i0
+        for tap, wt in zip(range(i0 - 1, i0 + 3), (far(t + 1), near(t), near(1 - t), far(2 - t))):
+            a[i, min(max(tap, 0), n - 1)] += wt
+    return a
+
+
+def _nearest_matrix(n, out, align_corners, scale_factor):
+    """Nearest ('nearest' as PyTorch, not 'nearest-exact'): output i copies input ⌊i·scale⌋."""
+    if out == n:                     # PyTorch copies when the size is unchanged
+        return np.eye(n)
+    scale = np.float32(_source_scale(n, out, False, scale_factor))  # PyTorch computes it in float32
+    a = np.zeros((out, n))
+    for i in range(out):
+        a[i, min(int(np.float32(i) * scale), n - 1)] = 1.0
+    return a
+
+
+def _triangle(x):
+    return max(0.0, 1.0 - abs(x))
+
+
+def _keys_cubic(x, A=-0.5):
+    """Keys' cubic kernel; PyTorch's antialiased bicubic (like PIL) uses a = −0.5."""
+    x = abs(x)
+    if x < 1:
+        return ((A + 2) * x - (A + 3)) * x * x + 1
+    return (((x - 5) * x + 8) * x - 4) * A if x < 2 else 0.0
+
+
+def _antialias_matrix(n, out, align_corners, scale_factor, kernel, taps):
+    """Antialiased resizing (PyTorch's antialias=True, PIL's resampling) along one dim.
+
+    When shrinking by s > 1 the filter is stretched s times, so every input
+    pixel contributes (no aliasing); each row is normalised to sum to 1.
+    Output i is centred on input coordinate s·(i + ½)."""
+    scale = _source_scale(n, out, align_corners, scale_factor)
+    support = taps / 2 * max(scale, 1.0)
+    inv = 1.0 / scale if scale >= 1.0 else 1.0
+    a = np.zeros((out, n))
+    for i in range(out):
+        center = scale * (i + 0.5)
+        lo = max(int(center - support + 0.5), 0)
+        hi = min(int(center + support + 0.5), n)
+        w = np.array([kernel((j - center + 0.5) * inv) for j in range(lo, hi)])
+        a[i, lo:hi] = w / w.sum() if w.sum() != 0 else w
+    return a
+
+
+_INTERP = {"nearest": _nearest_matrix, "bilinear": _linear_matrix, "bicubic": _cubic_matrix}
+_ANTIALIAS = {"bilinear": (_triangle, 2), "bicubic": (_keys_cubic, 4)}
+
+
+def interpolate(input, size=None, scale_factor=None, mode="nearest", align_corners=None,  # noqa: A002
+                recompute_scale_factor=None, antialias=False):
+    """``torch.nn.functional.interpolate`` for 4-D input, modes 'nearest', 'bilinear', 'bicubic'
+    and 'area' (= adaptive_avg_pool2d); give exactly one of size and scale_factor.
+    antialias=True (bilinear, bicubic) is what timm uses to resize position embeddings."""
+    if input.ndim != 4:
+        raise ValueError(f"interpolate: expected a 4-D (N, C, H, W) input, got shape {tuple(input.shape)}; "
+                         f"add a batch dim with x.unsqueeze(0)")
+    if mode not in _INTERP and mode != "area":
+        raise ValueError(f"interpolate: mode must be one of {sorted(_INTERP) + ['area']}, got {mode!r}")
+    if antialias and mode not in _ANTIALIAS:
+        raise ValueError(f"interpolate: antialias=True needs mode 'bilinear' or 'bicubic', got {mode!r}")
+    if align_corners is not None and mode not in ("bilinear", "bicubic"):
+        raise ValueError(f"interpolate: align_corners only applies to 'bilinear' and 'bicubic', not {mode!r}")
+    if (size is None) == (scale_factor is None):
+        raise ValueError("interpolate: give exactly one of size and scale_factor")
+    H, W = input.shape[-2:]
+    if size is not None:
+        oh, ow = _pair(size, "size", "interpolate")
+        scales = (None, None)
+    else:
+        scales = tuple(float(v) for v in (scale_factor if isinstance(scale_factor, (tuple, list))
+                                           else (scale_factor, scale_factor)))
+        oh, ow = int(math.floor(H * scales[0])), int(math.floor(W * scales[1]))
+        if recompute_scale_factor:
+            scales = (None, None)
+    if oh < 1 or ow < 1:
+        raise ValueError(f"interpolate: output size must be positive, got {(oh, ow)} from input {H}x{W}")
+    if mode == "area":
+        return adaptive_avg_pool2d(input, (oh, ow))
+    ac = bool(align_corners)
+    if antialias:
+        kernel, taps = _ANTIALIAS[mode]
+        ah = _antialias_matrix(H, oh, ac, scales[0], kernel, taps)
+        aw = _antialias_matrix(W, ow, ac, scales[1], kernel, taps)
+    else:
+        ah, aw = _INTERP[mode](H, oh, ac, scales[0]), _INTERP[mode](W, ow, ac, scales[1])
+    return Separable2d(ah, aw)(input)

@@ -1,0 +1,57 @@
+"""The fully connected layer, ``y = x Wᵀ + b``, as one fused op.
+
+Composing ``matmul`` and ``add`` would work, but one Function saves a graph
+node and the intermediate ``x Wᵀ`` that ``add`` would otherwise keep alive,
+and lets backward skip the input gradient of the first layer (nobody needs
+the gradient of the images). Leading dims are folded into one, so a
+(B, N, C) token tensor goes through a single (B·N, C) GEMM.
+"""
+from __future__ import annotations
+
+from minivit.autograd import Function
+
+
+class Linear(Function):
+    """y = x Wᵀ + b, weight (out, in) as in PyTorch, x (..., in).
+
+    With X the (M, in) matrix of all rows of x and G = ∂L/∂Y (M, out):
+    ∂L/∂X = G W,   ∂L/∂W = Gᵀ X,   ∂L/∂b = Σ_rows G.
+    """
+
+    def forward(self, x, w, b=None):
+        self.x_shape = x.shape
+        self.x2 = x.reshape(-1, x.shape[-1])          # (M, in); a copy only if x is non-contiguous
+        self.w = w
+        y = self.x2 @ w.T                             # (M, out)
+        if b is not None:
+            y += b                                    # in place: y is our own fresh array
+        return y.reshape(x.shape[:-1] + (w.shape[0],))
+
+    def backward(self, gy):
+        g2 = gy.reshape(-1, gy.shape[-1])             # (M, out)
+        gx = (g2 @ self.w).reshape(self.x_shape) if self.needs_grad[0] else None
+        gw = g2.T @ self.x2 if self.needs_grad[1] else None
+        if len(self.needs_grad) == 2:                 # called without a bias
+            return gx, gw
+        gb = g2.sum(axis=0) if self.needs_grad[2] else None
+        return gx, gw, gb
+
+
+def linear(input, weight, bias=None):  # noqa: A002  (PyTorch's argument name)
+    """``torch.nn.functional.linear``: input (..., in), weight (out, in), bias (out,) → (..., out)."""
+    if weight.ndim != 2:
+        raise ValueError(f"linear: weight must be 2-D (out_features, in_features), got shape {weight.shape}")
+    if input.ndim == 0 or input.shape[-1] != weight.shape[1]:
+        raise ValueError(f"linear: input's last dim must equal weight's in_features: input shape "
+                         f"{input.shape}, weight shape {weight.shape} (out, in); "
+                         f"reshape the input or build the weight as (out, {input.shape[-1] if input.ndim else '?'})")
+    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+        raise ValueError(f"linear: bias must have shape ({weight.shape[0]},) to match weight "
+                         f"{weight.shape}, got {bias.shape}")
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and t.dtype != input.dtype:
+            raise TypeError(f"linear: input is {input.dtype} but {name} is {t.dtype}; cast one of them "
+                            f"(e.g. x.to(dtype=...) or model.to(dtype=...)) so they match")
+    if bias is None:
+        return Linear()(input, weight)
+    return Linear()(input, weight, bias)

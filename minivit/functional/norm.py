@@ -1,0 +1,195 @@
+"""Normalisation: layer_norm (every transformer block) and batch_norm (CNN stems, hybrids).
+
+Both are one fused Function with the closed-form backward. With
+x̂ = (x − μ)/σ, σ = √(var + ε), the statistics taken over n elements, and
+g' = ∂L/∂x̂ (the incoming gradient times the weight):
+
+    ∂L/∂x = (1/σ) · (g' − mean(g') − x̂ · mean(g' ⊙ x̂))
+
+(the two subtracted terms are the gradient paths through μ and σ). This keeps
+two arrays for backward (x̂ and 1/σ) instead of the half-dozen intermediates a
+composition of elementary ops would.
+"""
+from __future__ import annotations
+
+import math
+
+from minivit.autograd import Function, Tensor
+
+
+def _normalise_backward(gxhat, xhat, rstd, axes):
+    """(1/σ)(g' − mean(g') − x̂·mean(g'·x̂)), means over ``axes`` (the normalised ones)."""
+    mean_g = gxhat.mean(axis=axes, keepdims=True)
+    mean_gx = (gxhat * xhat).mean(axis=axes, keepdims=True)
+    return rstd * (gxhat - mean_g - xhat * mean_gx)
+
+
+# =========================================================================== layer norm
+class LayerNorm(Function):
+    """Normalise each row over its last ``len(normalized_shape)`` dims, then scale and shift.
+
+    Inputs: x, then the weight if ``has_weight``, then the bias if ``has_bias``.
+    """
+
+    def __init__(self, n_dims, eps, has_weight, has_bias):
+        self.n_dims, self.eps = n_dims, eps
+        self.has_weight, self.has_bias = has_weight, has_bias
+
+    def forward(self, x, *params):
+        w = params[0] if self.has_weight else None
+        b = params[-1] if self.has_bias else None
+        self.shape = x.shape
+        d = math.prod(x.shape[x.ndim - self.n_dims:])
+        x2 = x.reshape(-1, d)                                     # (M, D): one row per normalised slice
+        mu = x2.mean(axis=1, keepdims=True)
+        xc = x2 - mu
+        var = (xc * xc).mean(axis=1, keepdims=True)               # biased, as PyTorch
+        self.rstd = 1 / (var + self.eps) ** 0.5                    # (M, 1); finite even for a constant row
+        self.xhat = xc * self.rstd                                 # (M, D)
+        self.w2 = None if w is None else w.reshape(1, d)
+        y = self.xhat if w is None else self.xhat * self.w2
+        if b is not None:
+            y = y + b.reshape(1, d)
+        return y.reshape(x.shape)
+
+    def backward(self, gy):
+        g2 = gy.reshape(self.xhat.shape)                           # (M, D)
+        grads = [None]
+        if self.needs_grad[0]:
+            gxhat = g2 if self.w2 is None else g2 * self.w2
+            grads[0] = _normalise_backward(gxhat, self.xhat, self.rstd, axes=1).reshape(self.shape)
+        pshape = self.shape[len(self.shape) - self.n_dims:]
+        if self.has_weight:
+            grads.append((g2 * self.xhat).sum(axis=0).reshape(pshape) if self.needs_grad[len(grads)] else None)
+        if self.has_bias:
+            grads.append(g2.sum(axis=0).reshape(pshape) if self.needs_grad[len(grads)] else None)
+        return tuple(grads)
+
+
+def _check_dtype(op, x, **params):
+    for name, p in params.items():
+        if p is not None and p.dtype != x.dtype:
+            raise TypeError(f"{op}: input is {x.dtype} but {name} is {p.dtype}; cast them to one dtype")
+
+
+def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):  # noqa: A002
+    """``torch.nn.functional.layer_norm``: normalise over the trailing ``normalized_shape`` dims."""
+    if isinstance(normalized_shape, int):
+        normalized_shape = (normalized_shape,)
+    normalized_shape = tuple(normalized_shape)
+    k = len(normalized_shape)
+    if k == 0 or input.ndim < k or tuple(input.shape[input.ndim - k:]) != normalized_shape:
+        raise ValueError(f"layer_norm: normalized_shape {normalized_shape} must match the last dims of "
+                         f"the input, whose shape is {input.shape} (e.g. normalized_shape={input.shape[-1:]})")
+    for name, p in (("weight", weight), ("bias", bias)):
+        if p is not None and tuple(p.shape) != normalized_shape:
+            raise ValueError(f"layer_norm: {name} must have shape normalized_shape={normalized_shape}, "
+                             f"got {p.shape}")
+    _check_dtype("layer_norm", input, weight=weight, bias=bias)
+    params = [p for p in (weight, bias) if p is not None]
+    return LayerNorm(k, eps, weight is not None, bias is not None)(input, *params)
+
+
+# =========================================================================== batch norm
+class BatchNorm(Function):
+    """Per-channel normalisation of x (N, C, *) over the N and * dims.
+
+    Training: batch statistics, backward as in the module docstring (the statistics
+    depend on x). Evaluation: the running statistics are constants, so the op is
+    affine per channel and ∂L/∂x = g ⊙ w / σ_running.
+    """
+
+    def __init__(self, running_mean, running_var, training, momentum, eps, has_weight, has_bias):
+        self.running_mean, self.running_var = running_mean, running_var
+        self.training, self.momentum, self.eps = training, momentum, eps
+        self.has_weight, self.has_bias = has_weight, has_bias
+
+    def forward(self, x, *params):
+        w = params[0] if self.has_weight else None
+        b = params[-1] if self.has_bias else None
+        self.axes = (0,) + tuple(range(2, x.ndim))                 # every dim but the channel one
+        pshape = (1, x.shape[1]) + (1,) * (x.ndim - 2)              # (1, C, 1, ...): broadcasts over x
+        if self.training:
+            mu = x.mean(axis=self.axes, keepdims=True)
+            xc = x - mu
+            var = (xc * xc).mean(axis=self.axes, keepdims=True)    # biased: used to normalise
+            self._update_running_stats(mu, var, n=x.size // x.shape[1])
+        else:
+            mu = self.running_mean.reshape(pshape).astype(x.dtype, copy=False)
+            var = self.running_var.reshape(pshape).astype(x.dtype, copy=False)
+            xc = x - mu
+        self.rstd = 1 / (var + self.eps) ** 0.5                     # (1, C, 1, ...)
+        self.xhat = xc * self.rstd
+        self.w = None if w is None else w.reshape(pshape)
+        y = self.xhat if w is None else self.xhat * self.w
+        return y if b is None else y + b.reshape(pshape)
+
+    def _update_running_stats(self, mu, var, n):
+        """running ← (1 − momentum)·running + momentum·batch, in place on the caller's arrays.
+        The running variance uses the unbiased batch variance (× n/(n−1)), as PyTorch."""
+        m = self.momentum
+        if self.running_mean is not None:
+            rm = self.running_mean
+            rm *= 1 - m
+            rm += (m * mu.reshape(-1)).astype(rm.dtype, copy=False)
+        if self.running_var is not None:
+            rv = self.running_var
+            rv *= 1 - m
+            rv += (m * n / (n - 1) * var.reshape(-1)).astype(rv.dtype, copy=False)
+
+    def backward(self, gy):
+        grads = [None]
+        if self.needs_grad[0]:
+            gxhat = gy if self.w is None else gy * self.w
+            if self.training:
+                grads[0] = _normalise_backward(gxhat, self.xhat, self.rstd, self.axes)
+            else:
+                grads[0] = gxhat * self.rstd
+        if self.has_weight:
+            grads.append((gy * self.xhat).sum(axis=self.axes) if self.needs_grad[len(grads)] else None)
+        if self.has_bias:
+            grads.append(gy.sum(axis=self.axes) if self.needs_grad[len(grads)] else None)
+        return tuple(grads)
+
+
+def _stat_array(name, s, channels):
+    """Running statistics may be arrays or Tensors; we update the array itself, in place."""
+    if s is None:
+        return None
+    arr = s.data if isinstance(s, Tensor) else s
+    if tuple(arr.shape) != (channels,):
+        raise ValueError(f"batch_norm: {name} must have shape ({channels},) (one value per channel), "
+                         f"got {tuple(arr.shape)}")
+    return arr
+
+
+def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False,  # noqa: A002
+               momentum=0.1, eps=1e-5):
+    """``torch.nn.functional.batch_norm``: input (N, C) or (N, C, *).
+
+    Training: normalise with the batch's statistics and update ``running_mean`` and
+    ``running_var`` in place (when given). Evaluation: normalise with the running ones.
+    """
+    if input.ndim < 2:
+        raise ValueError(f"batch_norm: input must be (N, C) or (N, C, *), got shape {input.shape}")
+    c = input.shape[1]
+    rm = _stat_array("running_mean", running_mean, c)
+    rv = _stat_array("running_var", running_var, c)
+    if not training and (rm is None or rv is None):
+        raise ValueError("batch_norm: evaluation mode (training=False) needs running_mean and running_var; "
+                         "pass them, or use training=True to normalise with the batch's statistics")
+    if training and math.prod(input.shape) // c <= 1:
+        raise ValueError(f"batch_norm: expected more than 1 value per channel when training, got input "
+                         f"shape {input.shape}; use a bigger batch or evaluation mode")
+    if not isinstance(momentum, (int, float)) or not 0.0 <= momentum <= 1.0:
+        raise ValueError(f"batch_norm: momentum must be a number in [0, 1], got {momentum!r}")
+    for name, p in (("weight", weight), ("bias", bias)):
+        if p is not None and tuple(p.shape) != (c,):
+            raise ValueError(f"batch_norm: {name} must have shape ({c},), got {p.shape}")
+    _check_dtype("batch_norm", input, weight=weight, bias=bias)
+    params = [p for p in (weight, bias) if p is not None]
+    fn = BatchNorm(rm, rv, training, momentum, eps, weight is not None, bias is not None)
+    return fn(input, *params)
+
+
+__all__ = ["layer_norm", "batch_norm"]

@@ -1,0 +1,17 @@
+"""``minivit.nn``: Module, Parameter, the standard layers and their initialisation.
+
+    from minivit import nn
+    mlp = nn.Sequential(nn.Linear(4, 8), nn.GELU(), nn.Linear(8, 2))
+    nn.init.trunc_normal_(mlp[0].weight, std=.02)
+
+Names, arguments and state_dict keys are PyTorch's (and timm's, for DropPath).
+"""
+from minivit.nn import init
+from minivit.nn.layers import (GELU, BatchNorm2d, Conv2d, Dropout, DropPath, Flatten, LayerNorm, Linear,
+                               ReLU, Softmax)
+from minivit.nn.module import IncompatibleKeys, Identity, Module, ModuleList, Parameter, Sequential
+from minivit.nn import utils  # clip_grad_norm_, clip_grad_value_
+
+__all__ = ["init", "utils", "Module", "Parameter", "ModuleList", "Sequential", "Identity", "IncompatibleKeys",
+           "Linear", "Conv2d", "LayerNorm", "BatchNorm2d", "Dropout", "DropPath", "GELU", "ReLU",
+           "Softmax", "Flatten"]

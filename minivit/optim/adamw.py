@@ -1,0 +1,83 @@
+"""AdamW: Adam with decoupled weight decay (Loshchilov & Hutter, 2019), as ``torch.optim.AdamW``."""
+from __future__ import annotations
+
+import math
+
+from minivit.optim.optimizer import Optimizer
+
+
+class AdamW(Optimizer):
+    r"""Adam with decoupled weight decay, exactly as PyTorch's AdamW.
+
+    For each parameter p with gradient g, at its step t = 1, 2, ... (γ lr,
+    λ weight decay, β₁ β₂ betas, ε eps)::
+
+        p  ← p − γ·λ·p                       (decoupled decay: not mixed into g)
+        m  ← β₁·m + (1 − β₁)·g               (first moment: running mean of g)
+        v  ← β₂·v + (1 − β₂)·g²              (second moment: running mean of g²)
+        v̂max ← max(v̂max, v)                  (amsgrad only; then used instead of v)
+        p  ← p − γ/(1 − β₁ᵗ) · m / (√v / √(1 − β₂ᵗ) + ε)
+
+    m and v start at 0, so early on they are biased towards 0; dividing by
+    1 − βᵗ corrects that (Kingma & Ba 2015, §3). As in PyTorch, ε is added
+    *after* the square root of the bias-corrected v. Plain Adam's L2 penalty
+    (g ← g + λp) gets rescaled by 1/√v, so heavily-updated weights would be
+    barely regularised; decoupling the decay from g fixes that.
+
+    Updates are whole-array operations, in place on ``p.data``, m and v, so
+    they run as a few kernels per parameter on the GPU.
+    """
+
+    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 1e-2, amsgrad: bool = False):
+        if lr < 0.0:
+            raise ValueError(f"invalid learning rate: {lr} (must be >= 0)")
+        if eps < 0.0:
+            raise ValueError(f"invalid epsilon value: {eps} (must be >= 0)")
+        if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
+            raise ValueError(f"invalid betas {tuple(betas)}: both must be in [0, 1)")
+        if weight_decay < 0.0:
+            raise ValueError(f"invalid weight_decay value: {weight_decay} (must be >= 0)")
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps,
+                                      weight_decay=weight_decay, amsgrad=amsgrad))
+
+    def step(self, closure=None):
+        """One update of every parameter that has a gradient; returns the closure's loss."""
+        loss = self._closure_loss(closure)
+        for group in self.param_groups:
+            lr, (beta1, beta2) = group["lr"], group["betas"]
+            eps, wd, amsgrad = group["eps"], group["weight_decay"], group["amsgrad"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g = p.grad                                   # read only: may be shared
+                xp = p.xp
+                state = self.state.get(p)
+                if state is None:                            # lazily: m = v = 0, t = 0
+                    state = self.state[p] = {"step": 0,
+                                             "exp_avg": xp.zeros_like(p.data),
+                                             "exp_avg_sq": xp.zeros_like(p.data)}
+                    if amsgrad:
+                        state["max_exp_avg_sq"] = xp.zeros_like(p.data)
+                m, v = state["exp_avg"], state["exp_avg_sq"]
+                state["step"] += 1
+                t = state["step"]                            # t ← t + 1
+
+                if wd != 0:
+                    p.data *= 1 - lr * wd                    # p ← p − γλp  (decoupled decay)
+                m *= beta1                                   # m ← β₁m ...
+                m += (1 - beta1) * g                         #   ... + (1 − β₁)g
+                v *= beta2                                   # v ← β₂v ...
+                v += (1 - beta2) * (g * g)                   #   ... + (1 − β₂)g²
+                if amsgrad:
+                    vmax = state["max_exp_avg_sq"]
+                    xp.maximum(vmax, v, out=vmax)            # v̂max ← max(v̂max, v)
+                    v = vmax                                 # normalise by the largest v so far
+                bias_correction1 = 1 - beta1 ** t            # 1 − β₁ᵗ
+                bias_correction2 = 1 - beta2 ** t            # 1 − β₂ᵗ
+                step_size = lr / bias_correction1            # γ / (1 − β₁ᵗ)
+                denom = xp.sqrt(v)                           # √v ...
+                denom /= math.sqrt(bias_correction2)         #   ... / √(1 − β₂ᵗ)  (= √v̂)
+                denom += eps                                 #   ... + ε
+                p.data -= step_size * (m / denom)            # p ← p − γ m̂ / (√v̂ + ε)
+        return loss

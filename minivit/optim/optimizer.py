@@ -1,0 +1,206 @@
+"""The optimizer base class, and timm's weight-decay parameter groups.
+
+An optimizer holds ``param_groups``: a list of dicts, each with ``"params"``
+(a list of tensors) and that group's hyper-parameters (``"lr"``,
+``"weight_decay"``, ...). Every group starts from the optimizer's ``defaults``
+and may override any of them, so biases can skip weight decay or a head can
+get a larger learning rate. Schedulers change ``group["lr"]`` between steps.
+
+Per-parameter buffers (momentum, Adam's moments, step counts) live in
+``self.state[param]`` and are made lazily on the first step that parameter has
+a gradient. ``state_dict()`` snapshots all of it as host NumPy arrays keyed by
+the parameter's index (PyTorch's format), so a checkpoint pickles, loads on any
+device, and a resumed run continues exactly where it stopped.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from minivit import backend
+from minivit.autograd import Tensor
+
+
+class _Required:
+    """Sentinel for a hyper-parameter without a default (SGD's ``lr``)."""
+
+    def __repr__(self):
+        return "<required parameter>"
+
+
+required = _Required()
+
+
+class Optimizer:
+    """Base class: subclasses pass their ``defaults`` and implement ``step()``.
+
+    ``params`` is an iterable of tensors, or of dicts (parameter groups) such as
+    ``[{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]``.
+    """
+
+    def __init__(self, params, defaults: dict):
+        self.defaults = dict(defaults)
+        self.state: dict = {}            # param (Tensor, hashed by identity) -> dict of buffers
+        self.param_groups: list[dict] = []
+        if isinstance(params, Tensor):
+            raise TypeError("params should be an iterable of Tensors or dicts (parameter groups), "
+                            f"got a single Tensor of shape {params.shape}: pass [tensor] or "
+                            "model.parameters()")
+        groups = [params] if isinstance(params, dict) else list(params)
+        if not groups:
+            raise ValueError("optimizer got an empty parameter list: pass model.parameters() "
+                             "(check that the model has parameters with requires_grad=True)")
+        if not isinstance(groups[0], dict):
+            groups = [{"params": groups}]
+        for group in groups:
+            self.add_param_group(group)
+        if not any(group["params"] for group in self.param_groups):
+            raise ValueError("optimizer got only empty parameter groups: nothing to optimize")
+
+    def add_param_group(self, group: dict):
+        """Add a group of parameters, filling in the hyper-parameters it does not set."""
+        if not isinstance(group, dict):
+            raise TypeError(f"a parameter group must be a dict, got {type(group).__name__}")
+        if "params" not in group:
+            raise ValueError(f"a parameter group needs a 'params' entry, got keys {sorted(group)}")
+        params = group["params"]
+        params = [params] if isinstance(params, Tensor) else list(params)
+        for i, p in enumerate(params):
+            if not isinstance(p, Tensor):
+                raise TypeError(f"optimizer can only optimize Tensors, but params[{i}] is a "
+                                f"{type(p).__name__}")
+            if not p.is_leaf:
+                raise ValueError(f"can't optimize a non-leaf Tensor (params[{i}], shape {p.shape}): "
+                                 "optimize the leaf it was computed from, or .detach() it and "
+                                 "set requires_grad=True")
+        seen = {id(p) for g in self.param_groups for p in g["params"]}
+        if len({id(p) for p in params}) != len(params) or any(id(p) in seen for p in params):
+            raise ValueError("a parameter appears more than once (in this group or in another "
+                             "one): each parameter must be in exactly one group")
+        new = {"params": params}
+        for key, default in self.defaults.items():
+            value = group.get(key, default)
+            if value is required:
+                raise ValueError(f"parameter group didn't specify a value of required "
+                                 f"optimization parameter {key!r}")
+            new[key] = value
+        new.update({k: v for k, v in group.items() if k not in new})  # extra keys (e.g. a name)
+        self.param_groups.append(new)
+
+    def zero_grad(self, set_to_none: bool = True):
+        """Forget the gradients. ``set_to_none=False`` gives fresh zero arrays instead
+        (never zeroed in place: the engine may share one gradient array between tensors)."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                if set_to_none or p.grad is None:
+                    p.grad = None
+                else:
+                    p.grad = p.xp.zeros_like(p.grad)
+
+    def step(self, closure=None):
+        raise NotImplementedError
+
+    def _closure_loss(self, closure):
+        """PyTorch's optional closure: re-evaluate the model and return the loss."""
+        return None if closure is None else closure()
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict:
+        """A snapshot of the optimizer, in PyTorch's layout:
+        ``{"state": {index: {name: value}}, "param_groups": [{..., "params": [index, ...]}]}``.
+
+        Parameters are numbered in the order they appear across the groups.
+        Arrays are copied to host NumPy arrays, so the dict pickles, does not
+        change as training goes on, and loads on any device.
+        """
+        index: dict[int, int] = {}
+        groups = []
+        for group in self.param_groups:
+            packed = {k: v for k, v in group.items() if k != "params"}
+            packed["params"] = [index.setdefault(id(p), len(index)) for p in group["params"]]
+            groups.append(packed)
+        state = {}
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p in self.state:
+                    state[index[id(p)]] = {k: _to_host(v) for k, v in self.state[p].items()}
+        return {"state": state, "param_groups": groups}
+
+    def load_state_dict(self, state_dict: dict):
+        """Restore a ``state_dict()``: buffers go to each parameter's device (and, when
+        floating point, its dtype); group hyper-parameters (lr, ...) are restored too."""
+        saved_groups = state_dict["param_groups"]
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError(f"loaded state dict has {len(saved_groups)} parameter groups, this "
+                             f"optimizer has {len(self.param_groups)}: build the optimizer with "
+                             "the same groups as the one that was saved")
+        for i, (saved, group) in enumerate(zip(saved_groups, self.param_groups)):
+            if len(saved["params"]) != len(group["params"]):
+                raise ValueError(f"parameter group {i} has {len(group['params'])} parameters, the "
+                                 f"loaded state dict's has {len(saved['params'])}: the model or the "
+                                 "grouping differs from the saved one")
+        by_index = {i: p for saved, group in zip(saved_groups, self.param_groups)
+                    for i, p in zip(saved["params"], group["params"])}
+        self.state = {}
+        for i, buffers in state_dict["state"].items():
+            p = by_index[int(i)]
+            self.state[p] = {k: _to_param_device(v, p) for k, v in buffers.items()}
+        self.param_groups = [{**{k: v for k, v in saved.items() if k != "params"},
+                              "params": group["params"]}
+                             for saved, group in zip(saved_groups, self.param_groups)]
+
+    def __repr__(self):
+        lines = [f"{type(self).__name__} ("]
+        for i, group in enumerate(self.param_groups):
+            lines.append(f"Parameter Group {i}")
+            lines += [f"    {k}: {v}" for k, v in sorted(group.items()) if k != "params"]
+        return "\n".join(lines + [")"])
+
+
+def _to_host(value):
+    """A host NumPy copy of an array buffer; other values (ints, None) as they are."""
+    if isinstance(value, np.ndarray) or backend.is_cupy_array(value):
+        host = backend.to_numpy(value)
+        return host.copy() if host is value else host  # to_numpy already copied a GPU array
+    return value
+
+
+def _to_param_device(value, p: Tensor):
+    """A copy of a saved buffer on p's device; floating buffers take p's dtype (as PyTorch)."""
+    if isinstance(value, np.ndarray) or backend.is_cupy_array(value):
+        dtype = p.dtype if value.dtype.kind == "f" else value.dtype
+        return p.xp.array(value, dtype=dtype)  # xp.array copies: the loaded dict stays untouched
+    return value
+
+
+# ====================================================================== parameter groups
+def param_groups_weight_decay(model, weight_decay: float = 1e-5, skip_list=()) -> list[dict]:
+    """Two parameter groups: ``[no_decay, decay]`` (timm's helper).
+
+    Weight decay pulls weights towards 0; that regularises matrices, but on a
+    bias, a norm's scale/shift (any parameter with ndim <= 1) or an embedding
+    that only says *where* (position embeddings, class token, Swin's relative
+    position bias table) it just hurts, so these go to a group with
+    ``weight_decay=0``. A name is skipped if it is in ``skip_list`` or in
+    ``model.no_weight_decay()`` (when the model defines it), either exactly
+    (``"pos_embed"``) or as its last dotted part(s)
+    (``"relative_position_bias_table"`` matches
+    ``"layers.0.blocks.1.attn.relative_position_bias_table"``). Parameters with
+    ``requires_grad=False`` (frozen) are left out.
+    """
+    skip = set(skip_list)
+    if hasattr(model, "no_weight_decay"):
+        skip |= set(model.no_weight_decay())
+
+    def skipped(name: str) -> bool:
+        return name in skip or any(name.endswith("." + s) for s in skip)
+
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.ndim <= 1 or name.endswith(".bias") or skipped(name):
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [{"params": no_decay, "weight_decay": 0.0},
+            {"params": decay, "weight_decay": weight_decay}]

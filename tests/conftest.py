@@ -1,0 +1,44 @@
+"""Shared fixtures: one `xp` fixture runs every test on NumPy and, where a GPU is present, CuPy."""
+import os
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
+
+from minivit import backend
+
+# Fixtures here hold no state, so hypothesis may reuse them across examples.
+# CI: no deadline (a 2-core machine is slow and noisy), derandomized so a red run reproduces.
+settings.register_profile("ci", deadline=None, derandomize=True, max_examples=20,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+settings.register_profile("dev", deadline=None, max_examples=20,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
+
+
+def _cupy_or_skip():
+    if not backend.cupy_available():
+        pytest.skip("CuPy with a GPU is not available")
+    import cupy
+    return cupy
+
+
+@pytest.fixture(scope="session", params=["numpy", "cupy"])
+def xp(request):
+    """The array module under test: numpy always, cupy only with a GPU."""
+    return np if request.param == "numpy" else _cupy_or_skip()
+
+
+@pytest.fixture(scope="session")
+def device(xp):
+    return "cuda" if xp is not np else "cpu"
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    backend.manual_seed(0)
+
+
+def torch_or_skip():
+    """Import torch for a parity test, or skip it (users need not install torch)."""
+    return pytest.importorskip("torch")
