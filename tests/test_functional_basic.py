@@ -164,6 +164,14 @@ PARITY = [
     ("cat_stack", lambda m, a, b: m.cat([m(a), m(b)], 0).sum(0) * m.stack([m(a), m(a)], 1).mean(1), ((3, 4), (2, 4))),
     ("getitem", lambda m, a, b: m(a)[m.idx([0, 2, 2])] * m(b)[1:, ::2].sum(), ((3, 4), (3, 4))),
     ("tanh_sqrt_log", lambda m, a, b: m(a).tanh() + (m(b) * m(b) + 1).sqrt().log(), ((3, 4), (3, 4))),
+    ("sub_neg_exp_abs", lambda m, a, b: -(m(a) - m(b)).exp() + m(b).abs(), ((2, 3, 4), (3, 1))),
+    ("sum_mean_dims", lambda m, a, b: m(a).sum((0, 2), keepdim=True) * m(b).mean(-1, keepdim=True), ((2, 3, 4), (3, 5))),
+    ("max_dim", lambda m, a, b: m(a).max(1).values * m(b).max(), ((3, 4), (2, 3))),
+    ("clamp", lambda m, a, b: m(a).clamp(-0.3, 0.4) * m(b), ((3, 4), (3, 4))),
+    ("shapes", lambda m, a, b: m(a).permute(2, 0, 1).flatten(1).transpose(0, 1).reshape(2, -1).unsqueeze(0)
+     * m(b).reshape(1, 2, 12).squeeze(0), ((2, 3, 4), (2, 12))),
+    ("split_chunk", lambda m, a, b: m.cat(list(m(a).split([1, 3], dim=1))[::-1], 1) * m(b).chunk(2, 0)[1], ((2, 4), (4, 4))),
+    ("where_expand", lambda m, a, b: m.where(m(a) > 0, m(a), m(b).expand(3, 4)), ((3, 4), (1, 4))),
 ]
 
 
@@ -181,6 +189,9 @@ class _M:
 
     def stack(self, ts, dim):
         return self.lib.stack(ts, dim)
+
+    def where(self, c, a, b):
+        return self.lib.where(c, a, b)
 
     def idx(self, lst):
         return self.lib.tensor(lst) if self.lib is not mv else np.array(lst)
