@@ -1,0 +1,52 @@
+"""Weights between minivit and timm / Hugging Face transformers.
+
+minivit's models use timm's parameter names and shapes, so moving weights is
+``model.load_state_dict(torch_model.state_dict())``; what needs code is reading
+a reference model's *configuration* to build the matching minivit model. That
+lives in one small module per architecture (``convert/<arch>.py``, a function
+``build_from_timm(torch_model)``). No module here imports torch: the torch
+model is only read through its attributes and ``state_dict()``.
+"""
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+
+# timm class name → minivit.convert module with build_from_timm(torch_model)
+_TIMM = {
+    "VisionTransformer": "vit",
+    "VisionTransformerDistilled": "vit",
+    "SwinTransformer": "swin",
+    "PyramidVisionTransformerV2": "pvt_v2",
+    "PoolingVisionTransformer": "pit",
+}
+
+
+def torch_state_dict(torch_model) -> dict:
+    """A torch module's state_dict as {name: numpy array} (float64 stays float64)."""
+    return {k: v.detach().cpu().numpy() for k, v in torch_model.state_dict().items()}
+
+
+def from_timm(torch_model, dtype=None):
+    """The minivit twin of a timm model: same configuration, same weights, in eval mode.
+
+    dtype defaults to the torch model's own (float32 or float64).
+    """
+    name = type(torch_model).__name__
+    if name not in _TIMM:
+        raise ValueError(f"from_timm: no converter for timm's {name}; supported: {', '.join(sorted(_TIMM))}")
+    module = importlib.import_module(f"minivit.convert.{_TIMM[name]}")
+    model = module.build_from_timm(torch_model)
+    state = torch_state_dict(torch_model)
+    if dtype is None:
+        dtype = next(iter(v.dtype for v in state.values() if v.dtype.kind == "f"), np.float32)
+    model.to(dtype=dtype)
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def cvt_from_transformers(hf_model, dtype=None):
+    """The minivit CvT twin of Hugging Face transformers' ``CvtForImageClassification``."""
+    from minivit.convert import cvt
+    return cvt.from_transformers(hf_model, dtype=dtype)
