@@ -64,3 +64,76 @@ def test_module_breakdown_and_params():
     # counting leaves the model as it was: no wrapped forwards, no hooks, no graph
     assert "forward" not in blk.mlp.__dict__
     assert not mv.autograd.forward_hooks
+
+
+# ---------------------------------------------------------------- every attention type, counted = exact
+from minivit.layers import (ConvHeadPooling, ConvProjectionAttention, SpatialReductionAttention,  # noqa: E402
+                            WindowAttention, window_partition)
+
+
+@given(gh=st.integers(1, 3), gw=st.integers(1, 3), R=st.sampled_from([1, 2, 3, 4]), heads=st.integers(1, 3),
+       d=st.integers(1, 6))
+@settings(max_examples=20)
+def test_sra_counted_equals_exact(gh, gw, R, heads, d):
+    C, h, w = heads * d, gh * R, gw * R
+    layer = SpatialReductionAttention(C, heads, sr_ratio=R)
+    counted = count_macs(lambda x: layer(x, (h, w)), mv.zeros(1, h * w, C)).total
+    assert counted == formulas.sra_exact(h, w, C, R)
+    if R == 1:
+        assert counted == formulas.sra(h, w, C, 1) == formulas.msa(h, w, C)
+
+
+@given(h=st.integers(1, 9), w=st.integers(1, 9), heads=st.integers(1, 3), d=st.integers(1, 6),
+       pool=st.integers(1, 4))
+@settings(max_examples=20)
+def test_linear_sra_counted_equals_exact(h, w, heads, d, pool):
+    C = heads * d
+    layer = SpatialReductionAttention(C, heads, linear_attn=True, pool_size=pool)
+    counted = count_macs(lambda x: layer(x, (h, w)), mv.zeros(1, h * w, C)).total
+    assert counted == formulas.linear_sra_exact(h, w, C, pool)
+
+
+@given(nh=st.integers(1, 3), nw=st.integers(1, 3), M=st.integers(1, 4), heads=st.integers(1, 3), d=st.integers(1, 6))
+@settings(max_examples=20)
+def test_wmsa_counted_equals_exact_and_shorthand(nh, nw, M, heads, d):
+    C, h, w = heads * d, nh * M, nw * M
+    layer = WindowAttention(C, heads, window_size=M)
+    counted = count_macs(lambda x: layer(window_partition(x, M).reshape(-1, M * M, C)), mv.zeros(1, h, w, C)).total
+    assert counted == formulas.wmsa_exact(h, w, C, M) == formulas.wmsa(h, w, C, M)
+
+
+@given(h=st.integers(2, 9), w=st.integers(2, 9), heads=st.integers(1, 3), d=st.integers(1, 6),
+       s=st.sampled_from([1, 2, 3]), cls=st.booleans())
+@settings(max_examples=20)
+def test_cvt_projection_counted_equals_exact(h, w, heads, d, s, cls):
+    C = heads * d
+    layer = ConvProjectionAttention(C, heads, stride_kv=s, with_cls_token=cls).eval()
+    counted = count_macs(lambda x: layer(x, (h, w)), mv.zeros(1, h * w + cls, C)).total
+    assert counted == formulas.cvt_projection_exact(h, w, C, stride_kv=s, cls_token=cls)
+
+
+@given(h=st.integers(1, 9), w=st.integers(1, 9), C=st.integers(1, 16))
+@settings(max_examples=20)
+def test_pit_pooling_counted_equals_exact(h, w, C):
+    layer = ConvHeadPooling(C, 2 * C)
+    counted = count_macs(lambda x, t: layer(x, t), mv.zeros(1, C, h, w), mv.zeros(1, 1, C)).total
+    assert counted == formulas.pit_pooling_exact(h, w, C)
+
+
+# ---------------------------------------------------------------- the papers' tables
+from minivit.models import create_model  # noqa: E402
+from minivit.models.papers import PAPERS  # noqa: E402
+
+# PVTv2-B0's paper FLOPs are printed with one decimal: 0.566 GMACs rounds to the paper's 0.6.
+_ROUNDED_TO_ONE_DECIMAL = {"pvt_v2_b0_224"}
+
+
+@pytest.mark.parametrize("name", sorted(PAPERS))
+def test_224_gmacs_match_papers_within_5_percent(name):
+    entry = PAPERS[name]
+    model = create_model(name).eval()
+    gmacs = count_macs(model, mv.zeros(1, 3, 224, 224)).total / 1e9
+    if name in _ROUNDED_TO_ONE_DECIMAL:
+        assert round(gmacs, 1) == entry.gmacs and entry.note
+    else:
+        assert abs(gmacs / entry.gmacs - 1) <= 0.05, (name, gmacs, entry.gmacs)

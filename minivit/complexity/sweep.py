@@ -1,0 +1,184 @@
+"""Measured growth: time one layer of each attention type over growing token grids.
+
+For each layer, forward and forward+backward are timed (median of repeats,
+synchronising the GPU before reading the clock) at token grids s×s, and the
+largest attention-score array the layer built is recorded (the softmax's
+output, measured from the op that ran). A straight line fitted to log(time)
+against log(hw) over the large-size end gives the exponent: 2 for MSA and SRA
+(the (hw)² term dominates), 1 for W-MSA and linear SRA.
+"""
+from __future__ import annotations
+
+import json
+import math
+import platform
+import time
+
+import numpy as np
+
+import minivit as mv
+from minivit import autograd, backend
+from minivit.functional.activation import Softmax
+from minivit.layers import (Attention, ConvProjectionAttention, SpatialReductionAttention, WindowAttention,
+                            window_partition)
+
+# name → (theoretical exponent, grid sides must be multiples of this, builder(C, heads) → fn(x (B, H, W, C)))
+LAYERS = {
+    "MSA": (2, 1, lambda C, h: _tokens(Attention(C, h, qkv_bias=True))),
+    "SRA R=2": (2, 2, lambda C, h: _grid(SpatialReductionAttention(C, h, sr_ratio=2))),
+    "SRA R=4": (2, 4, lambda C, h: _grid(SpatialReductionAttention(C, h, sr_ratio=4))),
+    "SRA R=8": (2, 8, lambda C, h: _grid(SpatialReductionAttention(C, h, sr_ratio=8))),
+    "linear SRA": (1, 1, lambda C, h: _grid(SpatialReductionAttention(C, h, linear_attn=True))),
+    "W-MSA M=4": (1, 4, lambda C, h: _windows(WindowAttention(C, h, window_size=4), 4)),
+    "W-MSA M=7": (1, 7, lambda C, h: _windows(WindowAttention(C, h, window_size=7), 7)),
+    "CvT projection": (2, 1, lambda C, h: _grid(ConvProjectionAttention(C, h))),
+}
+
+
+def _tokens(layer):
+    def fn(x):
+        B, H, W, C = x.shape
+        return layer(x.reshape(B, H * W, C))
+    return layer, fn
+
+
+def _grid(layer):
+    def fn(x):
+        B, H, W, C = x.shape
+        return layer(x.reshape(B, H * W, C), (H, W))
+    return layer, fn
+
+
+def _windows(layer, M):
+    def fn(x):
+        C = x.shape[-1]
+        return layer(window_partition(x, M).reshape(-1, M * M, C))
+    return layer, fn
+
+
+def _sides(multiple: int, max_side: int, n: int = 7):
+    """About n grid sides from small to max_side, each a multiple of `multiple`."""
+    raw = np.geomspace(max(multiple, 4), max_side, n)
+    sides = sorted({max(multiple, int(round(s / multiple)) * multiple) for s in raw})
+    return [s for s in sides if s <= max_side]
+
+
+def _time(fn, device, repeats):
+    times = []
+    for _ in range(repeats):
+        backend.synchronize(device)
+        t0 = time.perf_counter()
+        fn()
+        backend.synchronize(device)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def measure(name, device="cpu", C=64, heads=2, max_side=64, repeats=3, batch=1):
+    """Timings and score memory of one layer type over its grid sides."""
+    exponent, multiple, build = LAYERS[name]
+    layer, fn = build(C, heads)
+    layer.to(device=device)
+    rows = []
+    for s in _sides(multiple, max_side):
+        x = mv.randn(batch, s, s, C, device=device, requires_grad=True)
+        peak = [0]
+
+        def hook(f, ins, out):
+            if isinstance(f, Softmax):
+                peak[0] = max(peak[0], out.data.nbytes)
+
+        autograd.forward_hooks.append(hook)
+        try:
+            with mv.no_grad():
+                fn(x)  # warm-up (and the memory probe)
+        finally:
+            autograd.forward_hooks.remove(hook)
+
+        def fwd():
+            with mv.no_grad():
+                fn(x)
+
+        def fwd_bwd():
+            fn(x).sum().backward()
+
+        fwd_bwd()  # warm-up for backward
+        rows.append(dict(side=s, tokens=s * s, forward_s=_time(fwd, device, repeats),
+                         forward_backward_s=_time(fwd_bwd, device, repeats), score_bytes=peak[0]))
+    return dict(layer=name, theory=exponent, rows=rows,
+                slope_forward=fit_slope(rows, "forward_s"), slope_forward_backward=fit_slope(rows, "forward_backward_s"))
+
+
+def fit_slope(rows, key, n_large: int = 3) -> float:
+    """Least-squares slope of log(time) against log(hw) over the n_large largest grids."""
+    pts = rows[-n_large:]
+    x = np.log([r["tokens"] for r in pts])
+    y = np.log([r[key] for r in pts])
+    return float(np.polyfit(x, y, 1)[0])
+
+
+def run(device="cpu", max_side=None, C=64, heads=2, repeats=3, layers=None, out_json=None, out_png=None):
+    max_side = max_side or (96 if device == "cuda" else 64)
+    results = []
+    for name in layers or LAYERS:
+        r = measure(name, device, C, heads, max_side, repeats)
+        print(f"{name:<15} theory {r['theory']}  fitted forward {r['slope_forward']:.2f}  "
+              f"forward+backward {r['slope_forward_backward']:.2f}  "
+              f"(grids {r['rows'][0]['side']}² … {r['rows'][-1]['side']}²)", flush=True)
+        results.append(r)
+    record = dict(device=device, device_name=device_name(device), C=C, heads=heads, batch=1, repeats=repeats,
+                  numpy=np.__version__, results=results)
+    if out_json:
+        with open(out_json, "w") as f:
+            json.dump(record, f, indent=1)
+    if out_png:
+        plot(record, out_png)
+    return record
+
+
+def device_name(device):
+    if device == "cuda":
+        import cupy  # noqa: F401  (only reached on a GPU machine; backend already imported it)
+        from minivit.backend import _cupy
+        return _cupy.cuda.runtime.getDeviceProperties(0)["name"].decode()
+    return f"{platform.processor() or platform.machine()} CPU ({__import__('os').cpu_count()} cores)"
+
+
+def plot(record, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(17, 5.2))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, key, title in ((axes[0], "forward_s", "forward"), (axes[1], "forward_backward_s", "forward + backward")):
+        for r, c in zip(record["results"], colors * 2):
+            hw = np.array([row["tokens"] for row in r["rows"]])
+            t = np.array([row[key] for row in r["rows"]])
+            slope = r["slope_forward" if key == "forward_s" else "slope_forward_backward"]
+            ax.loglog(hw, t, "o-", color=c, label=f"{r['layer']} (fit {slope:.2f}, theory {r['theory']})")
+            # the theory line through the largest point: t ∝ (hw)^theory
+            ax.loglog(hw, t[-1] * (hw / hw[-1]) ** r["theory"], ":", color=c, alpha=0.6)
+        ax.set_xlabel("tokens hw")
+        ax.set_ylabel("seconds")
+        ax.set_title(f"{title} — dotted: theory slope")
+        ax.legend(fontsize=7)
+        ax.grid(True, which="both", alpha=0.3)
+    ax = axes[2]
+    for r, c in zip(record["results"], colors * 2):
+        hw = [row["tokens"] for row in r["rows"]]
+        ax.loglog(hw, [max(row["score_bytes"], 1) / 2**20 for row in r["rows"]], "o-", color=c, label=r["layer"])
+    ax.set_xlabel("tokens hw")
+    ax.set_ylabel("MiB")
+    ax.set_title("attention-score memory (softmax output)")
+    ax.legend(fontsize=7)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.suptitle(f"How attention cost grows — {record['device_name']}, C={record['C']}, heads={record['heads']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def slope_ok(result, tol=0.15) -> bool:
+    return all(math.isfinite(s) and abs(s - result["theory"]) <= tol
+               for s in (result["slope_forward"], result["slope_forward_backward"]))

@@ -1,0 +1,55 @@
+"""The papers' own numbers for the 224×224 ImageNet configurations.
+
+Parameters in millions and FLOPs in GMACs (multiply-accumulates, the papers'
+convention), as printed in each paper's main table. Where the paper's table
+and the authors' released code disagree, ``released_params`` holds the count
+of the released model (what minivit matches) and ``note`` says why.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class PaperEntry:
+    label: str                 # the paper's name for the configuration
+    paper: str                 # where the numbers come from
+    params_m: float            # parameters, millions, as printed
+    gmacs: float               # GFLOPs (GMACs), as printed
+    released_params_m: float | None = None   # the authors' released model, where it differs
+    note: str = ""
+
+
+PAPERS = {
+    "deit_tiny_224": PaperEntry("DeiT-Ti", "DeiT Table 1", 5.7, 1.3),
+    "deit_small_224": PaperEntry("DeiT-S", "DeiT Table 1", 22.1, 4.6),
+    "vit_base_16_224": PaperEntry("ViT-B/16", "DeiT Table 1", 86.6, 17.6),
+    "pvt_v1_tiny_224": PaperEntry("PVT-Tiny", "PVT Table 2", 13.2, 1.9),
+    "pvt_v1_small_224": PaperEntry("PVT-Small", "PVT Table 2", 24.5, 3.8),
+    "pvt_v1_medium_224": PaperEntry("PVT-Medium", "PVT Table 2", 44.2, 6.7),
+    "pvt_v1_large_224": PaperEntry("PVT-Large", "PVT Table 2", 61.4, 9.8),
+    "pvt_v2_b0_224": PaperEntry(
+        "PVTv2-B0", "PVT v2 Table 5", 3.4, 0.6, released_params_m=3.7,
+        note="the paper's table says 3.4M; the authors' released model has 3.7M (matched). "
+             "The paper prints one decimal: 0.566 GMACs rounds to its 0.6"),
+    "pvt_v2_b1_224": PaperEntry(
+        "PVTv2-B1", "PVT v2 Table 5", 13.1, 2.1, released_params_m=14.0,
+        note="the paper's table says 13.1M; the authors' released model has 14.0M (matched)"),
+    "pvt_v2_b2_224": PaperEntry("PVTv2-B2", "PVT v2 Table 5", 25.4, 4.0),
+    "pvt_v2_b2_li_224": PaperEntry("PVTv2-B2-Li", "PVT v2 Table 5", 22.6, 3.9),
+    "pvt_v2_b3_224": PaperEntry("PVTv2-B3", "PVT v2 Table 5", 45.2, 6.9),
+    "pvt_v2_b4_224": PaperEntry("PVTv2-B4", "PVT v2 Table 5", 62.6, 10.1),
+    "pvt_v2_b5_224": PaperEntry("PVTv2-B5", "PVT v2 Table 5", 82.0, 11.8),
+    "swin_t_224": PaperEntry("Swin-T", "Swin Table 1a", 28.3, 4.5),
+    "swin_s_224": PaperEntry("Swin-S", "Swin Table 1a", 49.6, 8.7),
+    "swin_b_224": PaperEntry("Swin-B", "Swin Table 1a", 87.8, 15.4),
+    "cvt_13_224": PaperEntry("CvT-13", "CvT Table 2", 19.98, 4.5),
+    "cvt_21_224": PaperEntry("CvT-21", "CvT Table 2", 31.54, 7.1),
+    "pit_ti_224": PaperEntry(
+        "PiT-Ti", "PiT Table 3", 4.9, 0.7, released_params_m=4.85,
+        note="the released PiT-Ti (and timm's pit_ti_224) has 4,847,272 parameters, which "
+             "rounds to 4.8M, not the table's 4.9M (1.1% apart); minivit matches the released model"),
+    "pit_xs_224": PaperEntry("PiT-XS", "PiT Table 3", 10.6, 1.4),
+    "pit_s_224": PaperEntry("PiT-S", "PiT Table 3", 23.5, 2.9),
+    "pit_b_224": PaperEntry("PiT-B", "PiT Table 3", 73.8, 12.5),
+}
