@@ -107,19 +107,35 @@ def manual_seed(seed: int):
         _cupy.random.seed(seed)
 
 
-def get_rng_state() -> dict:
-    """Global RNG states of both backends, for checkpoints."""
-    state = {"numpy": np.random.get_state()}
+def seed_device(seed: int):
+    """Re-seed only the GPU generator (a no-op without CuPy).
+
+    CuPy's cuRAND generator cannot be read back, so its state cannot go into a
+    checkpoint. Code that must replay GPU draws exactly after a resume (the
+    trainer) re-seeds it from a counter instead, e.g. once per training step.
+    """
     if cupy_available():
-        rs = _cupy.random.get_random_state()
-        state["cupy"] = rs._generator.state if hasattr(rs, "_generator") else None
-    return state
+        _cupy.random.seed(seed)
+
+
+def get_rng_state() -> dict:
+    """NumPy's global RNG state, for checkpoints (see :func:`seed_device` for the GPU's)."""
+    return {"numpy": np.random.get_state()}
 
 
 def set_rng_state(state: dict):
     np.random.set_state(state["numpy"])
-    if state.get("cupy") is not None and cupy_available():
-        _cupy.random.get_random_state()._generator.state = state["cupy"]
+
+
+def device_name(device: str) -> str:
+    """A human-readable name of the device, for benchmark and sweep records."""
+    import os
+    import platform
+    if device == "cuda":
+        check_device(device)
+        name = _cupy.cuda.runtime.getDeviceProperties(_cupy.cuda.Device().id)["name"]
+        return name.decode() if isinstance(name, bytes) else str(name)
+    return f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores"
 
 
 # --------------------------------------------------------------------------- the few ops numpy and cupy spell differently

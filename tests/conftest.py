@@ -1,6 +1,12 @@
 """Shared fixtures: one `xp` fixture runs every test on NumPy and, where a GPU is present, CuPy."""
 import os
 
+# Under pytest-xdist every core already runs a worker: one BLAS thread each avoids
+# oversubscription (set before NumPy loads its BLAS).
+if "PYTEST_XDIST_WORKER" in os.environ:
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings

@@ -1,5 +1,4 @@
 """Complexity lab: counted MACs of what ran equal the exact formulas, as integers."""
-import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import platform
 import time
 
 import numpy as np
@@ -126,7 +125,7 @@ def run(device="cpu", max_side=None, C=64, heads=2, repeats=3, layers=None, out_
               f"forward+backward {r['slope_forward_backward']:.2f}  "
               f"(grids {r['rows'][0]['side']}² … {r['rows'][-1]['side']}²)", flush=True)
         results.append(r)
-    record = dict(device=device, device_name=device_name(device), C=C, heads=heads, batch=1, repeats=repeats,
+    record = dict(device=device, device_name=backend.device_name(device), C=C, heads=heads, batch=1, repeats=repeats,
                   numpy=np.__version__, results=results)
     if out_json:
         with open(out_json, "w") as f:
@@ -134,14 +133,6 @@ def run(device="cpu", max_side=None, C=64, heads=2, repeats=3, layers=None, out_
     if out_png:
         plot(record, out_png)
     return record
-
-
-def device_name(device):
-    if device == "cuda":
-        import cupy  # noqa: F401  (only reached on a GPU machine; backend already imported it)
-        from minivit.backend import _cupy
-        return _cupy.cuda.runtime.getDeviceProperties(0)["name"].decode()
-    return f"{platform.processor() or platform.machine()} CPU ({__import__('os').cpu_count()} cores)"
 
 
 def plot(record, path):

@@ -12,7 +12,7 @@ from collections import namedtuple
 import numpy as np
 
 from minivit import backend
-from minivit.autograd import Function, Tensor, no_grad  # noqa: F401  (no_grad re-exported)
+from minivit.autograd import Function, Tensor
 
 get_array_module = backend.get_array_module
 

@@ -155,8 +155,10 @@ def _class_loss(op, input, target, weight, ignore_index, reduction, label_smooth
             raise ValueError(f"{op}: class-index target must have shape {index_shape} for input of shape "
                              f"{input.shape} (class dim {0 if input.ndim == 1 else 1} removed), got {tuple(t.shape)}")
         t = xp.asarray(t)                          # on the input's device
-        bad = ((t < 0) | (t >= c)) & (t != ignore_index)
-        if bool(bad.any()):
+        # Checked on the host only: on the GPU, reading the answer back would stall the
+        # stream every step (minivit.data validates labels once, when a dataset loads).
+        bad = ((t < 0) | (t >= c)) & (t != ignore_index) if xp is np else None
+        if bad is not None and bool(bad.any()):
             v = backend.to_numpy(t[bad])
             raise IndexError(f"{op}: target class indices must be in [0, {c - 1}] (or ignore_index="
                              f"{ignore_index}), got {np.unique(v)[:10].tolist()}")

@@ -20,6 +20,13 @@ def list_models(pattern: str | None = None) -> list:
     return [n for n in names if fnmatch.fnmatch(n, pattern)] if pattern else names
 
 
+def model_entrypoint(name: str):
+    """The factory function registered under ``name`` (timm's name for this accessor)."""
+    if name not in _MODELS:
+        create_model(name)  # raises the unknown-model error, with suggestions
+    return _MODELS[name]
+
+
 def create_model(name: str, **overrides):
     """Build a registered model; keyword overrides go to its constructor (timm's names)."""
     if name not in _MODELS:

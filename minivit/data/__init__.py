@@ -1,0 +1,47 @@
+"""Datasets and batches: CIFAR-10 (official archive, ImageFolder folder or tar), a synthetic set,
+and device-side augmentation.
+
+    from minivit import data
+    ds = data.load_dataset("cifar10")                 # or "synthetic"; data_dir=... to point at a copy
+    ds.train.images, ds.train.labels                  # (50000, 3, 32, 32) uint8, (50000,) int64
+    aug = data.Augment(xp, data.AugmentConfig(randaugment=(2, 9)), ds.num_classes, seed=0)
+    loader = data.DeviceLoader(ds.train, "cuda", 128, shuffle=True, augment=aug)
+    for x, target, labels in loader.batches(epoch=0): ...
+
+Modules: ``cifar10`` (finding, checking, parsing and caching CIFAR-10), ``synthetic``
+(generated shapes), ``augment`` (crop/flip, RandAugment, random erasing, mixup/cutmix
+on the device), ``loader`` (batching on the device), ``io`` (atomic writes, safe unpickling).
+"""
+from __future__ import annotations
+
+from minivit.data.augment import (CIFAR10_MEAN, CIFAR10_STD, RANDAUGMENT_OPS, Augment,  # noqa: F401
+                                  AugmentConfig, CounterRNG, mix_batch, normalize, rand_augment,
+                                  random_crop_flip, random_erasing)
+from minivit.data.cifar10 import (CIFAR10_CLASSES, CIFAR10_MD5, CIFAR10_URL, DatasetError,  # noqa: F401
+                                  ImageDataset, ImageSplit, default_cache_dir, load_cifar10,
+                                  load_imagefolder, load_imagefolder_cached, load_official_archive,
+                                  load_official_folder)
+from minivit.data.loader import DeviceLoader  # noqa: F401
+from minivit.data.synthetic import SYNTHETIC_CLASSES, load_synthetic  # noqa: F401
+
+DATASETS = ("cifar10", "synthetic")
+SYNTHETIC_SIZES = (10000, 2000)   # train, test
+
+
+def load_dataset(name: str, data_dir=None, *, subset: int | None = None, test_subset: int | None = None,
+                 verbose: bool = False, need_train: bool = True) -> ImageDataset:
+    """Load a dataset by name and keep the first ``subset`` train / ``test_subset`` test images.
+
+    The synthetic set is generated only as far as needed (its first k images do not
+    depend on how many are made); ``need_train=False`` (evaluation) skips most of its train split.
+    """
+    if name == "synthetic":
+        n_train = min(subset or SYNTHETIC_SIZES[0], SYNTHETIC_SIZES[0]) if need_train else 1
+        n_test = min(test_subset or SYNTHETIC_SIZES[1], SYNTHETIC_SIZES[1])
+        ds = load_synthetic(n_train, n_test)
+    elif name == "cifar10":
+        ds = load_cifar10(data_dir, verbose=verbose)
+    else:
+        raise ValueError(f"unknown dataset {name!r}: choose one of {DATASETS}")
+    ds.train, ds.test = ds.train.subset(subset), ds.test.subset(test_subset)
+    return ds

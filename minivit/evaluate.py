@@ -1,0 +1,80 @@
+"""``python -m minivit.evaluate RUN_DIR_OR_CHECKPOINT``: test accuracy, per class, and a confusion matrix.
+
+    python -m minivit.evaluate runs/deit_tiny-20250101-120000          # best.ckpt of the run
+    python -m minivit.evaluate runs/deit_tiny-20250101-120000/last.ckpt
+
+Evaluates on the run's dataset (the whole test split unless ``--test-subset``),
+prints the accuracy overall and per class, and saves ``confusion.png`` in the
+run directory (the checkpoint's folder).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from minivit import backend, data
+from minivit.plotting import confusion_matrix, plot_confusion
+from minivit.train import CheckpointError, evaluate, load_model_from_checkpoint
+
+
+def evaluate_checkpoint(path, *, device=None, data_dir=None, test_subset=None, batch_size=500,
+                        figure=None, log=print) -> dict:
+    """Evaluate a checkpoint; returns accuracy, loss, per-class accuracy and the confusion matrix."""
+    device = backend.check_device(device or backend.default_device())
+    model, ckpt = load_model_from_checkpoint(path, device)
+    cfg = ckpt["config"]
+    ds = data.load_dataset(cfg["dataset"], data_dir if data_dir is not None else cfg.get("data_dir"),
+                           test_subset=test_subset, verbose=True, need_train=False)
+    if ds.num_classes != cfg["num_classes"]:
+        raise ValueError(f"the model has {cfg['num_classes']} classes but the dataset has {ds.num_classes}")
+    loader = data.DeviceLoader(ds.test, device, batch_size)
+    ev = evaluate(model, loader)
+    labels = ds.test.labels
+    cm = confusion_matrix(labels, ev["preds"], ds.num_classes)
+    per_class = cm.diagonal() / np.maximum(cm.sum(axis=1), 1)
+    ckpt_path = Path(ckpt["path"])
+    figure = Path(figure) if figure else ckpt_path.parent / "confusion.png"
+    title = f"{cfg['model']} ({ckpt_path.name}, epoch {ckpt['epoch']}): {ev['acc']:.2%} on {cfg['dataset']}"
+    plot_confusion(cm, ds.classes, figure, title=title)
+
+    log(f"{ckpt_path}: {cfg['model']}, epoch {ckpt['epoch']}, {cfg['dataset']} test split "
+        f"({len(labels)} images from {ds.source})")
+    log(f"test accuracy {ev['acc']:.2%}   test loss {ev['loss']:.4f}")
+    width = max(len(c) for c in ds.classes)
+    for c, acc, n in zip(ds.classes, per_class, cm.sum(axis=1)):
+        log(f"  {c:<{width}}  {acc:7.2%}  ({n} images)")
+    log(f"confusion matrix saved to {figure}")
+    return {"checkpoint": str(ckpt_path), "acc": ev["acc"], "loss": ev["loss"],
+            "per_class_acc": dict(zip(ds.classes, per_class.tolist())), "confusion": cm.tolist(),
+            "figure": str(figure)}
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(prog="python -m minivit.evaluate", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("checkpoint", metavar="RUN_DIR_OR_CHECKPOINT",
+                   help="a run directory (its best.ckpt, else last.ckpt) or a .ckpt file")
+    p.add_argument("--device", choices=backend.DEVICES, default=None, help="default: cuda if CuPy sees a GPU")
+    p.add_argument("--data-dir", default=None, help="where CIFAR-10 is, if not where the run found it")
+    p.add_argument("--test-subset", type=int, default=None, metavar="N", help="only the first N test images")
+    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--figure", default=None, help="where to save the confusion matrix; default RUN_DIR/confusion.png")
+    p.add_argument("--json", action="store_true", help="also print the results as one JSON line")
+    args = p.parse_args(argv)
+    try:
+        out = evaluate_checkpoint(args.checkpoint, device=args.device, data_dir=args.data_dir,
+                                  test_subset=args.test_subset, batch_size=args.batch_size, figure=args.figure)
+    except (CheckpointError, data.DatasetError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if args.json:
+        print(json.dumps({k: v for k, v in out.items() if k != "confusion"}))
+    return out
+
+
+if __name__ == "__main__":
+    main()

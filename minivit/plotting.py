@@ -1,0 +1,79 @@
+"""Figures of a training run: loss/accuracy curves and a confusion matrix.
+
+matplotlib is imported only when a figure is drawn, and through its
+object-oriented API (``Figure`` + the Agg canvas), so nothing here touches
+pyplot's global state or needs a display.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from minivit.data.io import atomic_write
+
+
+def _figure(figsize):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=figsize, dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig, path):
+    path = Path(path)
+    with atomic_write(path) as f:
+        fig.savefig(f, format=path.suffix.lstrip(".") or "png", bbox_inches="tight")
+
+
+def plot_curves(metrics: list[dict], path, title: str = "") -> Path:
+    """Train/test loss and accuracy per epoch (from metrics.jsonl records) → a two-panel figure."""
+    epochs = [m["epoch"] for m in metrics]
+    fig = _figure((10, 4))
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    for ax, key, label in ((ax_loss, "loss", "loss"), (ax_acc, "acc", "accuracy")):
+        train = [m[f"train_{key}"] for m in metrics]
+        test = [(m["epoch"], m[f"test_{key}"]) for m in metrics if m.get(f"test_{key}") is not None]
+        ax.plot(epochs, train, "o-" if len(epochs) < 30 else "-", label="train", ms=3)
+        if test:
+            ax.plot(*zip(*test), "s-" if len(test) < 30 else "-", label="test", ms=3)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    ax_acc.set_ylim(0, 1)
+    if title:
+        fig.suptitle(title)
+    _save(fig, path)
+    return Path(path)
+
+
+def confusion_matrix(labels, preds, num_classes: int) -> np.ndarray:
+    """cm[i, j] = how many images of class i were predicted as class j."""
+    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(cm, (np.asarray(labels), np.asarray(preds)), 1)
+    return cm
+
+
+def plot_confusion(cm: np.ndarray, classes, path, title: str = "") -> Path:
+    """The confusion matrix, rows normalised to fractions of each true class, counts written in."""
+    k = len(classes)
+    frac = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    fig = _figure((1.0 + 0.6 * k, 0.8 + 0.55 * k))
+    ax = fig.subplots()
+    im = ax.imshow(frac, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(k), classes, rotation=45, ha="right")
+    ax.set_yticks(range(k), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if k <= 20:
+        for i in range(k):
+            for j in range(k):
+                ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
+                        color="white" if frac[i, j] > 0.5 else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
+    if title:
+        ax.set_title(title)
+    _save(fig, path)
+    return Path(path)

@@ -1,0 +1,662 @@
+"""``python -m minivit.train``: train a model on CIFAR-10 (or the synthetic set), with checkpoints.
+
+    python -m minivit.train --model pvt_tiny --device cuda
+    python -m minivit.train --model resnet_teacher --epochs 100 --out-dir runs/teacher
+    python -m minivit.train --model deit_tiny --teacher runs/teacher --distillation hard
+    python -m minivit.train --resume runs/pvt_tiny-20250101-120000
+    python -m minivit.evaluate runs/pvt_tiny-20250101-120000
+
+A run directory holds:
+
+    config.json     the whole configuration (defaults resolved), parameter count, device, versions
+    metrics.jsonl   one JSON object per epoch: epoch, train_loss, train_acc, test_loss, test_acc,
+                    lr, epoch_time_s, images_per_s, ... (accuracies as fractions in [0, 1])
+    last.ckpt       the state after the last epoch (or the step where Ctrl-C stopped it)
+    best.ckpt       the state with the best test accuracy so far
+    curves.png      loss and accuracy curves (written at the end)
+
+A checkpoint holds the model, optimiser, schedule and RNG states, the epoch and
+step, the metrics so far and the configuration, so ``--resume`` continues
+exactly where the run stopped: on the CPU, an interrupted and resumed run ends
+with bitwise the same weights as one that was never stopped.
+
+The step loop stays on the device: batches are made there (see
+:mod:`minivit.data`), and the loss is read back to the host (which waits for
+the GPU) only every ``--log-every`` steps, for the progress bar.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import inspect
+import json
+import math
+import pickle
+import platform
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+import minivit
+import minivit.functional as F
+import minivit.models  # registers every architecture, resnet_teacher included
+from minivit import backend, data, nn, optim
+from minivit.autograd import Tensor, no_grad
+from minivit.data.io import atomic_write, safe_load_pickle
+from minivit.losses import DISTILLATION_TYPES, DistillationLoss, merge_heads
+
+CHECKPOINT_FORMAT = "minivit-checkpoint"
+CHECKPOINT_VERSION = 1
+PRECISIONS = ("fp32",)
+EXIT_INTERRUPTED = 130     # the shell's code for "stopped by Ctrl-C"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file is missing, truncated, corrupt or not a minivit checkpoint."""
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+# =========================================================================== checkpoints
+def _host(obj):
+    """A copy of obj with every (NumPy or CuPy) array as a host NumPy array."""
+    if isinstance(obj, dict):
+        return type(obj)((k, _host(v)) for k, v in obj.items())
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_host(v) for v in obj)
+    if isinstance(obj, np.ndarray) or backend.is_cupy_array(obj):
+        return np.array(backend.to_numpy(obj))
+    return obj
+
+
+def checkpoint_bytes(state: dict) -> bytes:
+    """A checkpoint file's content: a pickled dict of plain values and NumPy arrays, wrapped with
+    its SHA-256 so that a damaged file is recognised as damaged (not loaded with flipped bits)."""
+    payload = pickle.dumps(_host(state), protocol=4)
+    return pickle.dumps({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
+                         "sha256": hashlib.sha256(payload).hexdigest(), "payload": payload}, protocol=4)
+
+
+def save_checkpoint(path, state: dict | None = None, *, blob: bytes | None = None):
+    """Write a checkpoint atomically (temp file in the same folder, fsync, rename)."""
+    blob = checkpoint_bytes(state) if blob is None else blob
+    with atomic_write(path) as f:
+        f.write(blob)
+
+
+def load_checkpoint(path) -> dict:
+    """Read and check a checkpoint; any problem raises CheckpointError naming the file."""
+    path = Path(path)
+    if path.is_dir():
+        for name in ("best.ckpt", "last.ckpt"):
+            if (path / name).is_file():
+                path = path / name
+                break
+        else:
+            raise CheckpointError(f"{path} is a folder without best.ckpt or last.ckpt: pass a run directory "
+                                  "made by python -m minivit.train, or a .ckpt file")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    hint = "The file is truncated or corrupt; use another checkpoint (best.ckpt / last.ckpt) or retrain."
+    try:
+        with open(path, "rb") as f:
+            outer = safe_load_pickle(f)
+    except Exception as e:
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}. {hint}") from e
+    if not isinstance(outer, dict) or outer.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not a minivit checkpoint (no '{CHECKPOINT_FORMAT}' header). {hint}")
+    if outer.get("version") != CHECKPOINT_VERSION:
+        raise CheckpointError(f"{path} has checkpoint version {outer.get('version')}, this minivit reads "
+                              f"version {CHECKPOINT_VERSION}")
+    payload = outer.get("payload")
+    if not isinstance(payload, bytes) or hashlib.sha256(payload).hexdigest() != outer.get("sha256"):
+        raise CheckpointError(f"checkpoint {path} is corrupt: its SHA-256 checksum does not match. {hint}")
+    try:
+        state = safe_load_pickle(payload)
+    except Exception as e:
+        raise CheckpointError(f"cannot unpickle checkpoint {path}: {type(e).__name__}: {e}. {hint}") from e
+    missing = [k for k in ("model", "config", "epoch") if k not in state]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks {missing}. {hint}")
+    state["path"] = str(path)
+    return state
+
+
+# =========================================================================== models
+def _accepts(fn, name: str) -> bool:
+    params = inspect.signature(fn).parameters
+    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def build_model(name: str, num_classes: int, model_kwargs: dict | None = None, drop_path: float | None = None):
+    """``create_model`` with the run's class count and stochastic depth (when the model takes them)."""
+    kwargs = dict(model_kwargs or {})
+    factory = minivit.models.registry.model_entrypoint(name)  # unknown names: the registry's error
+    if _accepts(factory, "num_classes"):
+        kwargs.setdefault("num_classes", num_classes)
+    if drop_path is not None:
+        if not _accepts(factory, "drop_path_rate"):
+            raise ValueError(f"model {name!r} takes no drop_path_rate: leave --drop-path out")
+        kwargs["drop_path_rate"] = drop_path
+    return minivit.models.create_model(name, **kwargs)
+
+
+def load_model_from_checkpoint(path, device: str = "cpu"):
+    """(model in eval mode on ``device``, checkpoint dict) from a run directory or a .ckpt file."""
+    ckpt = load_checkpoint(path)
+    cfg = ckpt["config"]
+    model = build_model(cfg["model"], cfg["num_classes"], cfg.get("model_kwargs"), None)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise CheckpointError(f"{ckpt['path']}: its weights do not fit model {cfg['model']!r}: {e}") from e
+    model.to(device=device)
+    model.eval()
+    return model, ckpt
+
+
+# =========================================================================== evaluation
+def evaluate(model, loader) -> dict:
+    """Loss, accuracy and predictions over a whole split, batched on the device; one sync at the end."""
+    was_training = model.training
+    model.eval()
+    xp = loader.xp
+    loss_sum = xp.zeros((), dtype=np.float64)
+    correct = xp.zeros((), dtype=np.int64)
+    preds = []
+    with no_grad():
+        for x, _, labels in loader.batches():
+            logits = merge_heads(model(Tensor(x)))                        # (B, num_classes)
+            loss_sum += F.cross_entropy(logits, labels, reduction="sum").data
+            pred = logits.data.argmax(axis=1)
+            correct += (pred == labels).sum()
+            preds.append(pred)
+    model.train(was_training)
+    n = loader.n
+    return {"loss": float(loss_sum) / n, "acc": int(correct) / n,
+            "preds": backend.to_numpy(xp.concatenate(preds)) if preds else np.zeros(0, np.int64)}
+
+
+# =========================================================================== configuration
+def _parse_kwargs(text: str) -> dict:
+    """'depth=8,width=4,qkv_bias=false' → {'depth': 8, 'width': 4, 'qkv_bias': False}."""
+    out = {}
+    for item in filter(None, (s.strip() for s in (text or "").split(","))):
+        if "=" not in item:
+            raise argparse.ArgumentTypeError(f"--model-kwargs items must be KEY=VALUE, got {item!r}")
+        k, v = (s.strip() for s in item.split("=", 1))
+        low = v.lower()
+        if low in ("true", "false"):
+            out[k] = low == "true"
+        elif low in ("none", "null"):
+            out[k] = None
+        else:
+            try:
+                out[k] = json.loads(v)
+            except json.JSONDecodeError:
+                out[k] = v
+    return out
+
+
+def _randaugment(text: str):
+    try:
+        n, m = (float(s) for s in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--randaugment takes N,M (ops per image, magnitude 0-10), "
+                                         f"e.g. 2,9; got {text!r}") from None
+    if n < 0 or n != int(n) or not 0 <= m <= 10:
+        raise argparse.ArgumentTypeError(f"--randaugment N,M needs an integer N >= 0 and 0 <= M <= 10, got {text!r}")
+    return f"{int(n)},{m:g}"
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Shows "(default: X)" after a flag's help, unless the help already says its default."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default in (None, argparse.SUPPRESS, False, True) or not action.option_strings:
+            return text
+        return f"{text} (default: {action.default})"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    models = ", ".join(minivit.models.list_models()) or "(none registered)"
+    p = argparse.ArgumentParser(
+        prog="python -m minivit.train", formatter_class=_HelpFormatter,
+        description="Train a model on CIFAR-10 (or the synthetic set), with checkpoints, resume and "
+                    "DeiT distillation.\n\n" + __doc__.split("\n\n", 1)[1].split("\nA checkpoint")[0],
+        epilog="Resuming: --resume RUN_DIR takes everything from RUN_DIR/last.ckpt (only --device, "
+               "--progress/--no-progress and --log-every may be changed). Ctrl-C saves a checkpoint first.")
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default="vit_tiny", help=f"registered model name: {models}")
+    g.add_argument("--model-kwargs", type=_parse_kwargs, default=None, metavar="K=V,...",
+                   help="extra constructor arguments, e.g. depth=8,width=8 (timm's names)")
+    g.add_argument("--drop-path", type=float, default=None,
+                   help="stochastic depth rate (drop_path_rate); default: the model's own")
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", choices=data.DATASETS, default="cifar10",
+                   help="cifar10, or synthetic: generated shapes, no download (10,000 train / 2,000 test)")
+    g.add_argument("--data-dir", default=None,
+                   help="cifar-10-python.tar.gz, cifar-10-batches-py/, an ImageFolder folder or .tar.gz, or a "
+                        "folder to cache/download into; default: the cache (~/.cache/minivit or $MINIVIT_CACHE), "
+                        "then ../shared/data/cifar10-jpeg.tar.gz, then the download")
+    g.add_argument("--subset", type=int, default=None, metavar="N", help="train on the first N training images")
+    g.add_argument("--test-subset", type=int, default=None, metavar="N", help="test on the first N test images")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, default=100, help="passes over the training split")
+    g.add_argument("--batch-size", type=int, default=128, help="training batch (the last partial one is dropped)")
+    g.add_argument("--eval-batch-size", type=int, default=500, help="batch for evaluating the test split")
+    g.add_argument("--opt", choices=("adamw", "sgd"), default="adamw", help="optimiser")
+    g.add_argument("--lr", type=float, default=None, help="peak learning rate; default 1e-3 (adamw), 0.1 (sgd)")
+    g.add_argument("--min-lr", type=float, default=1e-5, help="learning rate at the end of the cosine")
+    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    g.add_argument("--weight-decay", type=float, default=None,
+                   help="decoupled (adamw) or L2 (sgd) weight decay; default 0.05 (adamw), 5e-4 (sgd); "
+                        "never applied to biases, norms, position embeddings and tokens")
+    g.add_argument("--warmup-epochs", type=float, default=None,
+                   help="linear warmup length; default min(5, epochs/5)")
+    g.add_argument("--label-smoothing", type=float, default=0.1, help="ε of label smoothing (DeiT: 0.1)")
+    g.add_argument("--clip-grad", type=float, default=None, metavar="NORM", help="clip the global gradient norm")
+    g.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="only fp32 for now (mixed precision is planned)")
+    g = p.add_argument_group("augmentation (on the device)")
+    g.add_argument("--crop-padding", type=int, default=4, help="random crop with this zero padding; 0 = off")
+    g.add_argument("--no-hflip", dest="hflip", action="store_false",
+                   help="turn off the random horizontal flips (on by default)")
+    g.add_argument("--randaugment", type=_randaugment, default=None, metavar="N,M",
+                   help="RandAugment: N ops per image at magnitude M (0-10), e.g. 2,9")
+    g.add_argument("--random-erasing", type=float, default=0.0, metavar="P", help="random erasing probability")
+    g.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA", help="mixup Beta(α, α); 0 = off (DeiT: 0.8)")
+    g.add_argument("--cutmix", type=float, default=0.0, metavar="ALPHA", help="cutmix Beta(α, α); 0 = off (DeiT: 1.0)")
+    g = p.add_argument_group("distillation (DeiT)")
+    g.add_argument("--teacher", default=None, metavar="CHECKPOINT",
+                   help="a run directory or .ckpt of a trained teacher (e.g. resnet_teacher)")
+    g.add_argument("--distillation", choices=DISTILLATION_TYPES, default=None,
+                   help="default: hard with --teacher, else none")
+    g.add_argument("--alpha", type=float, default=0.5, help="weight λ of the teacher's term")
+    g.add_argument("--tau", type=float, default=1.0, help="temperature τ of soft distillation")
+    g = p.add_argument_group("run")
+    g.add_argument("--device", choices=backend.DEVICES, default=None, help="default: cuda if CuPy sees a GPU")
+    g.add_argument("--seed", type=int, default=0, help="initialisation, data order and augmentation")
+    g.add_argument("--out-dir", default=None, help="the run directory; default runs/<model>-<timestamp>")
+    g.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue the run in RUN_DIR")
+    g.add_argument("--eval-every", type=int, default=1, metavar="EPOCHS",
+                   help="evaluate on the test split every this many epochs (and after the last)")
+    g.add_argument("--log-every", type=int, default=25, metavar="STEPS",
+                   help="read the loss from the device (a GPU sync) every this many steps")
+    g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="tqdm progress bar; default: when stderr is a terminal")
+    return p
+
+
+_RESUMABLE = ("device", "progress", "log_every", "resume")
+
+
+def resolve_config(args: argparse.Namespace) -> dict:
+    """The arguments with every default filled in (what goes into config.json)."""
+    cfg = dict(vars(args))
+    cfg["model_kwargs"] = cfg["model_kwargs"] or {}
+    cfg["lr"] = cfg["lr"] if cfg["lr"] is not None else (1e-3 if cfg["opt"] == "adamw" else 0.1)
+    if cfg["weight_decay"] is None:
+        cfg["weight_decay"] = 0.05 if cfg["opt"] == "adamw" else 5e-4
+    if cfg["warmup_epochs"] is None:
+        cfg["warmup_epochs"] = min(5.0, cfg["epochs"] / 5)
+    if cfg["distillation"] is None:
+        cfg["distillation"] = "hard" if cfg["teacher"] else "none"
+    if cfg["distillation"] != "none" and not cfg["teacher"]:
+        raise ValueError(f"--distillation {cfg['distillation']} needs --teacher CHECKPOINT")
+    if cfg["teacher"] and cfg["distillation"] == "none":
+        raise ValueError("--teacher was given with --distillation none: choose soft or hard, or drop --teacher")
+    if cfg["epochs"] < 1 or cfg["batch_size"] < 1 or cfg["eval_every"] < 1 or cfg["log_every"] < 1:
+        raise ValueError("--epochs, --batch-size, --eval-every and --log-every must be positive")
+    cfg["device"] = backend.check_device(cfg["device"] or backend.default_device())
+    return cfg
+
+
+# =========================================================================== the trainer
+def _versions() -> dict:
+    v = {"minivit": minivit.__version__, "numpy": np.__version__, "python": platform.python_version(),
+         "platform": platform.platform()}
+    if backend.cupy_available():
+        import importlib
+        v["cupy"] = importlib.import_module("cupy").__version__
+    return v
+
+
+
+
+class Trainer:
+    """One training run: data, model, optimiser, schedule, criterion, and the loop.
+
+    ``Trainer(cfg, run_dir, resume=checkpoint)`` builds everything exactly as a fresh
+    run would (same seed, same order of random draws) and then loads the checkpoint's
+    states over it.
+    """
+
+    def __init__(self, cfg: dict, run_dir: Path, resume: dict | None = None, log=print):
+        self.cfg, self.run_dir, self.log = cfg, Path(run_dir), log
+        device = cfg["device"]
+        backend.manual_seed(cfg["seed"])
+        ds = data.load_dataset(cfg["dataset"], cfg["data_dir"], subset=cfg["subset"],
+                               test_subset=cfg["test_subset"], verbose=True)
+        self.dataset = ds
+        for note in ds.notes:
+            log(f"note: {note}")
+        xp = backend.xp_for(device)
+        aug_cfg = data.AugmentConfig(
+            crop_padding=cfg["crop_padding"], hflip=cfg["hflip"],
+            randaugment=tuple(float(v) for v in cfg["randaugment"].split(",")) if cfg["randaugment"] else None,
+            random_erasing=cfg["random_erasing"], mixup=cfg["mixup"], cutmix=cfg["cutmix"])
+        augment = data.Augment(xp, aug_cfg, ds.num_classes, seed=cfg["seed"])
+        self.train_loader = data.DeviceLoader(ds.train, device, cfg["batch_size"], shuffle=True,
+                                              augment=augment, seed=cfg["seed"])
+        self.test_loader = data.DeviceLoader(ds.test, device, cfg["eval_batch_size"])
+
+        self.model = build_model(cfg["model"], ds.num_classes, cfg["model_kwargs"], cfg["drop_path"])
+        self.model.to(device=device)
+        self.model.train()
+        wd = cfg["weight_decay"]
+        groups = optim.param_groups_weight_decay(self.model, wd)
+        if cfg["opt"] == "adamw":
+            self.optimizer = optim.AdamW(groups, lr=cfg["lr"], weight_decay=wd)
+        else:
+            self.optimizer = optim.SGD(groups, lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=wd)
+        self.steps_per_epoch = len(self.train_loader)
+        total = self.steps_per_epoch * cfg["epochs"]
+        warmup = min(int(round(cfg["warmup_epochs"] * self.steps_per_epoch)), total - 1)
+        self.scheduler = optim.lr_scheduler.CosineWarmupLR(self.optimizer, warmup_steps=warmup,
+                                                           total_steps=total, min_lr=cfg["min_lr"])
+        teacher = None
+        if cfg["teacher"]:
+            teacher, tck = load_model_from_checkpoint(cfg["teacher"], device)
+            if tck["config"]["num_classes"] != ds.num_classes:
+                raise ValueError(f"the teacher {tck['path']} predicts {tck['config']['num_classes']} classes, "
+                                 f"the dataset has {ds.num_classes}: use a teacher trained on {cfg['dataset']}")
+            log(f"teacher: {tck['config']['model']} from {tck['path']} "
+                f"(test acc {tck.get('best_acc', float('nan')):.2%})")
+        self.criterion = DistillationLoss(teacher, cfg["distillation"], cfg["alpha"], cfg["tau"],
+                                          cfg["label_smoothing"])
+        self.cfg.update({"num_classes": ds.num_classes, "classes": list(ds.classes), "data_source": ds.source,
+                         "n_train": len(ds.train), "n_test": len(ds.test), "steps_per_epoch": self.steps_per_epoch,
+                         "total_steps": total, "warmup_steps": warmup,
+                         "num_params": self.model.num_parameters(), "versions": _versions()})
+        self.xp = xp
+        self.epoch, self.step_in_epoch = 0, 0
+        self.best_acc, self.best_epoch = -1.0, None
+        self.metrics: list[dict] = []
+        self._partial = None
+        self._stop_requested = False
+        if resume is not None:
+            self._load_state(resume)
+
+    # ------------------------------------------------------------------ state
+    def state(self, partial=None) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "rng": backend.get_rng_state(),
+                "epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "partial": partial,
+                "best_acc": self.best_acc, "best_epoch": self.best_epoch, "metrics": list(self.metrics),
+                "config": self.cfg, "saved_at": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+    def _load_state(self, ck: dict):
+        try:
+            self.model.load_state_dict(ck["model"])
+            self.optimizer.load_state_dict(ck["optimizer"])
+            self.scheduler.load_state_dict(ck["scheduler"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise CheckpointError(f"{ck.get('path')}: cannot restore the run from it: {e}") from e
+        backend.set_rng_state(ck["rng"])
+        self.epoch, self.step_in_epoch = ck["epoch"], ck.get("step_in_epoch", 0)
+        self.best_acc, self.best_epoch = ck.get("best_acc", -1.0), ck.get("best_epoch")
+        self.metrics = list(ck.get("metrics", []))
+        self._partial = ck.get("partial")
+
+    def save(self, best: bool = False, partial=None):
+        blob = checkpoint_bytes(self.state(partial))
+        save_checkpoint(self.run_dir / "last.ckpt", blob=blob)
+        if best:
+            save_checkpoint(self.run_dir / "best.ckpt", blob=blob)
+
+    def write_metrics(self):
+        """metrics.jsonl, rewritten whole from the in-memory list (so it always matches last.ckpt)."""
+        with atomic_write(self.run_dir / "metrics.jsonl", "w") as f:
+            for m in self.metrics:
+                f.write(json.dumps(m) + "\n")
+
+    # ------------------------------------------------------------------ one step
+    def train_step(self, x, target, labels):
+        """Forward, loss, backward, update. Returns the loss and the number correct, as device arrays."""
+        inputs = Tensor(x)
+        outputs = self.model(inputs)
+        loss = self.criterion(inputs, outputs, target)
+        self.optimizer.zero_grad()
+        loss.backward()
+        if self.cfg["clip_grad"]:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg["clip_grad"])
+        self.optimizer.step()
+        self.scheduler.step()
+        correct = (merge_heads(outputs).data.argmax(axis=1) == labels).sum()
+        return loss.data, correct
+
+    # ------------------------------------------------------------------ the loop
+    def _request_stop(self, signum, frame):
+        if self._stop_requested:             # a second Ctrl-C: stop right now, no checkpoint
+            raise KeyboardInterrupt
+        self._stop_requested = True
+        print("\nCtrl-C: finishing this step and saving a checkpoint (press again to quit without saving)",
+              file=sys.stderr, flush=True)
+
+    @contextlib.contextmanager
+    def _sigint_saves(self):
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = signal.signal(signal.SIGINT, self._request_stop)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def _diverged(self, epoch, step, value):
+        last = self.run_dir / "last.ckpt"
+        kept = (f"The last good checkpoint, {last} (after epoch {self.epoch}), is intact."
+                if last.is_file() else "No checkpoint was written before it.")
+        raise TrainingDiverged(
+            f"the training loss became {value} at epoch {epoch + 1}, step {step + 1}: stopping. {kept} "
+            "Try a lower --lr, a longer --warmup-epochs or --clip-grad 1.0.")
+
+    def fit(self) -> str:
+        """Train until ``epochs``; returns 'done' or 'interrupted'."""
+        with self._sigint_saves():
+            while self.epoch < self.cfg["epochs"]:
+                result = self._train_epoch()
+                if result is None:                          # Ctrl-C mid-epoch: checkpoint saved
+                    return "interrupted"
+                self._finish_epoch(*result)
+                if self._stop_requested and self.epoch < self.cfg["epochs"]:
+                    return "interrupted"
+        return "done"
+
+    def _train_epoch(self):
+        """The steps of one epoch (from ``step_in_epoch`` on, after a resume).
+
+        Returns (loss_sum, correct, seconds) as host numbers, or None if Ctrl-C stopped it
+        (after saving a mid-epoch checkpoint). The loss and accuracy are summed on the
+        device and read every ``log_every`` steps only.
+        """
+        from tqdm import tqdm
+        cfg, xp, bs = self.cfg, self.xp, self.cfg["batch_size"]
+        epoch, start = self.epoch, self.step_in_epoch
+        p, self._partial = self._partial or {}, None          # a resumed epoch's sums so far
+        loss_sum = xp.asarray(p.get("loss_sum", 0.0), dtype=np.float64)
+        correct = xp.asarray(p.get("correct", 0), dtype=np.int64)
+        elapsed = p.get("elapsed", 0.0)
+        progress = cfg["progress"] if cfg["progress"] is not None else sys.stderr.isatty()
+        bar = tqdm(total=self.steps_per_epoch * bs, initial=start * bs, unit="img", unit_scale=True,
+                   desc=f"epoch {epoch + 1}/{cfg['epochs']}", leave=False, disable=not progress, dynamic_ncols=True)
+        self.model.train()
+        t0 = time.perf_counter()
+        for step, (x, target, labels) in enumerate(self.train_loader.batches(epoch, start), start):
+            if cfg["device"] == "cuda":
+                # cuRAND's state cannot be saved: re-seed the GPU generator from (seed, epoch, step)
+                # so dropout/drop-path draws replay exactly after a resume.
+                backend.seed_device((cfg["seed"] * 1_000_003 + epoch) * 1_000_003 + step)
+            loss, n_correct = self.train_step(x, target, labels)
+            loss_sum += loss.astype(np.float64) * bs
+            correct += n_correct
+            self.step_in_epoch = step + 1
+            bar.update(bs)
+            last_step = step + 1 == self.steps_per_epoch            # synced at the epoch's end anyway
+            if (step + 1) % cfg["log_every"] == 0 or last_step or self._stop_requested:
+                seen = (step + 1) * bs
+                avg = float(loss_sum) / seen                        # the host sync
+                if not math.isfinite(avg):
+                    bar.close()
+                    self._diverged(epoch, step, avg)
+                bar.set_postfix(loss=f"{avg:.4f}", acc=f"{int(correct) / seen:.2%}",
+                                lr=f"{self.scheduler.get_last_lr()[-1]:.2e}", refresh=False)
+            if self._stop_requested and not last_step:
+                bar.close()
+                self.save(partial={"loss_sum": float(loss_sum), "correct": int(correct),
+                                   "elapsed": elapsed + time.perf_counter() - t0})
+                return None
+        backend.synchronize(cfg["device"])
+        bar.close()
+        return float(loss_sum), int(correct), elapsed + time.perf_counter() - t0
+
+    def _finish_epoch(self, loss_sum: float, correct: int, train_time: float):
+        """Record the epoch's metrics, evaluate, save last/best checkpoints and metrics.jsonl."""
+        cfg, epoch = self.cfg, self.epoch
+        n = self.steps_per_epoch * cfg["batch_size"]
+        if not math.isfinite(loss_sum):
+            self._diverged(epoch, self.steps_per_epoch - 1, loss_sum / n)
+        record = {"epoch": epoch + 1, "train_loss": loss_sum / n, "train_acc": correct / n,
+                  "test_loss": None, "test_acc": None, "lr": self.scheduler.get_last_lr()[-1],
+                  "epoch_time_s": None, "train_time_s": train_time, "eval_time_s": None,
+                  "images_per_s": n / train_time, "step": (epoch + 1) * self.steps_per_epoch}
+        t0 = time.perf_counter()
+        is_best = False
+        if (epoch + 1) % cfg["eval_every"] == 0 or epoch + 1 == cfg["epochs"]:
+            ev = evaluate(self.model, self.test_loader)
+            record["test_loss"], record["test_acc"] = ev["loss"], ev["acc"]
+            if ev["acc"] > self.best_acc:
+                self.best_acc, self.best_epoch, is_best = ev["acc"], epoch + 1, True
+        record["eval_time_s"] = time.perf_counter() - t0
+        record["epoch_time_s"] = train_time + record["eval_time_s"]
+        self.metrics.append(record)
+        self.epoch, self.step_in_epoch = epoch + 1, 0
+        self.save(best=is_best)
+        self.write_metrics()
+        self.log(_epoch_line(record, cfg["epochs"]))
+
+
+def _epoch_line(r: dict, epochs: int) -> str:
+    test = (f"test loss {r['test_loss']:.4f} acc {r['test_acc']:6.2%}" if r["test_acc"] is not None
+            else "test  (not evaluated)")
+    return (f"epoch {r['epoch']:3d}/{epochs}  train loss {r['train_loss']:.4f} acc {r['train_acc']:6.2%}  "
+            f"{test}  lr {r['lr']:.2e}  {r['epoch_time_s']:.1f}s  ({r['images_per_s']:,.0f} img/s)")
+
+
+# =========================================================================== entry point
+def _new_run_dir(cfg) -> Path:
+    if cfg["out_dir"]:
+        run_dir = Path(cfg["out_dir"])
+        if (run_dir / "last.ckpt").exists():
+            raise ValueError(f"{run_dir} already holds a run (last.ckpt): continue it with --resume {run_dir}, "
+                             "or choose another --out-dir")
+        return run_dir
+    base = Path("runs") / f"{cfg['model']}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir, i = base, 1
+    while run_dir.exists():
+        run_dir, i = Path(f"{base}-{i}"), i + 1
+    return run_dir
+
+
+def _explicit_args(parser, argv) -> set:
+    """The destinations of the options given on the command line (not left at their default)."""
+    sentinel = argparse.Namespace(**{a.dest: _UNSET for a in parser._actions if a.dest != "help"})
+    given = parser.parse_args(argv, namespace=sentinel)
+    return {k for k, v in vars(given).items() if v is not _UNSET}
+
+
+_UNSET = object()
+
+
+def run(argv=None, log=print) -> dict:
+    """Parse arguments, train, and return a summary; raises on errors (``main`` prints them)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.resume:
+        run_dir = Path(args.resume)
+        ckpt = load_checkpoint(run_dir / "last.ckpt") if run_dir.is_dir() else load_checkpoint(run_dir)
+        run_dir = Path(ckpt["path"]).parent
+        cfg = dict(ckpt["config"])
+        explicit = _explicit_args(parser, argv)
+        ignored = sorted(explicit - set(_RESUMABLE))
+        if ignored:
+            log("note: a resumed run keeps its saved configuration; ignoring "
+                + ", ".join("--" + k.replace("_", "-") for k in ignored))
+        for key in ("device", "progress", "log_every"):
+            if key in explicit:
+                cfg[key] = getattr(args, key)
+        cfg["device"] = backend.check_device(cfg["device"])
+        log(f"resuming {run_dir} at epoch {ckpt['epoch'] + 1}, step {ckpt.get('step_in_epoch', 0)} "
+            f"of {cfg['epochs']} epochs")
+        trainer = Trainer(cfg, run_dir, resume=ckpt, log=log)
+    else:
+        cfg = resolve_config(args)
+        run_dir = _new_run_dir(cfg)
+        cfg["run_dir"] = str(run_dir)
+        cfg["command"] = " ".join(["python -m minivit.train"] + list(sys.argv[1:] if argv is None else argv))
+        trainer = Trainer(cfg, run_dir, log=log)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_write(run_dir / "config.json", "w") as f:
+            json.dump(trainer.cfg, f, indent=2, default=str)
+        c = trainer.cfg
+        log(f"run {run_dir}: {c['model']} ({c['num_params']:,} parameters) on {c['dataset']} "
+            f"({c['n_train']} train / {c['n_test']} test from {c['data_source']}), device {c['device']}, "
+            f"{c['epochs']} epochs × {c['steps_per_epoch']} steps of {c['batch_size']}")
+    trainer.write_metrics()
+    status = trainer.fit()
+    from minivit.plotting import plot_curves
+    if trainer.metrics:
+        plot_curves(trainer.metrics, run_dir / "curves.png", title=f"{cfg['model']} on {cfg['dataset']}")
+    summary = {"status": status, "run_dir": str(run_dir), "epoch": trainer.epoch,
+               "step_in_epoch": trainer.step_in_epoch, "best_acc": trainer.best_acc,
+               "best_epoch": trainer.best_epoch, "metrics": trainer.metrics}
+    if status == "interrupted":
+        log(f"interrupted at epoch {trainer.epoch + 1}, step {trainer.step_in_epoch}: checkpoint saved to "
+            f"{run_dir / 'last.ckpt'}. Resume with: python -m minivit.train --resume {run_dir}")
+    elif trainer.best_epoch is not None:
+        log(f"done: test acc {trainer.metrics[-1]['test_acc']:.2%} (best {trainer.best_acc:.2%} at epoch "
+            f"{trainer.best_epoch}); run directory {run_dir}")
+    return summary
+
+
+def main(argv=None) -> dict:
+    """The command line: like ``run``, but errors become a message and a non-zero exit."""
+    try:
+        summary = run(argv)
+    except TrainingDiverged as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except (data.DatasetError, CheckpointError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        print("\ninterrupted: stopped without saving a checkpoint (any earlier one in the run directory "
+              "is intact)", file=sys.stderr)
+        raise SystemExit(EXIT_INTERRUPTED) from None
+    if summary["status"] == "interrupted":
+        raise SystemExit(EXIT_INTERRUPTED)
+    return summary
+
+
+if __name__ == "__main__":
+    main()
