@@ -14,8 +14,10 @@ def main(argv=None):
     t.add_argument("--json", help="also write the rows to this JSON file")
     s = sub.add_parser("sweep", help="time each attention type over growing token grids; fit log-log slopes")
     s.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    s.add_argument("--max-side", type=int, default=None, help="largest token grid side (default 64 CPU, 96 GPU)")
-    s.add_argument("--dim", type=int, default=64, help="channels C (default 64)")
+    s.add_argument("--max-side", type=int, default=None,
+                   help="largest token grid side for MSA (default 64 CPU, 96 GPU); layers whose quadratic "
+                        "term is smaller (SRA with large R) or that are linear reach further")
+    s.add_argument("--dim", type=int, default=32, help="channels C (default 32)")
     s.add_argument("--heads", type=int, default=2)
     s.add_argument("--repeats", type=int, default=3)
     s.add_argument("--out-dir", default="figures", help="where complexity_<device>.png/.json go")

@@ -21,16 +21,22 @@ from minivit.functional.activation import Softmax
 from minivit.layers import (Attention, ConvProjectionAttention, SpatialReductionAttention, WindowAttention,
                             window_partition)
 
-# name → (theoretical exponent, grid sides must be multiples of this, builder(C, heads) → fn(x (B, H, W, C)))
+# name → (theoretical exponent, grid sides must be multiples of this, reach, builder(C, heads) → fn(x (B, H, W, C)))
+#
+# "reach" scales the largest grid per layer. The exponent is an asymptote: for a cost
+# a·hw + b·(hw)² the local slope is 1 + b·hw / (a + b·hw). SRA's quadratic term is R²
+# times smaller (b = 2C/R²) while its linear terms stay ≈ 3hwC², so the larger R, the
+# larger the grid before the (hw)² term takes over — a sweep that stopped at the same
+# grid for every R would measure the crossover, not the growth law.
 LAYERS = {
-    "MSA": (2, 1, lambda C, h: _tokens(Attention(C, h, qkv_bias=True))),
-    "SRA R=2": (2, 2, lambda C, h: _grid(SpatialReductionAttention(C, h, sr_ratio=2))),
-    "SRA R=4": (2, 4, lambda C, h: _grid(SpatialReductionAttention(C, h, sr_ratio=4))),
-    "SRA R=8": (2, 8, lambda C, h: _grid(SpatialReductionAttention(C, h, sr_ratio=8))),
-    "linear SRA": (1, 1, lambda C, h: _grid(SpatialReductionAttention(C, h, linear_attn=True))),
-    "W-MSA M=4": (1, 4, lambda C, h: _windows(WindowAttention(C, h, window_size=4), 4)),
-    "W-MSA M=7": (1, 7, lambda C, h: _windows(WindowAttention(C, h, window_size=7), 7)),
-    "CvT projection": (2, 1, lambda C, h: _grid(ConvProjectionAttention(C, h))),
+    "MSA": (2, 1, 1.0, lambda C, h: _tokens(Attention(C, h, qkv_bias=True))),
+    "SRA R=2": (2, 2, 1.5, lambda C, h: _grid(SpatialReductionAttention(C, h, sr_ratio=2))),
+    "SRA R=4": (2, 4, 2.0, lambda C, h: _grid(SpatialReductionAttention(C, h, sr_ratio=4))),
+    "SRA R=8": (2, 8, 3.0, lambda C, h: _grid(SpatialReductionAttention(C, h, sr_ratio=8))),
+    "linear SRA": (1, 1, 2.0, lambda C, h: _grid(SpatialReductionAttention(C, h, linear_attn=True))),
+    "W-MSA M=4": (1, 4, 2.0, lambda C, h: _windows(WindowAttention(C, h, window_size=4), 4)),
+    "W-MSA M=7": (1, 7, 2.0, lambda C, h: _windows(WindowAttention(C, h, window_size=7), 7)),
+    "CvT projection": (2, 1, 1.0, lambda C, h: _grid(ConvProjectionAttention(C, h))),
 }
 
 
@@ -73,13 +79,13 @@ def _time(fn, device, repeats):
     return float(np.median(times))
 
 
-def measure(name, device="cpu", C=64, heads=2, max_side=64, repeats=3, batch=1):
-    """Timings and score memory of one layer type over its grid sides."""
-    exponent, multiple, build = LAYERS[name]
+def measure(name, device="cpu", C=32, heads=2, max_side=64, repeats=3, batch=1):
+    """Timings and score memory of one layer type over its grid sides (up to max_side × its reach)."""
+    exponent, multiple, reach, build = LAYERS[name]
     layer, fn = build(C, heads)
     layer.to(device=device)
     rows = []
-    for s in _sides(multiple, max_side):
+    for s in _sides(multiple, int(max_side * reach)):
         x = mv.randn(batch, s, s, C, device=device, requires_grad=True)
         peak = [0]
 
@@ -116,14 +122,14 @@ def fit_slope(rows, key, n_large: int = 3) -> float:
     return float(np.polyfit(x, y, 1)[0])
 
 
-def run(device="cpu", max_side=None, C=64, heads=2, repeats=3, layers=None, out_json=None, out_png=None):
+def run(device="cpu", max_side=None, C=32, heads=2, repeats=3, layers=None, out_json=None, out_png=None):
     max_side = max_side or (96 if device == "cuda" else 64)
     results = []
     for name in layers or LAYERS:
         r = measure(name, device, C, heads, max_side, repeats)
         print(f"{name:<15} theory {r['theory']}  fitted forward {r['slope_forward']:.2f}  "
               f"forward+backward {r['slope_forward_backward']:.2f}  "
-              f"(grids {r['rows'][0]['side']}² … {r['rows'][-1]['side']}²)", flush=True)
+              f"(grids {r['rows'][0]['side']}² … {r['rows'][-1]['side']}², fit over the last 3)", flush=True)
         results.append(r)
     record = dict(device=device, device_name=backend.device_name(device), C=C, heads=heads, batch=1, repeats=repeats,
                   numpy=np.__version__, results=results)

@@ -63,6 +63,8 @@ class VisionTransformer(nn.Module):
         if global_pool == "token" and not class_token:
             raise ValueError(f"{type(self).__name__}: global_pool='token' needs the class token; "
                              f"pass class_token=True or global_pool='avg'")
+        if pos_embed is None:  # e.g. `--model-kwargs pos_embed=none`, which parses to None
+            pos_embed = "none"
         if pos_embed not in ("learn", "sincos", "none", ""):
             raise ValueError(f"{type(self).__name__}: pos_embed must be 'learn', 'sincos' or 'none', got {pos_embed!r}")
         if weight_init not in ("", "skip"):
