@@ -19,6 +19,8 @@ from minivit import backend
 _grad_enabled = True
 
 
+
+
 class no_grad:
     """Context manager (and decorator) that stops recording the graph, as ``torch.no_grad``."""
 
@@ -265,6 +267,7 @@ class Tensor:
     def __matmul__(self, o): return _ops.matmul(self, o)
     def __rmatmul__(self, o): return _ops.matmul(o, self)
     def __neg__(self): return _ops.neg(self)
+    def __abs__(self): return _ops.abs(self)
     def __getitem__(self, index): return _ops.getitem(self, index)
 
     # Comparisons give boolean tensors outside the graph.

@@ -30,3 +30,5 @@ def test_lesson_is_committed_with_outputs(path):
     assert code and all(c.get("execution_count") for c in code), "run the notebook before committing it"
     first = " ".join(o.get("text", "") for o in code[0].get("outputs", []))
     assert "device:" in first and "mode:" in first, "the first cell must call minivit.notebook.setup()"
+    images = [o for c in code for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+    assert images, "no figure shown inline: run `%matplotlib inline` in the first cell"

@@ -1,6 +1,6 @@
 """Measured growth: time one layer of each attention type over growing token grids.
 
-For each layer, forward and forward+backward are timed (median of repeats,
+For each layer, forward and forward+backward are timed (minimum of repeats,
 synchronising the GPU before reading the clock) at token grids s×s, and the
 largest attention-score array the layer built is recorded (the softmax's
 output, measured from the op that ran). A straight line fitted to log(time)
@@ -76,7 +76,7 @@ def _time(fn, device, repeats):
         fn()
         backend.synchronize(device)
         times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+    return float(np.min(times))  # the least-disturbed run: other processes only ever add time
 
 
 def measure(name, device="cpu", C=32, heads=2, max_side=64, repeats=3, batch=1):

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from minivit import backend
 from minivit.autograd import Function
 
@@ -45,11 +47,20 @@ class GELU(Function):
             dy/dx = (1 + t)/2 + x/2·(1 − t²)·√(2/π)(1 + 3·0.044715x²),  t = tanh(u)
     """
 
+    # Exact GELU in float32 on the CPU takes the fast path (_gelu_float32, below): the
+    # same values to a few float32 ulps. False: always this reference code.
+    fast_path = True
+
     def __init__(self, approximate):
         self.approximate = approximate
+        self.dydx = None
 
     def forward(self, x):
         xp = get_array_module(x)
+        if self.approximate == "none" and self.fast_path and x.dtype == np.float32 \
+                and backend.device_of(x) == "cpu":
+            y, self.dydx = _gelu_float32(x, with_grad=self.needs_grad[0])
+            return y
         self.x = x
         if self.approximate == "tanh":
             self.t = xp.tanh(_SQRT_2_OVER_PI * (x + _GELU_C * x * x * x))
@@ -58,6 +69,8 @@ class GELU(Function):
         return x * self.cdf
 
     def backward(self, gy):
+        if self.dydx is not None:                           # the fast path saved dy/dx itself
+            return gy * self.dydx
         xp = get_array_module(gy)
         x = self.x
         if self.approximate == "tanh":
@@ -66,6 +79,79 @@ class GELU(Function):
             return gy * (0.5 * (1 + t) + 0.5 * x * (1 - t * t) * du)
         pdf = _INV_SQRT_2PI * xp.exp(-0.5 * x * x)
         return gy * (self.cdf + x * pdf)
+
+
+# --------------------------------------------------------------------------- GELU's fast path
+# SciPy's erf costs ~15 ns an element, 30 times NumPy's exp: it alone was over a tenth
+# of a ViT training step. For float32 we compute Φ from the complementary error function
+# instead. With z = |x|/√2,
+#
+#     Φ(x) = ½·erfc(z) for x < 0,   1 − ½·erfc(z) for x ≥ 0,      erfc(z) = e^(−z²)·R(z)
+#
+# where R(z) = e^(z²)·erfc(z) (SciPy's erfcx) is smooth and slowly varying on z ≥ 0, so a
+# ratio of two short polynomials matches it: P/Q of degrees 4 and 5 to a relative 5e-9
+# on [0, 9], far below float32's 6e-8. (The coefficients were fitted for minivit by
+# least squares on a fine grid, reweighted towards the worst points; R(0) = 1.) Unlike
+# 1 + erf, the small Φ of a very negative x keeps its relative precision. As a bonus
+# e^(−z²) = e^(−x²/2) is the normal density's exponential, so dy/dx = Φ + x·φ(x) costs
+# three more passes here instead of seven in backward, which then is one multiply.
+# The work goes block by block through the flattened input, so the dozen temporaries of
+# the polynomial evaluation stay in the CPU's cache.
+_ERFCX_P = (1.0, 1.22841772, 0.7211835, 0.22426812, 0.03176299)                 # z⁰ … z⁴
+_ERFCX_Q = (1.0, 2.35679736, 2.38053688, 1.30592114, 0.39753655, 0.05629755)    # z⁰ … z⁵
+_BLOCK = 1 << 15
+
+
+def _gelu_float32(x, with_grad=True):
+    """(gelu(x), dy/dx or None) for a float32 array, by the rational erfc above."""
+    f = np.float32
+    p_half = [f(0.5 * c) for c in _ERFCX_P]           # ½·P: gives ½·erfc(z) directly
+    q = [f(c) for c in _ERFCX_Q]
+    flat = x.reshape(-1)
+    y = np.empty_like(flat)
+    dydx = np.empty_like(flat) if with_grad else None
+    n = min(flat.size, _BLOCK)
+    z, e, pz, qz = (np.empty(n, dtype=f) for _ in range(4))
+    ten = np.full(n, 10, dtype=f)
+    nonneg = np.empty(n, dtype=bool)
+    # (Cheap ufuncs only: with a scalar, np.minimum is 3x slower than with an array, and
+    # np.where / copyto(where=) 15x slower than arithmetic on this block size.)
+    for start in range(0, flat.size, _BLOCK):
+        xb = flat[start:start + _BLOCK]
+        k = len(xb)
+        zb, eb, pb, qb, mb = z[:k], e[:k], pz[:k], qz[:k], nonneg[:k]
+        np.abs(xb, out=zb)
+        zb *= f(_SQRT1_2)                              # z = |x|/√2
+        np.square(zb, out=eb)
+        eb *= f(-1)
+        np.exp(eb, out=eb)                             # e^(−z²) = e^(−x²/2)
+        np.minimum(zb, ten[:k], out=zb)                # keeps P/Q finite for x = ±inf
+        np.multiply(zb, p_half[4], out=pb)             # Horner: ½P(z)
+        for c in p_half[3:0:-1]:
+            pb += c
+            pb *= zb
+        pb += p_half[0]
+        np.multiply(zb, q[5], out=qb)                  # Horner: Q(z)
+        for c in q[4:0:-1]:
+            qb += c
+            qb *= zb
+        qb += q[0]
+        pb /= qb
+        pb *= eb                                       # h = ½·erfc(z)
+        # Φ = h + [x ≥ 0]·(1 − 2h): exactly h for x < 0, 1 − h (to an ulp) for x ≥ 0
+        np.multiply(pb, f(-2), out=qb)
+        qb += f(1)
+        np.greater_equal(xb, 0, out=mb)
+        qb *= mb
+        cdf = qb
+        cdf += pb
+        np.multiply(xb, cdf, out=y[start:start + k])   # y = x·Φ(x)
+        if with_grad:
+            eb *= xb
+            eb *= f(_INV_SQRT_2PI)                     # x·φ(x)
+            np.add(cdf, eb, out=dydx[start:start + k]) # Φ(x) + x·φ(x)
+    shape = x.shape
+    return y.reshape(shape), (dydx.reshape(shape) if with_grad else None)
 
 
 class Sigmoid(Function):
@@ -114,13 +200,17 @@ class Softmax(Function):
         if x.size == 0:
             self.y = x.copy()
             return self.y
-        e = xp.exp(x - x.max(axis=self.dim, keepdims=True))   # every exponent ≤ 0: no overflow
-        self.y = e / e.sum(axis=self.dim, keepdims=True)
+        e = xp.asarray(x - x.max(axis=self.dim, keepdims=True))   # every exponent ≤ 0: no overflow
+        xp.exp(e, out=e)                                       # in place: e is a fresh array (0-d too)
+        e /= e.sum(axis=self.dim, keepdims=True)
+        self.y = e
         return self.y
 
     def backward(self, gy):
         y = self.y
-        return y * (gy - (gy * y).sum(axis=self.dim, keepdims=True))
+        gx = gy * y                                            # y ⊙ (g − Σ g y), as y ⊙ g − y ⊙ Σ g y
+        gx -= y * gx.sum(axis=self.dim, keepdims=True)
+        return gx
 
 
 class LogSoftmax(Function):

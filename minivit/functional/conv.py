@@ -115,14 +115,22 @@ class Conv2d(Function):
         ∂L/∂b    = Σ over N, H_out, W_out of g
     """
 
+    # On the CPU, depthwise convs (one input and one output channel per group) take the
+    # einsum path below (_depthwise_*); False sends them through im2col like every other conv.
+    depthwise_fast_path = True
+
     def __init__(self, stride, pads, dilation, groups, keep_cols=True):
         self.stride, self.pads, self.dilation, self.groups = stride, pads, dilation, groups
         self.keep_cols = keep_cols      # cols are only needed for ∂W: don't hold them otherwise
+        self.depthwise = False
 
     def forward(self, x, w, b=None):
         xp = get_array_module(x)
         N, C, H, W = x.shape
         O, Cg, kh, kw = w.shape
+        if self.depthwise_fast_path and Cg == 1 and O == self.groups and backend.device_of(x) == "cpu":
+            self.depthwise = True
+            return self._depthwise_forward(x, w, b)
         G, (sh, sw), (dh, dw) = self.groups, self.stride, self.dilation
         xpad = _pad_hw(x, self.pads)
         Hp, Wp = xpad.shape[-2:]
@@ -146,6 +154,8 @@ class Conv2d(Function):
         return y
 
     def backward(self, gy):
+        if self.depthwise:
+            return self._depthwise_backward(gy)
         xp = get_array_module(gy)
         (N, C, H, W), (O, Cg, kh, kw), (Hp, Wp), (Ho, Wo) = self.shapes
         G, (sh, sw), (dh, dw) = self.groups, self.stride, self.dilation
@@ -168,6 +178,79 @@ class Conv2d(Function):
         if len(self.needs_grad) == 2:                       # called without a bias
             return gx, gw
         return gx, gw, (gy.sum(axis=(0, 2, 3)) if self.needs_grad[2] else None)
+
+    # ----------------------------------------------------------------------- depthwise
+    # A depthwise conv (CvT's q/k/v projections, PVT v2's feed-forward) gives each
+    # channel its own k×k filter. im2col would copy every pixel k·k times into
+    # columns only to run G products of a single row. Instead, with all windows of
+    # the padded input as a strided view (no copy), one einsum sums over the taps:
+    #
+    #     y[n, h, w, c]  = Σ_ij xpad[n, h·s + i·d, w·s + j·d, c] · W[c, i, j]
+    #     ∂L/∂W[c, i, j] = Σ_nhw g[n, h, w, c] · xpad[n, h·s + i·d, w·s + j·d, c]
+    #     ∂L/∂x          = the same correlation run backwards: for stride 1, the
+    #                      zero-padded g correlated with the flipped filter,
+    #                      ∂L/∂x[h] = Σ_i gpad[h + i·d] · W[k−1−i]
+    #
+    # Arrays are laid out channels-last (N, H, W, C): the channel is the contiguous
+    # axis the einsum runs along, and tokens (B, N, C) reshaped to an image already
+    # are channels-last in memory, so for them the transposes cost nothing.
+    # CPU only: on a GPU the im2col path's one batched GEMM is the better fit.
+
+    def _depthwise_forward(self, x, w, b):
+        xp = get_array_module(x)
+        N, C, H, W = x.shape
+        kh, kw = w.shape[2:]
+        (sh, sw), (dh, dw), (top, bottom, left, right) = self.stride, self.dilation, self.pads
+        xpad = xp.zeros((N, H + top + bottom, W + left + right, C), dtype=x.dtype)   # channels last
+        xpad[:, top:top + H, left:left + W] = x.transpose(0, 2, 3, 1)
+        win = _windows_last(xpad, (kh, kw), self.stride, self.dilation)            # (N, Ho, Wo, C, kh, kw)
+        # (einsum picks its loop order from the operands' strides: keep them all channels-last)
+        taps = xp.ascontiguousarray(w.reshape(C, kh, kw).transpose(1, 2, 0))         # (kh, kw, C)
+        y = xp.einsum("nhwcij,ijc->nhwc", win, taps)
+        if b is not None:
+            y += b
+        self.xpad = xpad if self.keep_cols else None        # only ∂W needs the input
+        self.taps = taps
+        self.shapes = x.shape, w.shape, xpad.shape[1:3], y.shape[1:3]
+        return y.transpose(0, 3, 1, 2)                      # (N, C, Ho, Wo), a view
+
+    def _depthwise_backward(self, gy):
+        xp = get_array_module(gy)
+        (N, C, H, W), (_, _, kh, kw), (Hp, Wp), (Ho, Wo) = self.shapes
+        (sh, sw), (dh, dw), (top, bottom, left, right) = self.stride, self.dilation, self.pads
+        g = xp.ascontiguousarray(gy.transpose(0, 2, 3, 1))                           # (N, Ho, Wo, C)
+        gx = gw = None
+        if self.needs_grad[0]:
+            # Stride 1: pad g so that gx[h] = Σ_i gpad[h + i·d] · W[k−1−i] (see above).
+            lo_h, lo_w = dh * (kh - 1) - top, dw * (kw - 1) - left
+            hi_h, hi_w = dh * (kh - 1) - bottom, dw * (kw - 1) - right
+            if (sh, sw) == (1, 1) and min(lo_h, lo_w, hi_h, hi_w) >= 0:
+                gpad = xp.zeros((N, Ho + lo_h + hi_h, Wo + lo_w + hi_w, C), dtype=gy.dtype)
+                gpad[:, lo_h:lo_h + Ho, lo_w:lo_w + Wo] = g
+                gx = xp.einsum("nhwcij,ijc->nhwc", _windows_last(gpad, (kh, kw), (1, 1), self.dilation),
+                               xp.ascontiguousarray(self.taps[::-1, ::-1]))
+            else:
+                # Strided: add each tap's share back onto the input positions it read.
+                gxpad = xp.zeros((N, Hp, Wp, C), dtype=gy.dtype)
+                for i in range(kh):
+                    for j in range(kw):
+                        gxpad[:, _window(i, dh, sh, Ho), _window(j, dw, sw, Wo)] += g * self.taps[i, j]
+                gx = xp.ascontiguousarray(gxpad[:, top:top + H, left:left + W])
+            gx = gx.transpose(0, 3, 1, 2)                   # (N, C, H, W), a view of channels-last
+        if self.needs_grad[1]:
+            win = _windows_last(self.xpad, (kh, kw), self.stride, self.dilation)
+            gw = xp.einsum("nhwc,nhwcij->cij", g, win).reshape(C, 1, kh, kw)
+        if len(self.needs_grad) == 2:
+            return gx, gw
+        return gx, gw, (g.sum(axis=(0, 1, 2)) if self.needs_grad[2] else None)
+
+
+def _windows_last(xpad, k, stride, dilation):
+    """Every (dilated, strided) k×k window of a channels-last (N, Hp, Wp, C) array, as a
+    view (N, Ho, Wo, C, kh, kw)."""
+    (kh, kw), (sh, sw), (dh, dw) = k, stride, dilation
+    win = backend.sliding_window_view(xpad, (dh * (kh - 1) + 1, dw * (kw - 1) + 1), axis=(1, 2))
+    return win[:, ::sh, ::sw, :, ::dh, ::dw]
 
 
 def _conv_padding(padding, k, d, stride):

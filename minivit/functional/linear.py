@@ -9,6 +9,7 @@ the gradient of the images). Leading dims are folded into one, so a
 from __future__ import annotations
 
 from minivit.autograd import Function
+from minivit.backend import get_array_module
 
 
 class Linear(Function):
@@ -33,7 +34,8 @@ class Linear(Function):
         gw = g2.T @ self.x2 if self.needs_grad[1] else None
         if len(self.needs_grad) == 2:                 # called without a bias
             return gx, gw
-        gb = g2.sum(axis=0) if self.needs_grad[2] else None
+        # Σ_rows G as a vector-matrix product: BLAS does it several times faster than g2.sum(axis=0).
+        gb = get_array_module(g2).ones(g2.shape[0], dtype=g2.dtype) @ g2 if self.needs_grad[2] else None
         return gx, gw, gb
 
 

@@ -1,0 +1,206 @@
+"""minivit.bench and minivit.profiler: the CLI end to end on tiny configurations, the JSON
+record, the PyTorch twins (same weights: equal logits), the per-op profile. No timing
+assertions: only that the numbers are there, consistent, and add up."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import minivit.models
+from minivit import bench
+from minivit.autograd import Function
+from minivit.functional.linear import Linear
+from minivit.profiler import OpProfiler
+
+TINY = ["--model", "vit_tiny", "--model-kwargs", "depth=1,embed_dim=32,num_heads=2", "--batch-size", "2",
+        "--steps", "2", "--warmup", "0", "--rounds", "1"]
+
+
+def _quiet(*args):
+    pass
+
+
+def _run(argv):
+    return bench.main(argv, log=_quiet)
+
+
+def _timed(entry):
+    assert entry["median"] > 0 and entry["min"] <= entry["median"] and len(entry["all"]) >= 1
+
+
+def test_cli_runs_end_to_end_and_writes_a_well_formed_json(tmp_path):
+    """`python -m minivit.bench` itself, in a fresh process."""
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, "-m", "minivit.bench", *TINY, "--json", str(out), "--label", "tiny"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "train step (median)" in proc.stdout
+    data = json.loads(out.read_text())
+    (rec,) = data["records"]
+    assert rec["label"] == "tiny" and rec["model"] == "vit_tiny"
+    assert rec["model_kwargs"] == {"depth": 1, "embed_dim": 32, "num_heads": 2}
+    assert rec["batch_size"] == 2 and rec["precision"] == "fp32" and rec["dtype"] == "float32"
+    assert rec["device"] == "cpu" and rec["device_name"] and rec["versions"]["numpy"] == np.__version__
+    assert set(rec["threads"]) >= {"blas", "torch"}
+    m = rec["results"]["minivit"]
+    _timed(m["train_step_s"])
+    _timed(m["inference_s"])
+    assert len(m["train_step_s"]["all"]) == 2
+    assert m["params"] == minivit.models.create_model("vit_tiny", depth=1, embed_dim=32, num_heads=2).num_parameters()
+    assert m["train_img_per_s"] == pytest.approx(2 / m["train_step_s"]["median"])
+    assert m["memory"]["train_step_bytes"] >= 0 and m["memory"]["method"]
+    assert rec["ratio_minivit_over_torch"] is None and rec["profile"] is None
+    assert rec["background_cpus"] is None or rec["background_cpus"] >= 0
+    assert "malloc" in rec and "load_average" in rec
+
+
+def test_json_records_append_and_replace_by_label(tmp_path):
+    out = tmp_path / "b.json"
+    base = TINY + ["--steps", "1", "--no-memory", "--json", str(out)]
+    _run(base + ["--label", "before"])
+    _run(base + ["--label", "after"])
+    _run(base + ["--label", "before"])          # replaces the first "before"
+    labels = [r["label"] for r in json.loads(out.read_text())["records"]]
+    assert labels == ["after", "before"]
+    out.write_text("{}")
+    with pytest.raises(SystemExit, match="not a minivit.bench file"):
+        _run(base + ["--label", "x"])
+
+
+def test_bad_arguments_are_refused():
+    with pytest.raises(SystemExit):
+        _run(TINY + ["--precision", "fp16"])
+    with pytest.raises(SystemExit, match="--steps must be at least 1"):
+        _run(TINY + ["--steps", "0"])
+    with pytest.raises(ValueError, match="unknown model"):
+        _run(["--model", "vit_nope", "--steps", "1"])
+
+
+def test_model_kwargs_parse_json_values_and_lists():
+    assert bench._parse_kwargs("depth=1,depths=[1, 2],mlp_ratio=2.5,qkv_bias=false,x=None,name=abc") == \
+        {"depth": 1, "depths": [1, 2], "mlp_ratio": 2.5, "qkv_bias": False, "x": None, "name": "abc"}
+
+
+def test_blas_threads_can_be_read_and_set():
+    n = bench.blas_threads()
+    if n is None:
+        pytest.skip("NumPy's BLAS is not an OpenBLAS this module can reach")
+    try:
+        assert bench.blas_threads(1) == 1
+    finally:
+        bench.blas_threads(n)
+
+
+# --------------------------------------------------------------------------- the PyTorch twins
+def _twin_or_skip(name):
+    pytest.importorskip("torch")
+    pytest.importorskip("timm")
+    if name == "cvt_tiny":
+        pytest.importorskip("transformers")
+
+
+@pytest.mark.parametrize("name", ["vit_tiny", "deit_tiny", "swin_tiny", "pvt_v2_tiny", "pit_tiny", "cvt_tiny"])
+def test_torch_twin_has_our_weights_and_computes_our_logits(name):
+    """The registry's configuration (not a small stand-in) built in PyTorch, its weights loaded
+    into ours: the eval-mode logits agree, so the benchmark compares the same computation."""
+    _twin_or_skip(name)
+    import torch
+    torch.manual_seed(0)
+    model = minivit.models.create_model(name)
+    tm, desc = bench.build_torch_twin(name, {}, model, np.float32)
+    assert sum(p.numel() for p in tm.parameters()) == model.num_parameters()
+    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    ours = bench.MinivitRunner(model, x, np.zeros(2, dtype=np.int64), "cpu").logits()
+    theirs = bench.TorchRunner(tm, x, np.zeros(2, dtype=np.int64), "cpu").logits()
+    np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-5, err_msg=desc)
+
+
+def test_torch_twin_follows_model_kwargs():
+    _twin_or_skip("swin_tiny")
+    model = minivit.models.create_model("swin_tiny", depths=[1, 1, 1], embed_dim=32)
+    tm, _ = bench.build_torch_twin("swin_tiny", {"depths": [1, 1, 1], "embed_dim": 32}, model, np.float32)
+    assert [len(s.blocks) for s in tm.layers] == [1, 1, 1]
+    assert sum(p.numel() for p in tm.parameters()) == model.num_parameters()
+
+
+def test_no_twin_for_pvt_v1():
+    pytest.importorskip("torch")
+    with pytest.raises(bench.TwinUnavailable, match="PVT v1"):
+        bench.build_torch_twin("pvt_tiny", {}, minivit.models.create_model("pvt_tiny"), np.float32)
+
+
+def test_compare_torch_reports_ratios_and_equal_logits(tmp_path):
+    _twin_or_skip("vit_tiny")
+    rec = _run(TINY + ["--compare", "torch", "--no-memory", "--json", str(tmp_path / "c.json")])
+    ratio = rec["ratio_minivit_over_torch"]
+    assert ratio["train_step"] > 0 and ratio["inference"] > 0
+    t = rec["results"]["torch"]
+    assert t["model"] == "timm.models.vision_transformer.VisionTransformer"
+    assert ratio["train_step"] == pytest.approx(rec["results"]["minivit"]["train_step_s"]["median"]
+                                                / t["train_step_s"]["median"])
+    assert rec["logit_check"]["max_abs_diff"] <= 1e-4 * max(1.0, rec["logit_check"]["max_abs_logit"])
+    assert rec["threads"]["torch"] == rec["threads"]["blas"] or rec["threads"]["blas"] is None
+    assert rec["versions"]["torch"] and rec["versions"]["timm"]
+
+
+def test_compare_torch_without_a_twin_still_times_minivit():
+    pytest.importorskip("torch")
+    rec = _run(["--model", "pvt_tiny", "--model-kwargs", "depths=[1,1,1,1]", "--batch-size", "2", "--steps", "1",
+                "--warmup", "0", "--rounds", "1", "--no-memory", "--compare", "torch"])
+    assert "PVT v1" in rec["torch_unavailable"] and rec["ratio_minivit_over_torch"] is None
+    _timed(rec["results"]["minivit"]["train_step_s"])
+
+
+# --------------------------------------------------------------------------- the profile
+def test_profile_rows_add_up_to_the_profiled_step_and_cover_the_ops():
+    rec = _run(TINY + ["--profile", "--profile-steps", "2", "--no-memory"])
+    prof = rec["profile"]
+    rows = prof["rows"]
+    assert prof["steps"] == 2
+    assert sum(r["total"] for r in rows) == pytest.approx(prof["step_s"], rel=1e-9)
+    assert sum(r["share"] for r in rows) == pytest.approx(1.0, rel=1e-9)
+    names = {r["name"] for r in rows}
+    assert {"Linear", "LayerNorm", "GELU", "Softmax", "MatMul", "CrossEntropy"} <= names
+    ops = [r for r in rows if r["calls"] is not None]
+    assert all(r["forward"] >= 0 and r["backward"] >= 0 for r in ops)
+    linear = next(r for r in ops if r["name"] == "Linear")
+    assert linear["calls"] == 5 and linear["dtypes"] == ["float32"] and linear["upcasts"] == 0   # qkv, proj, fc1, fc2, head
+    # The op rows are measured inside the phases: together they cannot exceed the step.
+    assert sum(r["total"] for r in ops) <= prof["step_s"] * (1 + 1e-9)
+
+
+def test_profiler_restores_the_unwrapped_methods_and_flags_upcasts():
+    from minivit.autograd import Tensor
+    originals = {(cls, k): cls.__dict__[k] for cls in _all_functions() for k in ("forward", "backward")
+                 if k in cls.__dict__}
+
+    class Upcast(Function):                  # float32 in, float64 out: what the profile flags
+        def forward(self, x):
+            return x.astype(np.float64)
+
+        def backward(self, gy):
+            return gy.astype(np.float32)
+
+    x = Tensor(np.ones(3, dtype=np.float32), requires_grad=True)
+    with OpProfiler() as prof:
+        assert Linear.forward is not originals[(Linear, "forward")]
+        with prof.phase("forward"):
+            y = Upcast()(x).sum()
+        with prof.phase("backward"):
+            y.backward()
+    for (cls, k), fn in originals.items():
+        assert cls.__dict__[k] is fn, f"{cls.__name__}.{k} still wrapped"
+    rows = {r["name"]: r for r in prof.rows()}
+    assert rows["Upcast"]["upcasts"] == 1 and rows["Upcast"]["dtypes"] == ["float64"]
+    assert "UPCAST" in prof.table()
+    with pytest.raises(ValueError, match="unknown phase"):
+        with prof.phase("nope"):
+            pass
+
+
+def _all_functions(cls=Function):
+    for sub in cls.__subclasses__():
+        yield sub
+        yield from _all_functions(sub)

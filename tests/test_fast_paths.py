@@ -1,0 +1,188 @@
+"""The CPU fast paths beside the readable reference code of some ops: each must give what its
+reference gives (the fast path switched off), and no op may write into its inputs or into the
+gradient it is handed (the fast paths work in place on arrays they made themselves).
+
+* GELU (exact, float32, CPU): Φ from a rational erfc instead of SciPy's erf; dy/dx saved.
+* Conv2d, depthwise (CPU): one einsum over strided windows instead of im2col.
+* LayerNorm and softmax: in-place updates of fresh arrays (checked here for not touching inputs).
+"""
+import numpy as np
+import pytest
+import scipy.special as sp
+
+import minivit.functional as F
+from minivit import Tensor
+from minivit.functional.activation import GELU, _gelu_float32
+from minivit.functional.conv import Conv2d
+
+
+def _grads(fn, arrays, g, dtype):
+    """Output and input gradients of fn on fresh leaf tensors (CPU, dtype)."""
+    ts = [Tensor(np.asarray(a, dtype=dtype), requires_grad=True) for a in arrays]
+    y = fn(*ts)
+    y.backward(np.asarray(g, dtype=dtype))
+    return y.data, [t.grad for t in ts]
+
+
+# =========================================================================== GELU
+GELU_X = np.concatenate([np.linspace(-12, 12, 48001), np.random.default_rng(0).standard_normal(20000) * 3,
+                         [0.0, -0.0, 1e-30, -1e-30, 6.0, -6.0, 30.0, -30.0]]).astype(np.float32)
+
+
+def test_gelu_fast_path_matches_the_reference_to_float32_rounding(monkeypatch):
+    g = np.random.default_rng(1).standard_normal(GELU_X.shape)
+    y_fast, (gx_fast,) = _grads(F.gelu, [GELU_X], g, np.float32)
+    monkeypatch.setattr(GELU, "fast_path", False)
+    y_ref, (gx_ref,) = _grads(F.gelu, [GELU_X], g, np.float32)
+    assert y_fast.dtype == gx_fast.dtype == np.float32
+    # A few float32 ulps of the value (Φ ≤ 1, so |x|·ulp bounds the rounding of x·Φ).
+    ulp = np.float32(2 ** -23)
+    tol = 4 * ulp * np.maximum(np.abs(GELU_X), 1e-3)
+    assert np.all(np.abs(y_fast - y_ref) <= tol)
+    np.testing.assert_allclose(gx_fast, gx_ref, rtol=1e-5, atol=1e-6)
+
+
+def test_gelu_fast_path_is_as_accurate_as_the_reference():
+    """Against float64 truth (SciPy's Φ), the fast float32 GELU errs no more than the reference
+    does, and in the far negative tail it keeps Φ's relative precision, where 1 + erf cannot."""
+    x64 = GELU_X.astype(np.float64)
+    truth = x64 * sp.ndtr(x64)
+    dtruth = sp.ndtr(x64) + x64 * np.exp(-x64 ** 2 / 2) / np.sqrt(2 * np.pi)
+    y, d = _gelu_float32(GELU_X)
+    ref = GELU_X * (0.5 * (1 + sp.erf(GELU_X * np.float32(1 / np.sqrt(2)))))
+    err_fast = np.abs(y - truth).max()
+    err_ref = np.abs(ref - truth).max()
+    assert err_fast <= 2 * err_ref + 1e-12
+    np.testing.assert_allclose(d, dtruth, atol=3e-7)
+    tail = (GELU_X < -4) & (GELU_X > -12)
+    np.testing.assert_allclose(y[tail], truth[tail], rtol=3e-5)
+
+
+def test_gelu_fast_path_special_values():
+    with np.errstate(invalid="ignore"):
+        y, d = _gelu_float32(np.array([np.inf, -np.inf, np.nan, 0.0], dtype=np.float32))
+        ref = GELU(approximate="none")
+        ref.fast_path = False
+        ref.needs_grad = (False,)
+        expect = ref.forward(np.array([np.inf, -np.inf, np.nan, 0.0], dtype=np.float32))
+    np.testing.assert_array_equal(y, expect)                    # inf, nan (−inf·0), nan, 0
+    assert d[3] == np.float32(0.5)
+
+
+def test_gelu_fast_path_only_for_float32_on_cpu_and_not_for_tanh(monkeypatch):
+    """float64 and the tanh form run the reference code: bit for bit what it gives alone."""
+    x = np.random.default_rng(2).standard_normal((3, 5))
+    g = np.random.default_rng(3).standard_normal((3, 5))
+    for approximate in ("none", "tanh"):
+        fn = lambda t: F.gelu(t, approximate=approximate)   # noqa: E731
+        a = _grads(fn, [x], g, np.float64)
+        monkeypatch.setattr(GELU, "fast_path", False)
+        b = _grads(fn, [x], g, np.float64)
+        monkeypatch.setattr(GELU, "fast_path", True)
+        np.testing.assert_array_equal(a[0], b[0])
+        np.testing.assert_array_equal(a[1][0], b[1][0])
+
+
+def test_gelu_fast_path_skips_the_derivative_without_grad():
+    op = GELU("none")
+    op.needs_grad = (False,)
+    op.forward(np.ones(4, dtype=np.float32))
+    assert op.dydx is None
+
+
+# =========================================================================== depthwise conv
+DEPTHWISE = [
+    dict(shape=(3, 5, 7, 6), k=(3, 3), stride=1, padding=1, dilation=1),         # PVT v2's dwconv
+    dict(shape=(2, 4, 9, 8), k=(3, 3), stride=2, padding=1, dilation=1),         # CvT's strided k/v projection
+    dict(shape=(2, 3, 8, 9), k=(3, 2), stride=1, padding="same", dilation=2),    # even kernel: uneven 'same' pads
+    dict(shape=(1, 6, 5, 5), k=(5, 5), stride=1, padding=0, dilation=1),         # no padding
+    dict(shape=(2, 2, 6, 6), k=(3, 3), stride=(1, 2), padding=(2, 0), dilation=(1, 2)),
+    dict(shape=(2, 3, 4, 4), k=(3, 3), stride=1, padding=3, dilation=1),         # padding larger than k−1
+]
+
+
+@pytest.mark.parametrize("case", DEPTHWISE, ids=range(len(DEPTHWISE)))
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("channels_last_input", [False, True])
+def test_depthwise_fast_path_matches_im2col(monkeypatch, case, bias, channels_last_input):
+    rng = np.random.default_rng(4)
+    N, C, H, W = case["shape"]
+    x = rng.standard_normal(case["shape"])
+    if channels_last_input:                      # an NCHW view of channels-last memory, as tokens give
+        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    w = rng.standard_normal((C, 1) + case["k"])
+    arrays = [x, w] + ([rng.standard_normal(C)] if bias else [])
+    kw = {k: case[k] for k in ("stride", "padding", "dilation")}
+
+    def conv(x, w, b=None):
+        return F.conv2d(x, w, b, groups=C, **kw)
+
+    y_shape = conv(*[Tensor(a) for a in arrays]).shape
+    g = rng.standard_normal(y_shape)
+    y_fast, grads_fast = _grads(conv, arrays, g, np.float64)
+    monkeypatch.setattr(Conv2d, "depthwise_fast_path", False)
+    y_ref, grads_ref = _grads(conv, arrays, g, np.float64)
+    np.testing.assert_allclose(y_fast, y_ref, rtol=1e-12, atol=1e-12)
+    for name, a, b in zip(["x", "weight", "bias"], grads_fast, grads_ref):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12, err_msg=f"gradient of {name}")
+
+
+def test_depthwise_fast_path_is_taken_and_skips_unwanted_grads():
+    rng = np.random.default_rng(5)
+    x = Tensor(rng.standard_normal((2, 4, 6, 6)).astype(np.float32), requires_grad=True)
+    w = Tensor(rng.standard_normal((4, 1, 3, 3)).astype(np.float32))          # frozen weight
+    y = F.conv2d(x, w, padding=1, groups=4)
+    assert y._ctx.depthwise and y._ctx.xpad is None                           # no input kept for ∂W
+    assert y.dtype == np.float32
+    y.backward(np.ones(y.shape, dtype=np.float32))
+    assert x.grad.shape == x.shape and x.grad.dtype == np.float32 and w.grad is None
+    # A channel multiplier (groups = C_in, C_out = 2·C_in) is not depthwise: im2col.
+    z = F.conv2d(x, Tensor(rng.standard_normal((8, 1, 3, 3)).astype(np.float32)), padding=1, groups=4)
+    assert not z._ctx.depthwise
+
+
+# =========================================================================== inputs stay untouched
+def _ops():
+    rng = np.random.default_rng(6)
+    return {
+        "gelu": (F.gelu, [rng.standard_normal((4, 5, 6))]),
+        "softmax": (lambda x: F.softmax(x, dim=-1), [rng.standard_normal((4, 5, 6))]),
+        "softmax_dim0": (lambda x: F.softmax(x, dim=0), [rng.standard_normal((4, 5))]),
+        "layer_norm": (lambda x, w, b: F.layer_norm(x, (6,), w, b),
+                       [rng.standard_normal((4, 5, 6)), rng.standard_normal(6), rng.standard_normal(6)]),
+        "layer_norm_plain": (lambda x: F.layer_norm(x, (5, 6)), [rng.standard_normal((4, 5, 6))]),
+        "depthwise": (lambda x, w, b: F.conv2d(x, w, b, padding=1, groups=3),
+                      [rng.standard_normal((2, 3, 5, 5)), rng.standard_normal((3, 1, 3, 3)), rng.standard_normal(3)]),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(_ops()))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_ops_do_not_write_into_inputs_or_the_incoming_gradient(name, dtype):
+    fn, arrays = _ops()[name]
+    ts = [Tensor(np.asarray(a, dtype=dtype), requires_grad=True) for a in arrays]
+    before = [t.data.copy() for t in ts]
+    y = fn(*ts)
+    y_before = y.data.copy()
+    g = np.random.default_rng(7).standard_normal(y.shape).astype(dtype)
+    g_before = g.copy()
+    y.backward(g)
+    for t, b in zip(ts, before):
+        np.testing.assert_array_equal(t.data, b)
+        assert t.grad.dtype == dtype
+    np.testing.assert_array_equal(g, g_before)
+    np.testing.assert_array_equal(y.data, y_before)       # backward does not change the output either
+
+
+# =========================================================================== the engine's allocator setting
+def test_keeping_freed_memory_is_on_by_default_on_linux_and_can_be_switched_off():
+    import os
+    import subprocess
+    import sys
+    code = "import minivit.backend as a; print(a.malloc_settings)"
+    on = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    env = dict(os.environ, MINIVIT_KEEP_FREED_MEMORY="0")
+    off = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
+    assert off.strip() == "None"
+    if sys.platform.startswith("linux") and "glibc" in " ".join(__import__("platform").libc_ver()):
+        assert "trim_threshold" in on
