@@ -36,7 +36,8 @@ LAYERS = {
     "linear SRA": (1, 1, 2.0, lambda C, h: _grid(SpatialReductionAttention(C, h, linear_attn=True))),
     "W-MSA M=4": (1, 4, 2.0, lambda C, h: _windows(WindowAttention(C, h, window_size=4), 4)),
     "W-MSA M=7": (1, 7, 2.0, lambda C, h: _windows(WindowAttention(C, h, window_size=7), 7)),
-    "CvT projection": (2, 1, 1.0, lambda C, h: _grid(ConvProjectionAttention(C, h))),
+    # K/V stride 2: attention over hw/4 keys, the same quadratic term as SRA with R = 2.
+    "CvT projection": (2, 1, 1.5, lambda C, h: _grid(ConvProjectionAttention(C, h))),
 }
 
 
