@@ -56,6 +56,7 @@ import minivit
 import minivit.autograd
 import minivit.functional as F
 import minivit.models
+from minivit.models.registry import parse_model_kwargs
 from minivit import backend
 from minivit.autograd import Tensor, no_grad
 from minivit.optim import AdamW
@@ -447,41 +448,8 @@ def _torch_profile(runner, steps: int, top: int = 15):
 
 
 # =========================================================================== the command
-def _parse_kwargs(text: str) -> dict:
-    """'depth=1,num_heads=2,depths=[1,1]' → {'depth': 1, 'num_heads': 2, 'depths': [1, 1]} (JSON values)."""
-    out = {}
-    for item in _split_top(text or ""):
-        if "=" not in item:
-            raise argparse.ArgumentTypeError(f"--model-kwargs items must be KEY=VALUE, got {item!r}")
-        k, v = (s.strip() for s in item.split("=", 1))
-        low = v.lower()
-        if low in ("true", "false"):
-            out[k] = low == "true"
-        elif low in ("none", "null"):
-            out[k] = None
-        else:
-            try:
-                out[k] = json.loads(v)
-            except json.JSONDecodeError:
-                out[k] = v
-    return out
 
 
-def _split_top(text: str):
-    """Split on commas outside brackets: 'depths=[1,1],x=2' → ['depths=[1,1]', 'x=2']."""
-    parts, depth, cur = [], 0, ""
-    for ch in text:
-        if ch in "[(":
-            depth += 1
-        elif ch in "])":
-            depth -= 1
-        if ch == "," and depth == 0:
-            parts.append(cur)
-            cur = ""
-        else:
-            cur += ch
-    parts.append(cur)
-    return [p.strip() for p in parts if p.strip()]
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -492,7 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m minivit.bench", description=__doc__.replace("``", ""),
                                 formatter_class=_HelpFormatter)
     p.add_argument("--model", default="vit_tiny", help="a registry model (minivit.models.list_models())")
-    p.add_argument("--model-kwargs", type=_parse_kwargs, default={},
+    p.add_argument("--model-kwargs", type=parse_model_kwargs, default={},
                    help="constructor overrides for both sides, KEY=VALUE,... with JSON values, e.g. depth=1")
     p.add_argument("--batch-size", type=int, default=64, help="images per step (throughput = batch / median time)")
     p.add_argument("--device", choices=backend.DEVICES, default="cpu", help="cpu: NumPy; cuda: CuPy (PyTorch on cuda too)")

@@ -48,6 +48,7 @@ import minivit.models  # registers every architecture, resnet_teacher included
 from minivit import backend, data, nn, optim
 from minivit.autograd import Tensor, no_grad
 from minivit.data.io import atomic_write, safe_load_pickle
+from minivit.models.registry import parse_model_kwargs
 from minivit.losses import DISTILLATION_TYPES, DistillationLoss, merge_heads
 
 CHECKPOINT_FORMAT = "minivit-checkpoint"
@@ -185,24 +186,6 @@ def evaluate(model, loader) -> dict:
 
 
 # =========================================================================== configuration
-def _parse_kwargs(text: str) -> dict:
-    """'depth=8,width=4,qkv_bias=false' → {'depth': 8, 'width': 4, 'qkv_bias': False}."""
-    out = {}
-    for item in filter(None, (s.strip() for s in (text or "").split(","))):
-        if "=" not in item:
-            raise argparse.ArgumentTypeError(f"--model-kwargs items must be KEY=VALUE, got {item!r}")
-        k, v = (s.strip() for s in item.split("=", 1))
-        low = v.lower()
-        if low in ("true", "false"):
-            out[k] = low == "true"
-        elif low in ("none", "null"):
-            out[k] = None
-        else:
-            try:
-                out[k] = json.loads(v)
-            except json.JSONDecodeError:
-                out[k] = v
-    return out
 
 
 def _randaugment(text: str):
@@ -236,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
                "--progress/--no-progress and --log-every may be changed). Ctrl-C saves a checkpoint first.")
     g = p.add_argument_group("model")
     g.add_argument("--model", default="vit_tiny", help=f"registered model name: {models}")
-    g.add_argument("--model-kwargs", type=_parse_kwargs, default=None, metavar="K=V,...",
+    g.add_argument("--model-kwargs", type=parse_model_kwargs, default=None, metavar="K=V,...",
                    help="extra constructor arguments, e.g. depth=8,width=8 (timm's names)")
     g.add_argument("--drop-path", type=float, default=None,
                    help="stochastic depth rate (drop_path_rate); default: the model's own")

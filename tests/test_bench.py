@@ -79,7 +79,7 @@ def test_bad_arguments_are_refused():
 
 
 def test_model_kwargs_parse_json_values_and_lists():
-    assert bench._parse_kwargs("depth=1,depths=[1, 2],mlp_ratio=2.5,qkv_bias=false,x=None,name=abc") == \
+    assert bench.parse_model_kwargs("depth=1,depths=[1, 2],mlp_ratio=2.5,qkv_bias=false,x=None,name=abc") == \
         {"depth": 1, "depths": [1, 2], "mlp_ratio": 2.5, "qkv_bias": False, "x": None, "name": "abc"}
 
 

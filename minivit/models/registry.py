@@ -1,8 +1,10 @@
 """Model registry: ``create_model(name, **overrides)`` and ``list_models()``, as timm."""
 from __future__ import annotations
 
+import argparse
 import difflib
 import fnmatch
+import json
 
 _MODELS: dict = {}
 
@@ -34,3 +36,41 @@ def create_model(name: str, **overrides):
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise ValueError(f"unknown model {name!r}.{hint} Available: {', '.join(list_models())}")
     return _MODELS[name](**overrides)
+
+
+# The command-line form of constructor overrides, shared by train and bench: --model-kwargs K=V,...
+def parse_model_kwargs(text: str) -> dict:
+    """'depth=1,num_heads=2,depths=[1,1]' → {'depth': 1, 'num_heads': 2, 'depths': [1, 1]} (JSON values)."""
+    out = {}
+    for item in _split_top(text or ""):
+        if "=" not in item:
+            raise argparse.ArgumentTypeError(f"--model-kwargs items must be KEY=VALUE, got {item!r}")
+        k, v = (s.strip() for s in item.split("=", 1))
+        low = v.lower()
+        if low in ("true", "false"):
+            out[k] = low == "true"
+        elif low in ("none", "null"):
+            out[k] = None
+        else:
+            try:
+                out[k] = json.loads(v)
+            except json.JSONDecodeError:
+                out[k] = v
+    return out
+
+
+def _split_top(text: str):
+    """Split on commas outside brackets: 'depths=[1,1],x=2' → ['depths=[1,1]', 'x=2']."""
+    parts, depth, cur = [], 0, ""
+    for ch in text:
+        if ch in "[(":
+            depth += 1
+        elif ch in "])":
+            depth -= 1
+        if ch == "," and depth == 0:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    parts.append(cur)
+    return [p.strip() for p in parts if p.strip()]
