@@ -448,10 +448,6 @@ def _torch_profile(runner, steps: int, top: int = 15):
 
 
 # =========================================================================== the command
-
-
-
-
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """The module docstring as written, and every option's default."""
 
@@ -630,7 +626,7 @@ def run(args, log=print) -> dict:
             runners[1].train(True)
             runners[1].train_step()
             torch_profile = _torch_profile(runners[1], args.profile_steps)
-            log(f"\nPyTorch's profile of its step (self time per op, ms per step):")
+            log("\nPyTorch's profile of its step (self time per op, ms per step):")
             for row in torch_profile:
                 log(f"  {row['name']:<40} {row['calls']:>6.0f} {row['self_ms']:>9.2f}")
 

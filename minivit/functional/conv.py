@@ -200,7 +200,7 @@ class Conv2d(Function):
         xp = get_array_module(x)
         N, C, H, W = x.shape
         kh, kw = w.shape[2:]
-        (sh, sw), (dh, dw), (top, bottom, left, right) = self.stride, self.dilation, self.pads
+        top, bottom, left, right = self.pads
         xpad = xp.zeros((N, H + top + bottom, W + left + right, C), dtype=x.dtype)   # channels last
         xpad[:, top:top + H, left:left + W] = x.transpose(0, 2, 3, 1)
         win = _windows_last(xpad, (kh, kw), self.stride, self.dilation)            # (N, Ho, Wo, C, kh, kw)
