@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from pathlib import Path
 
 import numpy as np
@@ -108,16 +107,7 @@ def receptive_field(fn, input_shape, position, channels_last: bool = False, seed
 def timeit(fn, device: str = "cpu", repeats: int = 3, warmup: int = 1) -> float:
     """Median wall time of ``fn()`` in seconds over ``repeats`` calls, after ``warmup`` calls,
     with the GPU synchronised before each clock read."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        backend.synchronize(device)
-        t0 = time.perf_counter()
-        fn()
-        backend.synchronize(device)
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+    return float(np.median(backend.time_calls(fn, device, repeats, warmup)))
 
 
 # =========================================================================== attention maps

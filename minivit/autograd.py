@@ -49,6 +49,29 @@ def is_grad_enabled() -> bool:
 forward_hooks: list = []
 
 
+def topological_order(root: "Tensor", all_inputs: bool = False) -> list:
+    """Every tensor ``root`` depends on, each after all the tensors it was computed from.
+
+    A post-order depth-first search with an explicit stack, so a graph of any depth
+    needs no recursion. By default only tensors that require a gradient are
+    visited (what backward needs); ``all_inputs`` also includes constants.
+    """
+    order, seen, stack = [], set(), [(root, False)]
+    while stack:
+        t, expanded = stack.pop()
+        if expanded:
+            order.append(t)
+            continue
+        if id(t) in seen:
+            continue
+        seen.add(id(t))
+        stack.append((t, True))
+        if t._ctx is not None:
+            stack.extend((x, False) for x in t._ctx.inputs
+                         if (all_inputs or x.requires_grad) and id(x) not in seen)
+    return order
+
+
 class Function:
     """One differentiable op.
 
@@ -198,19 +221,8 @@ class Tensor:
             if grad.shape != self.shape:
                 raise ValueError(f"grad has shape {grad.shape}, tensor has shape {self.shape}")
 
-        # 1. Topological order: a post-order DFS with an explicit stack.
-        order, seen, stack = [], set(), [(self, False)]
-        while stack:
-            t, expanded = stack.pop()
-            if expanded:
-                order.append(t)
-                continue
-            if id(t) in seen:
-                continue
-            seen.add(id(t))
-            stack.append((t, True))
-            if t._ctx is not None:
-                stack.extend((x, False) for x in t._ctx.inputs if x.requires_grad and id(x) not in seen)
+        # 1. Topological order: every tensor after the tensors it was computed from.
+        order = topological_order(self)
 
         # 2. Reverse order: every user of t has run, so grads[t] is complete.
         grads = {id(self): grad}

@@ -103,6 +103,22 @@ def synchronize(device: str = "cuda"):
         _cupy.cuda.get_current_stream().synchronize()
 
 
+def time_calls(fn, device: str = "cpu", repeats: int = 3, warmup: int = 0) -> list:
+    """Wall times of ``repeats`` calls of ``fn()`` after ``warmup`` untimed ones, in seconds,
+    the GPU synchronised before each clock read (GPU work is queued, not done, when a call returns)."""
+    import time
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        synchronize(device)
+        t0 = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
 # --------------------------------------------------------------------------- randomness
 def manual_seed(seed: int):
     """Seed NumPy's and (when present) CuPy's global generators."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from minivit import backend
-from minivit.autograd import Function, Tensor
+from minivit.autograd import Function, Tensor, topological_order
 
 
 def _np(a) -> np.ndarray:
@@ -41,26 +41,14 @@ def trace_graph(output: Tensor):
     """
     if not isinstance(output, Tensor):
         raise TypeError(f"trace_graph needs a Tensor, got {type(output).__name__}")
-    order, seen, edges = [], set(), []
-    stack = [(output, False)]
-    while stack:                                            # post-order DFS, as Tensor.backward
-        t, expanded = stack.pop()
-        if expanded:
-            if t._ctx is not None:
-                order.append(t._ctx)
-            order.append(t)
-            continue
-        if id(t) in seen:
-            continue
-        seen.add(id(t))
-        stack.append((t, True))
+    nodes, edges = {}, []
+    for t in topological_order(output, all_inputs=True):   # the order backward walks, reversed
         if t._ctx is not None:
+            nodes[id(t._ctx)] = t._ctx
+            edges.extend((id(x), id(t._ctx)) for x in t._ctx.inputs)
             edges.append((id(t._ctx), id(t)))
-            for x in t._ctx.inputs:
-                edges.append((id(x), id(t._ctx)))
-                if id(x) not in seen:
-                    stack.append((x, False))
-    return {id(n): n for n in order}, edges
+        nodes[id(t)] = t
+    return nodes, edges
 
 
 def _node_label(node, names):

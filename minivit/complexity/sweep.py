@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 
 import numpy as np
 
@@ -70,14 +69,8 @@ def _sides(multiple: int, max_side: int, n: int = 7):
 
 
 def _time(fn, device, repeats):
-    times = []
-    for _ in range(repeats):
-        backend.synchronize(device)
-        t0 = time.perf_counter()
-        fn()
-        backend.synchronize(device)
-        times.append(time.perf_counter() - t0)
-    return float(np.min(times))  # the least-disturbed run: other processes only ever add time
+    # the least-disturbed run: other processes only ever add time
+    return float(np.min(backend.time_calls(fn, device, repeats)))
 
 
 def measure(name, device="cpu", C=32, heads=2, max_side=64, repeats=3, batch=1):
