@@ -25,7 +25,7 @@ import math
 import numpy as np
 
 from minivit.functional.activation import drop_path, dropout, gelu, relu, softmax
-from minivit.functional.conv import adaptive_avg_pool2d, avg_pool2d, conv2d, max_pool2d
+from minivit.functional.conv import adaptive_avg_pool2d, conv2d
 from minivit.functional.linear import linear
 from minivit.functional.norm import batch_norm, layer_norm
 from minivit.nn import init
@@ -316,30 +316,3 @@ class AdaptiveAvgPool2d(Module):
     def extra_repr(self):
         return f"output_size={self.output_size}"
 
-
-class AvgPool2d(Module):
-    """``torch.nn.AvgPool2d`` (stride defaults to kernel_size)."""
-
-    def __init__(self, kernel_size, stride=None, padding=0):
-        super().__init__()
-        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
-
-    def forward(self, x):
-        return avg_pool2d(x, self.kernel_size, self.stride, self.padding)
-
-    def extra_repr(self):
-        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
-
-
-class MaxPool2d(Module):
-    """``torch.nn.MaxPool2d`` (stride defaults to kernel_size)."""
-
-    def __init__(self, kernel_size, stride=None, padding=0):
-        super().__init__()
-        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
-
-    def forward(self, x):
-        return max_pool2d(x, self.kernel_size, self.stride, self.padding)
-
-    def extra_repr(self):
-        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
