@@ -240,6 +240,12 @@ class Tensor:
                     gxs = (gxs,)
                 for x, gx in zip(ctx.inputs, gxs):
                     if gx is not None and x.requires_grad:
+                        if gx.dtype != x.data.dtype:
+                            # A gradient has its tensor's dtype, as in PyTorch. Under mixed
+                            # precision a float16 activation that met a float32 one (x16 + x32
+                            # is float32) would otherwise get a float32 gradient, and its own
+                            # backward (a float16 GEMM) would silently run in float32.
+                            gx = gx.astype(x.data.dtype)
                         k = id(x)
                         grads[k] = gx if k not in grads else grads[k] + gx
             if not retain_graph:

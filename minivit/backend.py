@@ -11,6 +11,7 @@ Devices are named as in PyTorch: ``"cpu"`` and ``"cuda"``.
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import sys
 
@@ -119,12 +120,57 @@ def time_calls(fn, device: str = "cpu", repeats: int = 3, warmup: int = 0) -> li
     return times
 
 
+# --------------------------------------------------------------------------- TF32
+# TF32 is a tensor-core mode of NVIDIA GPUs from Ampere (compute capability 8.0) on: a
+# float32 matrix product rounds its inputs to 10 mantissa bits (float16's precision,
+# float32's range) and accumulates in float32, several times faster than true float32.
+# Arrays stay float32; only the GEMMs change. As ``torch.backends.cuda.matmul.allow_tf32``.
+#
+# How CuPy does it (cupy/_core/_routines_linalg.pyx): a "compute type" per dtype,
+# set with ``set_compute_type(numpy.float32, COMPUTE_TYPE_TF32 | COMPUTE_TYPE_DEFAULT)``;
+# its GEMMs that go through cublasGemmEx (``dot`` and 2-D ``matmul``: every minivit
+# Linear, whose leading dims are folded into one 2-D product) then ask cuBLAS for
+# CUBLAS_COMPUTE_32F_FAST_TF32. The environment variable CUPY_TF32=1 is only the
+# default: it is read when the float32 compute type is first needed (the first float32
+# GEMM), not at import, and set_compute_type overrides it. On a GPU below compute
+# capability 8.0 CuPy warns and keeps the default. In the CuPy sources we read, batched
+# (>2-D) matmuls call cublasGemmStridedBatchedEx with a plain CUDA_R_32F compute type,
+# so attention's (B, heads, N, d) products are not affected either way.
+def _cupy_compute_types():
+    from cupy._core import _routines_linalg as linalg
+    return linalg
+
+
+def set_tf32(enabled: bool = True) -> bool:
+    """Allow (or forbid) TF32 tensor-core math in CuPy's float32 matrix products.
+
+    Returns whether TF32 is now in force: False on the CPU (NumPy has no TF32: float32
+    stays exact float32, so this is a no-op there), without CuPy or a GPU, and on GPUs
+    below compute capability 8.0."""
+    if not cupy_available():
+        return False
+    linalg = _cupy_compute_types()
+    if enabled and int(_cupy.cuda.Device().compute_capability) < 80:
+        linalg.set_compute_type(np.float32, linalg.COMPUTE_TYPE_DEFAULT)
+        return False
+    linalg.set_compute_type(np.float32, linalg.COMPUTE_TYPE_TF32 if enabled else linalg.COMPUTE_TYPE_DEFAULT)
+    return bool(enabled)
+
+
+def tf32_enabled() -> bool:
+    """Whether CuPy's float32 matrix products use TF32 now (set_tf32 or CUPY_TF32=1); False on the CPU."""
+    if not cupy_available():
+        return False
+    linalg = _cupy_compute_types()
+    return linalg.get_compute_type(np.float32) == linalg.COMPUTE_TYPE_TF32
+
+
 # --------------------------------------------------------------------------- randomness
 def manual_seed(seed: int):
     """Seed NumPy's and (when present) CuPy's global generators."""
     np.random.seed(seed)
     if cupy_available():
-        _cupy.random.seed(seed)
+        seed_device(seed)
 
 
 def seed_device(seed: int):
@@ -135,7 +181,18 @@ def seed_device(seed: int):
     trainer) re-seeds it from a counter instead, e.g. once per training step.
     """
     if cupy_available():
-        _cupy.random.seed(seed)
+        # cuRAND's default generator (XORWOW) rebuilds a large state on the first draw
+        # after every re-seed; Philox is counter-based, so a re-seed costs nothing. The
+        # device's global generator is made a Philox one once, then only re-seeded.
+        philox = _cupy.cuda.curand.CURAND_RNG_PSEUDO_PHILOX4_32_10
+        rs = _cupy.random.get_random_state()
+        # CuPy rejects seeds outside [0, 2**64) (ValueError), and a seed built from a
+        # counter, such as the trainer's, can grow past that: wrap it.
+        seed = int(seed) % 2**64
+        if rs.method != philox:
+            _cupy.random.set_random_state(_cupy.random.RandomState(seed, method=philox))
+        else:
+            rs.seed(seed)
 
 
 def get_rng_state() -> dict:
@@ -178,8 +235,55 @@ def scatter_add(a, indices, values):
 
 def sliding_window_view(x, window_shape, axis):
     """A strided view of every window (no copy); the heart of im2col."""
-    xp = get_array_module(x)
-    return xp.lib.stride_tricks.sliding_window_view(x, window_shape, axis=axis)
+    if is_cupy_array(x):
+        return _window_view(x, window_shape, axis, _cupy.lib.stride_tricks.as_strided)
+    return np.lib.stride_tricks.sliding_window_view(x, window_shape, axis=axis)
+
+
+def _window_view(x, window_shape, axis, as_strided):
+    """sliding_window_view(x, window_shape, axis=axis) built with ``as_strided``.
+
+    What cupy.lib.stride_tricks.sliding_window_view does, less its check of the window
+    sizes, which it makes on a device copy of them (two GPU syncs per conv forward):
+    the axes' lengths shrink by window − 1 and the windows become new trailing axes
+    with the same strides."""
+    window_shape = tuple(int(w) for w in (window_shape if np.iterable(window_shape) else (window_shape,)))
+    axes = tuple(int(a) % x.ndim for a in (axis if np.iterable(axis) else (axis,)))
+    if len(axes) != len(window_shape):
+        raise ValueError(f"sliding_window_view: {len(window_shape)} window sizes for {len(axes)} axes")
+    shape = list(x.shape)
+    for a, w in zip(axes, window_shape):
+        if not 0 <= w <= shape[a]:
+            raise ValueError(f"sliding_window_view: window {w} does not fit axis {a} of length {shape[a]}")
+        shape[a] -= w - 1
+    return as_strided(x, shape=tuple(shape) + window_shape,
+                      strides=tuple(x.strides) + tuple(x.strides[a] for a in axes))
+
+
+# --------------------------------------------------------------------------- hand-written GPU kernels
+# minivit.functional.fused_cuda writes CUDA C; these two build it into CuPy kernels. A kernel
+# object is made once per distinct source (lru_cache) and CuPy compiles it on its first call
+# (NVRTC; the binary is also cached on disk, in ~/.cupy/kernel_cache).
+def _cupy_for_kernels():
+    if _cupy is None:
+        raise RuntimeError("a fused CUDA kernel was asked for, but CuPy is not installed: install "
+                           "'minivit[cuda12]' (or [cuda13]), or switch the fused kernels off with "
+                           "MINIVIT_FUSED=0")
+    return _cupy
+
+
+@functools.lru_cache(maxsize=None)
+def cuda_elementwise_kernel(in_params: str, out_params: str, operation: str, name: str,
+                            preamble: str = "", options: tuple = ()):
+    """``cupy.ElementwiseKernel(in_params, out_params, operation, name, ...)``, made once."""
+    return _cupy_for_kernels().ElementwiseKernel(in_params, out_params, operation, name,
+                                                 preamble=preamble, options=options)
+
+
+@functools.lru_cache(maxsize=None)
+def cuda_raw_kernel(code: str, name: str, options: tuple = ()):
+    """``cupy.RawKernel(code, name, options)``, made once: call it as ``k(grid, block, args)``."""
+    return _cupy_for_kernels().RawKernel(code, name, options=options)
 
 
 # --------------------------------------------------------------------------- host memory
@@ -192,8 +296,12 @@ def _keep_freed_memory() -> dict | None:
     touching it page-faults, page by page: measured, a fifth of a ViT training
     step on a CPU. Keeping freed blocks (as PyTorch's caching allocator does on the
     GPU) removes that; the process's resident size stays at its peak instead.
-    Blocks up to 32 MB (glibc's limit) come from the reusable heap. Linux with glibc
-    only; the environment variable MINIVIT_KEEP_FREED_MEMORY=0 leaves malloc alone.
+    Blocks past glibc's largest mmap threshold (32 MB) would still be mapped afresh
+    each time, so mmap is switched off for malloc (mmap_max 0): every block comes
+    from the reusable heap. Measured on the complexity sweep's 100 MB–1 GB score
+    arrays: a third less time, and without the jump in time per element that made
+    the fitted exponents drift above 2. Linux with glibc only; the environment
+    variable MINIVIT_KEEP_FREED_MEMORY=0 leaves malloc alone.
     Returns the settings made (None when none were)."""
     if os.environ.get("MINIVIT_KEEP_FREED_MEMORY", "1") == "0" or not sys.platform.startswith("linux"):
         return None
@@ -201,10 +309,11 @@ def _keep_freed_memory() -> dict | None:
         mallopt = ctypes.CDLL("libc.so.6").mallopt
     except (OSError, AttributeError):
         return None
-    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-    settings = {"trim_threshold": 2**31 - 1, "mmap_threshold": 32 * 2**20}
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4
+    settings = {"trim_threshold": 2**31 - 1, "mmap_threshold": 32 * 2**20, "mmap_max": 0}
     ok = mallopt(M_TRIM_THRESHOLD, settings["trim_threshold"]) and \
-        mallopt(M_MMAP_THRESHOLD, settings["mmap_threshold"])
+        mallopt(M_MMAP_THRESHOLD, settings["mmap_threshold"]) and \
+        mallopt(M_MMAP_MAX, settings["mmap_max"])
     return settings if ok else None
 
 

@@ -13,8 +13,8 @@ vit/deit/swin/pvt_v2/pit, Hugging Face transformers' CvT for cvt; there is none
 for PVT v1), copies *its* weights into the minivit model (same names, see
 :mod:`minivit.convert`), checks that both give the same eval-mode logits on the
 benchmark batch, and times it in the same process on the same batch, dtype and
-thread count (on GPU with TF32 off). The two are timed in rounds of alternating
-blocks of steps, so a change in the machine's load hits both alike. Ratios are
+thread count (on GPU with TF32 off unless ``--precision tf32``). The two are timed
+in rounds of alternating blocks of steps, so a change in the machine's load hits both alike. Ratios are
 minivit / PyTorch: above 1, minivit is slower.
 
 Threads: ``--threads N`` sets NumPy's BLAS (OpenBLAS, at run time) and PyTorch
@@ -26,6 +26,13 @@ Memory: on CPU the increase of the process's peak resident set (VmHWM) over its
 resident set before one step, freed heap returned to the OS first; on GPU the
 growth of the memory pool over one step (CuPy's default pool; PyTorch's caching
 allocator).
+
+Precision, the same on both sides: fp32, fp64; tf32 (GPU only: float32 arrays, TF32
+tensor-core matrix products; CuPy's compute type, PyTorch's ``allow_tf32``); fp16 (mixed
+precision: float32 master weights, the forward and loss under autocast, PyTorch's
+``torch.autocast(device, torch.float16)`` and ``torch.amp.GradScaler`` against
+``minivit.amp.autocast`` and ``minivit.amp.GradScaler``; on the CPU both run but slowly,
+NumPy having no float16 BLAS). The twins' logits are compared in float32 first.
 
 ``--profile`` adds a table of where minivit's step time goes, op type by op type
 (:mod:`minivit.profiler`), and PyTorch's own profile of its step.
@@ -57,11 +64,13 @@ import minivit.autograd
 import minivit.functional as F
 import minivit.models
 from minivit.models.registry import parse_model_kwargs
-from minivit import backend
+from minivit import amp, backend
 from minivit.autograd import Tensor, no_grad
 from minivit.optim import AdamW
 
-PRECISIONS = {"fp32": np.float32, "fp64": np.float64}
+# --precision → the dtype of the parameters, inputs and optimizer state (fp16 keeps float32
+# master weights and computes the matrix products in float16 under autocast).
+PRECISIONS = {"fp32": np.float32, "fp64": np.float64, "tf32": np.float32, "fp16": np.float32}
 
 # The PyTorch twins of the CIFAR-10 registry models: the reference class and the
 # keyword arguments that build the same architecture (our registry's defaults,
@@ -249,38 +258,47 @@ def _cross_entropy(out, y, ce):
 
 
 class MinivitRunner:
-    """The minivit side: one training step, inference, and the step in phases for the profiler."""
+    """The minivit side: one training step, inference, and the step in phases for the profiler.
+    ``fp16``: autocast around the forward and the loss, and a GradScaler (PyTorch's recipe);
+    otherwise the scaler is a pass-through and the step is the plain one."""
 
     name = "minivit"
 
-    def __init__(self, model, x: np.ndarray, y: np.ndarray, device: str, lr=1e-3, weight_decay=0.05):
-        self.model, self.device = model, device
+    def __init__(self, model, x: np.ndarray, y: np.ndarray, device: str, lr=1e-3, weight_decay=0.05,
+                 fp16: bool = False):
+        self.model, self.device, self.fp16 = model, device, fp16
         self.x = Tensor(backend.to_device(x, device))
         self.y = Tensor(backend.to_device(y, device))
         self.opt = AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+        self.scaler = amp.GradScaler(enabled=fp16)
 
     def sync(self):
         backend.synchronize(self.device)
 
     def forward_loss(self):
-        return _cross_entropy(self.model(self.x), self.y, F.cross_entropy)
+        with amp.autocast(enabled=self.fp16):
+            return _cross_entropy(self.model(self.x), self.y, F.cross_entropy)
 
     def train_step(self):
         loss = self.forward_loss()
         self.opt.zero_grad()
-        loss.backward()
-        self.opt.step()
+        with amp.overflow_expected(self.fp16):
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.opt)
+        self.scaler.update()
         self.sync()
 
     def infer(self):
-        with no_grad():
+        with no_grad(), amp.autocast(enabled=self.fp16):
             out = self.model(self.x)
         self.sync()
         return out
 
     def logits(self) -> np.ndarray:
+        """Eval-mode logits in the parameters' dtype (no autocast), for the twin check."""
         self.model.eval()
-        return backend.to_numpy(self.infer().data)
+        with no_grad():
+            return backend.to_numpy(self.model(self.x).data)
 
     def train(self, mode=True):
         self.model.train(mode)
@@ -290,48 +308,59 @@ class MinivitRunner:
             loss = self.forward_loss()
         with prof.phase("optimizer"):
             self.opt.zero_grad()
-        with prof.phase("backward"):
-            loss.backward()
-        with prof.phase("optimizer"):
-            self.opt.step()
+        with prof.phase("backward"), amp.overflow_expected(self.fp16):
+            self.scaler.scale(loss).backward()
+        with prof.phase("optimizer"), amp.overflow_expected(self.fp16):
+            self.scaler.step(self.opt)
+            self.scaler.update()
 
 
 class TorchRunner:
-    """The PyTorch side, under the same settings (torch's own AdamW with its default implementation)."""
+    """The PyTorch side, under the same settings (torch's own AdamW with its default implementation;
+    ``fp16``: ``torch.autocast`` with float16 and ``torch.amp.GradScaler``, the documented AMP recipe)."""
 
     name = "torch"
 
-    def __init__(self, model, x: np.ndarray, y: np.ndarray, device: str, lr=1e-3, weight_decay=0.05):
+    def __init__(self, model, x: np.ndarray, y: np.ndarray, device: str, lr=1e-3, weight_decay=0.05,
+                 fp16: bool = False):
         import torch
         self.torch = torch
-        self.device = device
+        self.device, self.fp16 = device, fp16
         self.model = model.to(device)
         self.x = torch.from_numpy(np.ascontiguousarray(x)).to(device)
         self.y = torch.from_numpy(y).to(device)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=weight_decay)
+        self.scaler = torch.amp.GradScaler(device, enabled=fp16)
 
     def sync(self):
         if self.device == "cuda":
             self.torch.cuda.synchronize()
 
+    def _autocast(self):
+        return self.torch.autocast(self.device, dtype=self.torch.float16, enabled=self.fp16)
+
     def train_step(self):
-        out = self.model(self.x)
-        out = out.logits if hasattr(out, "logits") else out          # Hugging Face's output object
-        loss = _cross_entropy(out, self.y, self.torch.nn.functional.cross_entropy)
+        with self._autocast():
+            out = self.model(self.x)
+            out = out.logits if hasattr(out, "logits") else out      # Hugging Face's output object
+            loss = _cross_entropy(out, self.y, self.torch.nn.functional.cross_entropy)
         self.opt.zero_grad()
-        loss.backward()
-        self.opt.step()
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.opt)
+        self.scaler.update()
         self.sync()
 
     def infer(self):
-        with self.torch.no_grad():
+        with self.torch.no_grad(), self._autocast():
             out = self.model(self.x)
         self.sync()
         return out
 
     def logits(self) -> np.ndarray:
+        """Eval-mode logits in the parameters' dtype (no autocast), for the twin check."""
         self.model.eval()
-        out = self.infer()
+        with self.torch.no_grad():
+            out = self.model(self.x)
         out = out.logits if hasattr(out, "logits") else out
         return out.detach().cpu().numpy()
 
@@ -461,8 +490,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64, help="images per step (throughput = batch / median time)")
     p.add_argument("--device", choices=backend.DEVICES, default="cpu", help="cpu: NumPy; cuda: CuPy (PyTorch on cuda too)")
     p.add_argument("--precision", choices=sorted(PRECISIONS), default="fp32",
-                   help="fp32 or fp64 on both sides (fp32 on GPU: TF32 off in PyTorch; CuPy uses no TF32 unless "
-                        "CUPY_TF32=1). Mixed precision (fp16/bf16) is not supported")
+                   help="the same on both sides: fp32 or fp64 (TF32 off on the GPU); tf32 (GPU only: TF32 "
+                        "tensor-core matmuls in CuPy and PyTorch); fp16 (mixed precision: autocast + GradScaler "
+                        "on both sides, float32 master weights). The record's dtype is the parameters' dtype")
     p.add_argument("--steps", type=int, default=10, help="timed steps (the median is reported)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps on each side at the start of every round")
     p.add_argument("--rounds", type=int, default=2,
@@ -538,6 +568,13 @@ def run(args, log=print) -> dict:
     """Run the benchmark described by parsed ``args``; returns the record (also written with --json)."""
     device = backend.check_device(args.device)
     dtype = PRECISIONS[args.precision]
+    fp16 = args.precision == "fp16"
+    if args.precision == "tf32" and device != "cuda":
+        raise SystemExit("--precision tf32 needs --device cuda: TF32 is a tensor-core mode of NVIDIA GPUs "
+                         "(Ampere and later); on the CPU it would be plain fp32, so use --precision fp32")
+    if fp16 and device == "cpu":
+        log("note: --precision fp16 on the CPU is slow on both sides (no float16 BLAS); it checks the "
+            "mixed-precision step, the GPU is where it pays")
     load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
 
     # ---- threads: the same count on both sides
@@ -571,15 +608,17 @@ def run(args, log=print) -> dict:
             twin_note = str(e)
             log(f"--compare torch: {twin_note}")
             tm = None
-        if tm is not None and device == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = False        # fp32 means fp32 on both sides
-            torch.backends.cudnn.allow_tf32 = False
     else:
         tm = None
+    tf32 = False
+    if device == "cuda":                 # TF32 off for the logit check; on for the timing only with tf32
+        backend.set_tf32(False)
+        if torch is not None:
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     model.to(device=device)
-    runners.append(MinivitRunner(model, x, y, device))
+    runners.append(MinivitRunner(model, x, y, device, fp16=fp16))
     if tm is not None:
-        runners.append(TorchRunner(tm, x, y, device))
+        runners.append(TorchRunner(tm, x, y, device, fp16=fp16))
         # Same weights, same function: the eval-mode logits on the benchmark batch must agree.
         ours, theirs = runners[0].logits(), runners[1].logits()
         diff = float(np.max(np.abs(ours - theirs)))
@@ -590,6 +629,12 @@ def run(args, log=print) -> dict:
             raise RuntimeError(f"the PyTorch twin ({torch_desc}) does not compute what {args.model} does: eval logits "
                                f"differ by {diff:.3g} (logits up to {scale:.3g}); its configuration in "
                                f"minivit.bench has drifted from the registry's")
+    if args.precision == "tf32":
+        tf32 = backend.set_tf32(True)
+        if not tf32:
+            log("note: this GPU has no TF32 (compute capability below 8.0): tf32 runs as plain fp32")
+        if torch is not None:
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
 
     n_params = sum(int(p.data.size) for p in model.parameters())
     log(f"{args.model}: {n_params / 1e6:.2f}M parameters, batch {args.batch_size} of {in_chans}x{H}x{W}, "
@@ -648,6 +693,8 @@ def run(args, log=print) -> dict:
                            "train_img_per_s": args.batch_size / tr["median"],
                            "inference_img_per_s": args.batch_size / inf["median"],
                            **({"memory": memory[r.name]} if r.name in memory else {})}
+        if fp16:             # where dynamic loss scaling ended: each halving was a skipped step
+            results[r.name]["final_loss_scale"] = float(r.scaler.get_scale())
     results["minivit"]["params"] = n_params
     ratios = None
     if "torch" in results:
@@ -664,6 +711,7 @@ def run(args, log=print) -> dict:
         "model": args.model, "model_kwargs": kwargs, "batch_size": args.batch_size,
         "image_size": [in_chans, H, W], "device": device, "device_name": backend.device_name(device),
         "cpu_model": _cpu_model(), "precision": args.precision, "dtype": np.dtype(dtype).name,
+        "autocast_dtype": "float16" if fp16 else None, "tf32": tf32,
         "steps": args.steps, "warmup": args.warmup, "rounds": args.rounds, "seed": args.seed,
         "threads": {"blas": blas, "torch": torch.get_num_threads() if torch is not None else None,
                     "numpy_elementwise": 1,
@@ -707,6 +755,10 @@ def run(args, log=print) -> dict:
     if args.json is not None:
         _write_json(args.json, record)
         log(f"wrote {args.json}")
+    if tf32:                             # TF32 is process-wide: turn it off again for whatever runs next
+        backend.set_tf32(False)
+        if torch is not None:
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     return record
 
 

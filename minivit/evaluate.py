@@ -32,7 +32,10 @@ def evaluate_checkpoint(path, *, device=None, data_dir=None, test_subset=None, b
     if ds.num_classes != cfg["num_classes"]:
         raise ValueError(f"the model has {cfg['num_classes']} classes but the dataset has {ds.num_classes}")
     loader = data.DeviceLoader(ds.test, device, batch_size)
-    ev = evaluate(model, loader)
+    # A run trained with --precision fp16 is evaluated under autocast on the GPU, as the trainer
+    # did (the same numbers as its metrics.jsonl); on the CPU in fp32 (no float16 BLAS there).
+    precision = cfg.get("precision", "fp32") if device == "cuda" else "fp32"
+    ev = evaluate(model, loader, precision)
     labels = ds.test.labels
     cm = confusion_matrix(labels, ev["preds"], ds.num_classes)
     per_class = cm.diagonal() / np.maximum(cm.sum(axis=1), 1)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from minivit import backend
 from minivit.data.io import atomic_write
 
 
@@ -50,9 +51,9 @@ def plot_curves(metrics: list[dict], path, title: str = "") -> Path:
 
 
 def confusion_matrix(labels, preds, num_classes: int) -> np.ndarray:
-    """cm[i, j] = how many images of class i were predicted as class j."""
+    """cm[i, j] = how many images of class i were predicted as class j (NumPy or CuPy inputs)."""
     cm = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(cm, (np.asarray(labels), np.asarray(preds)), 1)
+    np.add.at(cm, (backend.to_numpy(labels), backend.to_numpy(preds)), 1)
     return cm
 
 

@@ -1,6 +1,7 @@
 """``python -m minivit.train``: train a model on CIFAR-10 (or the synthetic set), with checkpoints.
 
     python -m minivit.train --model pvt_tiny --device cuda
+    python -m minivit.train --model vit_tiny --device cuda --precision fp16
     python -m minivit.train --model resnet_teacher --epochs 100 --out-dir runs/teacher
     python -m minivit.train --model deit_tiny --teacher runs/teacher --distillation hard
     python -m minivit.train --resume runs/pvt_tiny-20250101-120000
@@ -10,12 +11,13 @@ A run directory holds:
 
     config.json     the whole configuration (defaults resolved), parameter count, device, versions
     metrics.jsonl   one JSON object per epoch: epoch, train_loss, train_acc, test_loss, test_acc,
-                    lr, epoch_time_s, images_per_s, ... (accuracies as fractions in [0, 1])
+                    lr, epoch_time_s, images_per_s, ... (accuracies as fractions in [0, 1]);
+                    with --precision fp16 also loss_scale and skipped_steps (inf/NaN gradients)
     last.ckpt       the state after the last epoch (or the step where Ctrl-C stopped it)
     best.ckpt       the state with the best test accuracy so far
     curves.png      loss and accuracy curves (written at the end)
 
-A checkpoint holds the model, optimiser, schedule and RNG states, the epoch and
+A checkpoint holds the model, optimiser, schedule, loss scaler and RNG states, the epoch and
 step, the metrics so far and the configuration, so ``--resume`` continues
 exactly where the run stopped: on the CPU, an interrupted and resumed run ends
 with bitwise the same weights as one that was never stopped.
@@ -45,7 +47,7 @@ import numpy as np
 import minivit
 import minivit.functional as F
 import minivit.models  # registers every architecture, resnet_teacher included
-from minivit import backend, data, nn, optim
+from minivit import amp, backend, data, nn, optim
 from minivit.autograd import Tensor, no_grad
 from minivit.data.io import atomic_write, safe_load_pickle
 from minivit.models.registry import parse_model_kwargs
@@ -53,7 +55,7 @@ from minivit.losses import DISTILLATION_TYPES, DistillationLoss, merge_heads
 
 CHECKPOINT_FORMAT = "minivit-checkpoint"
 CHECKPOINT_VERSION = 1
-PRECISIONS = ("fp32",)
+PRECISIONS = ("fp32", "tf32", "fp16")     # fp16: autocast + GradScaler, float32 master weights
 EXIT_INTERRUPTED = 130     # the shell's code for "stopped by Ctrl-C"
 
 
@@ -164,15 +166,16 @@ def load_model_from_checkpoint(path, device: str = "cpu"):
 
 
 # =========================================================================== evaluation
-def evaluate(model, loader) -> dict:
-    """Loss, accuracy and predictions over a whole split, batched on the device; one sync at the end."""
+def evaluate(model, loader, precision: str = "fp32") -> dict:
+    """Loss, accuracy and predictions over a whole split, batched on the device; one sync at the end.
+    ``precision="fp16"`` evaluates under autocast, as the model was trained."""
     was_training = model.training
     model.eval()
     xp = loader.xp
     loss_sum = xp.zeros((), dtype=np.float64)
     correct = xp.zeros((), dtype=np.int64)
     preds = []
-    with no_grad():
+    with no_grad(), amp.autocast(enabled=precision == "fp16"):
         for x, _, labels in loader.batches():
             logits = merge_heads(model(Tensor(x)))                        # (B, num_classes)
             loss_sum += F.cross_entropy(logits, labels, reduction="sum").data
@@ -248,7 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--label-smoothing", type=float, default=0.1, help="ε of label smoothing (DeiT: 0.1)")
     g.add_argument("--clip-grad", type=float, default=None, metavar="NORM", help="clip the global gradient norm")
     g.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                   help="only fp32 for now (mixed precision is planned)")
+                   help="fp32; tf32 (float32 with TF32 tensor-core matmuls, GPUs from Ampere on); or fp16 "
+                        "(mixed precision: float16 matmuls under minivit.amp.autocast, float32 master weights, "
+                        "dynamic loss scaling; slow on the CPU, which has no float16 BLAS)")
     g = p.add_argument_group("augmentation (on the device)")
     g.add_argument("--crop-padding", type=int, default=4, help="random crop with this zero padding; 0 = off")
     g.add_argument("--no-hflip", dest="hflip", action="store_false",
@@ -356,6 +361,21 @@ class Trainer:
         warmup = min(int(round(cfg["warmup_epochs"] * self.steps_per_epoch)), total - 1)
         self.scheduler = optim.lr_scheduler.CosineWarmupLR(self.optimizer, warmup_steps=warmup,
                                                            total_steps=total, min_lr=cfg["min_lr"])
+        # Precision. fp16: autocast in the step and the evaluation, the loss scaled by a
+        # GradScaler (disabled, i.e. a pass-through, for fp32/tf32). TF32 is a process-wide
+        # CuPy setting: on for tf32, explicitly off otherwise (CUPY_TF32=1 would turn it on).
+        precision = cfg.get("precision", "fp32")
+        self.fp16 = precision == "fp16"
+        self.scaler = amp.GradScaler(enabled=self.fp16)
+        if device == "cuda":
+            if backend.set_tf32(precision == "tf32") != (precision == "tf32"):
+                log("warning: --precision tf32 needs an NVIDIA GPU of compute capability 8.0 or more "
+                    "(Ampere); this one computes plain fp32")
+        elif precision == "tf32":
+            log("warning: --precision tf32 on the CPU is plain fp32 (TF32 is a GPU tensor-core mode)")
+        elif precision == "fp16":
+            log("warning: --precision fp16 on the CPU is slow (NumPy has no float16 BLAS: its float16 "
+                "matmuls are plain loops); use it to check a configuration, train fp16 on a GPU")
         teacher = None
         if cfg["teacher"]:
             teacher, tck = load_model_from_checkpoint(cfg["teacher"], device)
@@ -376,13 +396,15 @@ class Trainer:
         self.metrics: list[dict] = []
         self._partial = None
         self._stop_requested = False
+        self._skipped = 0                    # fp16 steps skipped this epoch (a gradient overflowed)
         if resume is not None:
             self._load_state(resume)
 
     # ------------------------------------------------------------------ state
     def state(self, partial=None) -> dict:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "rng": backend.get_rng_state(),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                "rng": backend.get_rng_state(),
                 "epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "partial": partial,
                 "best_acc": self.best_acc, "best_epoch": self.best_epoch, "metrics": list(self.metrics),
                 "config": self.cfg, "saved_at": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -392,6 +414,8 @@ class Trainer:
             self.model.load_state_dict(ck["model"])
             self.optimizer.load_state_dict(ck["optimizer"])
             self.scheduler.load_state_dict(ck["scheduler"])
+            if self.scaler.is_enabled():
+                self.scaler.load_state_dict(ck["scaler"])       # the loss scale and its growth counter
         except (RuntimeError, ValueError, KeyError) as e:
             raise CheckpointError(f"{ck.get('path')}: cannot restore the run from it: {e}") from e
         backend.set_rng_state(ck["rng"])
@@ -414,15 +438,24 @@ class Trainer:
 
     # ------------------------------------------------------------------ one step
     def train_step(self, x, target, labels):
-        """Forward, loss, backward, update. Returns the loss and the number correct, as device arrays."""
+        """Forward, loss, backward, update. Returns the loss and the number correct, as device arrays.
+
+        PyTorch's mixed-precision recipe; for fp32 the scaler is a pass-through, so this is
+        the plain loss.backward(), clip, optimizer.step()."""
         inputs = Tensor(x)
-        outputs = self.model(inputs)
-        loss = self.criterion(inputs, outputs, target)
+        with amp.autocast(enabled=self.fp16):
+            outputs = self.model(inputs)
+            loss = self.criterion(inputs, outputs, target)
         self.optimizer.zero_grad()
-        loss.backward()
-        if self.cfg["clip_grad"]:
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg["clip_grad"])
-        self.optimizer.step()
+        with amp.overflow_expected(self.fp16):            # the scaler handles float16 overflow
+            self.scaler.scale(loss).backward()
+            if self.cfg["clip_grad"]:
+                self.scaler.unscale_(self.optimizer)       # clip the true gradients, not the scaled ones
+                nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg["clip_grad"])
+            scale = self.scaler.get_scale()
+            self.scaler.step(self.optimizer)               # skipped if a gradient overflowed
+            self.scaler.update()
+        self._skipped += self.scaler.get_scale() < scale   # the scale only shrinks after a skipped step
         self.scheduler.step()
         correct = (merge_heads(outputs).data.argmax(axis=1) == labels).sum()
         return loss.data, correct
@@ -432,19 +465,23 @@ class Trainer:
         if self._stop_requested:             # a second Ctrl-C: stop right now, no checkpoint
             raise KeyboardInterrupt
         self._stop_requested = True
-        print("\nCtrl-C: finishing this step and saving a checkpoint (press again to quit without saving)",
+        what = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        print(f"\n{what}: finishing this step and saving a checkpoint (again: quit without saving)",
               file=sys.stderr, flush=True)
 
     @contextlib.contextmanager
     def _sigint_saves(self):
+        """Ctrl-C (SIGINT) and SIGTERM (what `timeout`, `kill` and job schedulers send) both
+        finish the current step and save a checkpoint, so a run stopped from outside loses nothing."""
         if threading.current_thread() is not threading.main_thread():
             yield
             return
-        previous = signal.signal(signal.SIGINT, self._request_stop)
+        previous = {sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             yield
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     def _diverged(self, epoch, step, value):
         last = self.run_dir / "last.ckpt"
@@ -480,6 +517,7 @@ class Trainer:
         loss_sum = xp.asarray(p.get("loss_sum", 0.0), dtype=np.float64)
         correct = xp.asarray(p.get("correct", 0), dtype=np.int64)
         elapsed = p.get("elapsed", 0.0)
+        self._skipped = p.get("skipped_steps", 0)
         progress = cfg["progress"] if cfg["progress"] is not None else sys.stderr.isatty()
         bar = tqdm(total=self.steps_per_epoch * bs, initial=start * bs, unit="img", unit_scale=True,
                    desc=f"epoch {epoch + 1}/{cfg['epochs']}", leave=False, disable=not progress, dynamic_ncols=True)
@@ -503,11 +541,13 @@ class Trainer:
                     bar.close()
                     self._diverged(epoch, step, avg)
                 bar.set_postfix(loss=f"{avg:.4f}", acc=f"{int(correct) / seen:.2%}",
-                                lr=f"{self.scheduler.get_last_lr()[-1]:.2e}", refresh=False)
+                                lr=f"{self.scheduler.get_last_lr()[-1]:.2e}", refresh=False,
+                                **({"scale": f"{self.scaler.get_scale():g}"} if self.fp16 else {}))
             if self._stop_requested and not last_step:
                 bar.close()
                 self.save(partial={"loss_sum": float(loss_sum), "correct": int(correct),
-                                   "elapsed": elapsed + time.perf_counter() - t0})
+                                   "elapsed": elapsed + time.perf_counter() - t0,
+                                   "skipped_steps": self._skipped})
                 return None
         backend.synchronize(cfg["device"])
         bar.close()
@@ -523,10 +563,12 @@ class Trainer:
                   "test_loss": None, "test_acc": None, "lr": self.scheduler.get_last_lr()[-1],
                   "epoch_time_s": None, "train_time_s": train_time, "eval_time_s": None,
                   "images_per_s": n / train_time, "step": (epoch + 1) * self.steps_per_epoch}
+        if self.fp16:        # the loss scale at the epoch's end, and the steps skipped for inf/NaN gradients
+            record["loss_scale"], record["skipped_steps"] = self.scaler.get_scale(), self._skipped
         t0 = time.perf_counter()
         is_best = False
         if (epoch + 1) % cfg["eval_every"] == 0 or epoch + 1 == cfg["epochs"]:
-            ev = evaluate(self.model, self.test_loader)
+            ev = evaluate(self.model, self.test_loader, cfg.get("precision", "fp32"))
             record["test_loss"], record["test_acc"] = ev["loss"], ev["acc"]
             if ev["acc"] > self.best_acc:
                 self.best_acc, self.best_epoch, is_best = ev["acc"], epoch + 1, True

@@ -71,7 +71,9 @@ def test_json_records_append_and_replace_by_label(tmp_path):
 
 def test_bad_arguments_are_refused():
     with pytest.raises(SystemExit):
-        _run(TINY + ["--precision", "fp16"])
+        _run(TINY + ["--precision", "bf16"])                     # NumPy has no bfloat16
+    with pytest.raises(SystemExit, match="tf32 needs --device cuda"):
+        _run(TINY + ["--precision", "tf32", "--device", "cpu"])
     with pytest.raises(SystemExit, match="--steps must be at least 1"):
         _run(TINY + ["--steps", "0"])
     with pytest.raises(ValueError, match="unknown model"):
@@ -143,6 +145,24 @@ def test_compare_torch_reports_ratios_and_equal_logits(tmp_path):
     assert rec["logit_check"]["max_abs_diff"] <= 1e-4 * max(1.0, rec["logit_check"]["max_abs_logit"])
     assert rec["threads"]["torch"] == rec["threads"]["blas"] or rec["threads"]["blas"] is None
     assert rec["versions"]["torch"] and rec["versions"]["timm"]
+
+
+def test_fp16_mixed_precision_on_both_sides(tmp_path):
+    """--precision fp16: autocast + GradScaler on both sides (float32 master weights), recorded as such;
+    the twins' logits are still compared in float32. On the CPU, to check the step: it is slow there."""
+    _twin_or_skip("vit_tiny")
+    rec = _run(TINY + ["--precision", "fp16", "--compare", "torch", "--no-memory", "--profile", "--profile-steps", "1"])
+    assert rec["precision"] == "fp16" and rec["dtype"] == "float32" and rec["autocast_dtype"] == "float16"
+    assert rec["tf32"] is False
+    assert set(rec["results"]) == {"minivit", "torch"}
+    for side in rec["results"].values():
+        _timed(side["train_step_s"])
+        assert side["final_loss_scale"] > 0
+    assert rec["logit_check"]["max_abs_diff"] <= 1e-4 * max(1.0, rec["logit_check"]["max_abs_logit"])
+    linear = next(r for r in rec["profile"]["rows"] if r["name"] == "Linear")
+    assert linear["dtypes"] == ["float16"]                       # minivit's GEMMs ran in float16
+    fp32 = _run(TINY + ["--no-memory"])
+    assert fp32["autocast_dtype"] is None and "final_loss_scale" not in fp32["results"]["minivit"]
 
 
 def test_compare_torch_without_a_twin_still_times_minivit():

@@ -379,6 +379,52 @@ def test_counter_rng_is_stateless_and_uniform(xp):
     np.testing.assert_array_equal(a, A.CounterRNG(np, 7).uniform((10000,), 1, 2))
 
 
+def test_counter_rng_hash_wraps_like_python_ints(xp):
+    """The uint64 hash is SplitMix64 mod 2⁶⁴, on NumPy and CuPy alike: checked against the
+    same arithmetic on Python ints, masked to 64 bits."""
+    seed, key, n = 2**64 - 3, (5, 2**63 + 11), 1000
+    k = A._mix64_int(seed & A._M64)
+    for part in key:
+        k = A._mix64_int((k + A._GOLDEN + part) & A._M64)
+    expected = np.array([A._mix64_int((i * A._GOLDEN + k) & A._M64) for i in range(1, n + 1)], dtype=np.uint64)
+    got = backend.to_numpy(A.CounterRNG(xp, seed)._bits((n,), key))
+    assert got.dtype == np.uint64
+    np.testing.assert_array_equal(got, expected)
+
+
+class _Uint64Only(np.ndarray):
+    """A uint64 array whose arithmetic refuses a Python int (or any non-uint64) beside a uint64
+    operand. Python ints are promoted by value in NumPy 1 and CuPy 13, by NEP 50 in NumPy 2
+    (and CuPy 14): only explicit np.uint64 operands give uint64 arithmetic on every version."""
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        if any(getattr(a, "dtype", None) == np.uint64 for a in inputs):
+            bad = [a for a in inputs if getattr(a, "dtype", None) != np.uint64]
+            assert not bad, f"{ufunc.__name__} mixes a uint64 array with {bad!r}: wrap it in np.uint64"
+        out = getattr(ufunc, method)(*(a.view(np.ndarray) if isinstance(a, np.ndarray) else a for a in inputs),
+                                     **kwargs)
+        return out.view(_Uint64Only) if isinstance(out, np.ndarray) and out.dtype == np.uint64 else out
+
+
+class _StrictHashXP:
+    """NumPy, whose uint64 aranges are _Uint64Only."""
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+    @staticmethod
+    def arange(*args, dtype=None, **kwargs):
+        a = np.arange(*args, dtype=dtype, **kwargs)
+        return a.view(_Uint64Only) if a.dtype == np.uint64 else a
+
+
+def test_counter_rng_hash_has_only_uint64_operands():
+    rng, ref = A.CounterRNG(_StrictHashXP(), 3), A.CounterRNG(np, 3)
+    for draw in (lambda r: r.uniform((50,), 1), lambda r: r.integers((50,), 7, 2),
+                 lambda r: r.normal((50,), 4)):
+        np.testing.assert_array_equal(np.asarray(draw(rng)), draw(ref))
+
+
 def test_crop_flip_matches_a_per_image_reference(xp):
     rng_np = np.random.default_rng(0)
     x = rng_np.integers(0, 256, size=(6, 3, 8, 8), dtype=np.uint8)

@@ -137,9 +137,35 @@ SHAPE_OPS = {
 @pytest.mark.parametrize("name", sorted(SHAPE_OPS))
 def test_shape_op_gradcheck(xp, name):
     x = np.random.default_rng(3).standard_normal((2, 3, 4))
-    if xp is not np and name in ("roll", "roll_flat", "gather"):
+    if xp is not np and name in ("roll", "roll_flat"):
         pytest.skip("uses a host-side constant")
     gradcheck(SHAPE_OPS[name], t64(xp, x))
+
+
+class _NumpyWithCupySignatures:
+    """NumPy, but with CuPy's signature where CuPy's differs (cupy.indices has no
+    ``sparse``): a CPU test that an op's GPU path calls nothing CuPy lacks."""
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+    @staticmethod
+    def indices(dimensions, dtype=int):
+        return np.indices(dimensions, dtype=dtype)
+
+
+def test_gather_and_max_dim_backward_use_only_cupys_api(monkeypatch):
+    from minivit.functional import basic
+    monkeypatch.setattr(basic, "get_array_module", lambda *arrays: _NumpyWithCupySignatures())
+    x = t64(np, np.random.default_rng(5).standard_normal((2, 3, 4)))
+    gradcheck(lambda t: F.gather(t, 1, np.array([[[0, 2, 2, 1]] * 2] * 2)), x)
+    gradcheck(lambda t: t.max(2).values * 2, x)
+
+
+def test_where_with_two_numbers_follows_the_condition(xp, device):
+    out = mv.where(xp.asarray([True, False, True]), 1.5, -2.0)
+    assert out.device == device and out.dtype == np.float32
+    np.testing.assert_array_equal(host(out.data), [1.5, -2.0, 1.5])
 
 
 def test_non_contiguous_input(xp):

@@ -102,15 +102,15 @@ def test_help_documents_every_flag():
 
 
 # =========================================================================== resume, determinism
-def interrupt_at(monkeypatch, n):
-    """Press Ctrl-C (a real SIGINT) during the n-th training step."""
+def interrupt_at(monkeypatch, n, sig=signal.SIGINT):
+    """Press Ctrl-C (a real SIGINT; or send another signal) during the n-th training step."""
     calls = {"n": 0}
     step = Trainer.train_step
 
     def stepping(self, *args):
         calls["n"] += 1
         if calls["n"] == n:
-            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(sig)
         return step(self, *args)
 
     monkeypatch.setattr(Trainer, "train_step", stepping)
@@ -143,6 +143,47 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, monkeypatch, cap
     # Another seed gives another run.
     other, _ = quiet_run(AUGMENTED + ["--out-dir", str(tmp_path / "d"), "--seed", "1", "--epochs", "1"])
     assert other["metrics"][0]["train_loss"] != straight["metrics"][0]["train_loss"]
+
+
+def test_sigterm_saves_a_checkpoint_like_ctrl_c(tmp_path, monkeypatch, capsys):
+    # `timeout`, `kill` and job schedulers send SIGTERM: the run must keep its progress.
+    interrupt_at(monkeypatch, 4, signal.SIGTERM)
+    with pytest.raises(SystemExit) as e:
+        train.main(AUGMENTED + ["--out-dir", str(tmp_path / "t")])
+    assert e.value.code == train.EXIT_INTERRUPTED
+    assert "SIGTERM: finishing this step" in capsys.readouterr().err
+    ck = load_checkpoint(tmp_path / "t" / "last.ckpt")
+    assert (ck["epoch"], ck["step_in_epoch"]) == (0, 4)
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL      # the handler is put back
+
+
+def test_fp16_run_checkpoints_its_loss_scale_and_resumes_exactly(tmp_path, monkeypatch):
+    """--precision fp16 (autocast + GradScaler) on the CPU: it trains, logs the loss scale, keeps
+    the scaler's state in the checkpoint, and an interrupted run resumes bitwise like an
+    uninterrupted one (the scaler included)."""
+    fp16 = TINY + ["--subset", "96", "--test-subset", "32", "--epochs", "2", "--batch-size", "32",
+                   "--lr", "3e-3", "--clip-grad", "1.0", "--precision", "fp16"]
+    straight, lines = quiet_run(fp16 + ["--out-dir", str(tmp_path / "a")])
+    assert any("fp16 on the CPU is slow" in line for line in lines)
+    assert straight["status"] == "done" and all(np.isfinite(m["train_loss"]) for m in straight["metrics"])
+    assert all(m["loss_scale"] > 0 and m["skipped_steps"] >= 0 for m in straight["metrics"])
+    ck = load_checkpoint(tmp_path / "a" / "last.ckpt")
+    assert ck["config"]["precision"] == "fp16"
+    assert set(ck["scaler"]) == {"scale", "growth_factor", "backoff_factor", "growth_interval", "_growth_tracker"}
+    assert ck["scaler"]["scale"] == straight["metrics"][-1]["loss_scale"]
+    assert all(v.dtype == np.float32 for v in ck["model"].values() if v.dtype.kind == "f")   # master weights
+    # 3 steps per epoch: Ctrl-C during step 5 stops in the middle of epoch 2.
+    interrupt_at(monkeypatch, 5)
+    with pytest.raises(SystemExit):
+        train.main(fp16 + ["--out-dir", str(tmp_path / "b")])
+    monkeypatch.undo()
+    mid = load_checkpoint(tmp_path / "b" / "last.ckpt")
+    assert (mid["epoch"], mid["step_in_epoch"]) == (1, 2) and mid["scaler"]["_growth_tracker"] == 5
+    resumed, _ = quiet_run(["--resume", str(tmp_path / "b")])
+    assert resumed["status"] == "done"
+    b = load_checkpoint(tmp_path / "b" / "last.ckpt")
+    assert same_weights(ck["model"], b["model"]) and ck["scaler"] == b["scaler"]
+    assert without_times(straight["metrics"]) == without_times(b["metrics"])
 
 
 def test_resume_of_a_finished_run_and_existing_out_dir(trained, capsys):
@@ -214,7 +255,7 @@ def test_bad_arguments(capsys):
             train.main(TINY + ["--epochs", "1", "--out-dir", "/nonexistent/never"] + args)
         assert e.value.code == 2 and message in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        train.main(TINY + ["--precision", "fp16"])       # not yet: argparse refuses it
+        train.main(TINY + ["--precision", "bf16"])       # NumPy has no bfloat16: argparse refuses it
 
 
 # =========================================================================== evaluate, distillation

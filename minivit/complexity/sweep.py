@@ -24,19 +24,23 @@ from minivit.layers import (Attention, ConvProjectionAttention, SpatialReduction
 #
 # "reach" scales the largest grid per layer. The exponent is an asymptote: for a cost
 # a·hw + b·(hw)² the local slope is 1 + b·hw / (a + b·hw). SRA's quadratic term is R²
-# times smaller (b = 2C/R²) while its linear terms stay ≈ 3hwC², so the larger R, the
-# larger the grid before the (hw)² term takes over — a sweep that stopped at the same
-# grid for every R would measure the crossover, not the growth law.
+# times smaller (b = 2C/R²) while its linear terms stay ≈ 3hwC², so the crossover
+# hw = a/b ≈ 1.5·C·R² tokens moves out with R², and a sweep that stopped at the same
+# grid for every R would measure the crossover, not the growth law. Each quadratic
+# layer therefore runs until its largest score array is ~0.5–3 GB. That also
+# puts the fit past the CPU's last-level cache (32 MiB here): MSA's scores leave it
+# between 32² and 64² tokens, where every (hw)² pass slows from cache to memory
+# speed (a local slope near 2.4); beyond it the growth is (hw)² again.
 LAYERS = {
-    "MSA": (2, 1, 1.0, lambda C, h: _tokens(Attention(C, h, qkv_bias=True))),
-    "SRA R=2": (2, 2, 1.5, lambda C, h: _grid(SpatialReductionAttention(C, h, sr_ratio=2))),
-    "SRA R=4": (2, 4, 2.0, lambda C, h: _grid(SpatialReductionAttention(C, h, sr_ratio=4))),
-    "SRA R=8": (2, 8, 3.0, lambda C, h: _grid(SpatialReductionAttention(C, h, sr_ratio=8))),
+    "MSA": (2, 1, 1.5, lambda C, h: _tokens(Attention(C, h, qkv_bias=True))),
+    "SRA R=2": (2, 2, 2.0, lambda C, h: _grid(SpatialReductionAttention(C, h, sr_ratio=2))),
+    "SRA R=4": (2, 4, 3.0, lambda C, h: _grid(SpatialReductionAttention(C, h, sr_ratio=4))),
+    "SRA R=8": (2, 8, 6.0, lambda C, h: _grid(SpatialReductionAttention(C, h, sr_ratio=8))),
     "linear SRA": (1, 1, 2.0, lambda C, h: _grid(SpatialReductionAttention(C, h, linear_attn=True))),
     "W-MSA M=4": (1, 4, 2.0, lambda C, h: _windows(WindowAttention(C, h, window_size=4), 4)),
     "W-MSA M=7": (1, 7, 2.0, lambda C, h: _windows(WindowAttention(C, h, window_size=7), 7)),
     # K/V stride 2: attention over hw/4 keys, the same quadratic term as SRA with R = 2.
-    "CvT projection": (2, 1, 1.5, lambda C, h: _grid(ConvProjectionAttention(C, h))),
+    "CvT projection": (2, 1, 2.0, lambda C, h: _grid(ConvProjectionAttention(C, h))),
 }
 
 
@@ -61,7 +65,7 @@ def _windows(layer, M):
     return layer, fn
 
 
-def _sides(multiple: int, max_side: int, n: int = 7):
+def _sides(multiple: int, max_side: int, n: int = 12):
     """About n grid sides from small to max_side, each a multiple of `multiple`."""
     raw = np.geomspace(max(multiple, 4), max_side, n)
     sides = sorted({max(multiple, int(round(s / multiple)) * multiple) for s in raw})
@@ -108,7 +112,10 @@ def measure(name, device="cpu", C=32, heads=2, max_side=64, repeats=3, batch=1):
                 slope_forward=fit_slope(rows, "forward_s"), slope_forward_backward=fit_slope(rows, "forward_backward_s"))
 
 
-def fit_slope(rows, key, n_large: int = 3) -> float:
+FIT_POINTS = 4      # the fit uses this many of the largest grids
+
+
+def fit_slope(rows, key, n_large: int = FIT_POINTS) -> float:
     """Least-squares slope of log(time) against log(hw) over the n_large largest grids."""
     pts = rows[-n_large:]
     x = np.log([r["tokens"] for r in pts])
@@ -116,14 +123,32 @@ def fit_slope(rows, key, n_large: int = 3) -> float:
     return float(np.polyfit(x, y, 1)[0])
 
 
-def run(device="cpu", max_side=None, C=32, heads=2, repeats=3, layers=None, out_json=None, out_png=None):
+def _measure_in_a_fresh_process(*args):
+    """measure(*args) in a new Python process (spawned: safe with CUDA), which then exits.
+
+    The largest grids allocate gigabytes. A process keeps its freed memory for reuse
+    (see backend's malloc settings; CuPy's pool does the same), so a layer timed after
+    them would run in a heap shaped by them: measured on the CPU, W-MSA's largest grid
+    took 1.6× longer after the SRA sweeps than in a process of its own, and its slope
+    came out 1.36 instead of 1.07. One process per layer keeps the layers independent."""
+    import concurrent.futures
+    import multiprocessing
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(measure, *args).result()
+
+
+def run(device="cpu", max_side=None, C=32, heads=2, repeats=3, layers=None, out_json=None, out_png=None,
+        fresh_process=True):
+    """Sweep every layer (each in its own process unless ``fresh_process=False``), print the
+    fitted slopes, and write the JSON record and the figure when paths are given."""
     max_side = max_side or (96 if device == "cuda" else 64)
     results = []
     for name in layers or LAYERS:
-        r = measure(name, device, C, heads, max_side, repeats)
+        args = (name, device, C, heads, max_side, repeats)
+        r = _measure_in_a_fresh_process(*args) if fresh_process else measure(*args)
         print(f"{name:<15} theory {r['theory']}  fitted forward {r['slope_forward']:.2f}  "
               f"forward+backward {r['slope_forward_backward']:.2f}  "
-              f"(grids {r['rows'][0]['side']}² … {r['rows'][-1]['side']}², fit over the last 3)", flush=True)
+              f"(grids {r['rows'][0]['side']}² … {r['rows'][-1]['side']}², fit over the last {FIT_POINTS})", flush=True)
         results.append(r)
     record = dict(device=device, device_name=backend.device_name(device), C=C, heads=heads, batch=1, repeats=repeats,
                   numpy=np.__version__, results=results)
@@ -148,11 +173,13 @@ def plot(record, path):
             t = np.array([row[key] for row in r["rows"]])
             slope = r["slope_forward" if key == "forward_s" else "slope_forward_backward"]
             ax.loglog(hw, t, "o-", color=c, label=f"{r['layer']} (fit {slope:.2f}, theory {r['theory']})")
-            # the theory line through the largest point: t ∝ (hw)^theory
-            ax.loglog(hw, t[-1] * (hw / hw[-1]) ** r["theory"], ":", color=c, alpha=0.6)
+            # the theory line t ∝ (hw)^theory through the largest point, over the fitted grids
+            # and a little below them (at small hw the other terms of the cost dominate)
+            span = np.geomspace(hw[-min(FIT_POINTS, len(hw))] / 3, hw[-1], 20)
+            ax.loglog(span, t[-1] * (span / hw[-1]) ** r["theory"], "--", color=c, alpha=0.7, lw=1.2)
         ax.set_xlabel("tokens hw")
         ax.set_ylabel("seconds")
-        ax.set_title(f"{title} — dotted: theory slope")
+        ax.set_title(f"{title} — dashed: theory slope through the largest grid")
         ax.legend(fontsize=7)
         ax.grid(True, which="both", alpha=0.3)
     ax = axes[2]

@@ -9,8 +9,9 @@ import math
 
 import numpy as np
 
-from minivit import backend
+from minivit import amp, backend
 from minivit.autograd import Function
+from minivit.functional import fused_cuda
 
 get_array_module = backend.get_array_module
 
@@ -48,7 +49,9 @@ class GELU(Function):
     """
 
     # Exact GELU in float32 on the CPU takes the fast path (_gelu_float32, below): the
-    # same values to a few float32 ulps. False: always this reference code.
+    # same values to a few float32 ulps. On the GPU both forms take one fused kernel
+    # (fused_cuda.gelu_forward: this code's operations in one pass, dy/dx saved).
+    # False: always this reference code.
     fast_path = True
 
     def __init__(self, approximate):
@@ -57,6 +60,9 @@ class GELU(Function):
 
     def forward(self, x):
         xp = get_array_module(x)
+        if self.fast_path and fused_cuda.applies(x):
+            y, self.dydx = fused_cuda.gelu_forward(x, self.approximate, with_grad=self.needs_grad[0])
+            return y
         if self.approximate == "none" and self.fast_path and x.dtype == np.float32 \
                 and backend.device_of(x) == "cpu":
             y, self.dydx = _gelu_float32(x, with_grad=self.needs_grad[0])
@@ -178,6 +184,8 @@ def gelu(input, approximate="none"):  # noqa: A002
     """``torch.nn.functional.gelu``; ``approximate='tanh'`` is the GPT-2/BERT tanh form."""
     if approximate not in ("none", "tanh"):
         raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
+    if amp._enabled:                                  # autocast: float32 (erf has no float16 kernel)
+        (input,) = amp.cast_inputs("gelu", input)
     return GELU(approximate)(input)
 
 
@@ -192,6 +200,10 @@ class Softmax(Function):
     Jacobian: ∂y_i/∂x_j = y_i(δ_ij − y_j), so the vector–Jacobian product is
     gx = y ⊙ (g − Σ_j g_j y_j)."""
 
+    # Over the last dim on the GPU: one fused kernel each way (fused_cuda.softmax_forward /
+    # softmax_backward: these formulas, one row per warp). False: always this reference code.
+    fast_path = True
+
     def __init__(self, dim):
         self.dim = dim
 
@@ -199,6 +211,9 @@ class Softmax(Function):
         xp = get_array_module(x)
         if x.size == 0:
             self.y = x.copy()
+            return self.y
+        if self.fast_path and self.dim == x.ndim - 1 and fused_cuda.applies(x):
+            self.y = fused_cuda.softmax_forward(x)
             return self.y
         e = xp.asarray(x - x.max(axis=self.dim, keepdims=True))   # every exponent ≤ 0: no overflow
         xp.exp(e, out=e)                                       # in place: e is a fresh array (0-d too)
@@ -208,6 +223,8 @@ class Softmax(Function):
 
     def backward(self, gy):
         y = self.y
+        if self.fast_path and self.dim == y.ndim - 1 and fused_cuda.applies(gy, y):
+            return fused_cuda.softmax_backward(gy, y)
         gx = gy * y                                            # y ⊙ (g − Σ g y), as y ⊙ g − y ⊙ Σ g y
         gx -= y * gx.sum(axis=self.dim, keepdims=True)
         return gx
@@ -218,6 +235,8 @@ class LogSoftmax(Function):
 
     ∂y_i/∂x_j = δ_ij − softmax_j, so gx = g − softmax ⊙ Σ_i g_i."""
 
+    fast_path = True        # as Softmax: the fused kernels on the GPU, over the last dim
+
     def __init__(self, dim):
         self.dim = dim
 
@@ -226,12 +245,17 @@ class LogSoftmax(Function):
         if x.size == 0:
             self.y = x.copy()
             return self.y
+        if self.fast_path and self.dim == x.ndim - 1 and fused_cuda.applies(x):
+            self.y = fused_cuda.softmax_forward(x, log=True)
+            return self.y
         z = x - x.max(axis=self.dim, keepdims=True)
         self.y = z - xp.log(xp.exp(z).sum(axis=self.dim, keepdims=True))
         return self.y
 
     def backward(self, gy):
         xp = get_array_module(gy)
+        if self.fast_path and self.dim == self.y.ndim - 1 and fused_cuda.applies(gy, self.y):
+            return fused_cuda.softmax_backward(gy, self.y, log=True)
         return gy - xp.exp(self.y) * gy.sum(axis=self.dim, keepdims=True)
 
 
@@ -242,11 +266,15 @@ def _softmax_dim(dim, ndim):
 
 def softmax(input, dim):  # noqa: A002
     """``torch.softmax(input, dim)`` (dim is required: PyTorch's implicit dim is deprecated)."""
+    if amp._enabled:                                  # autocast: float32 (exp overflows float16)
+        (input,) = amp.cast_inputs("softmax", input)
     return Softmax(_softmax_dim(dim, input.ndim))(input)
 
 
 def log_softmax(input, dim):  # noqa: A002
     """``torch.log_softmax(input, dim)``: stable, and more accurate than ``softmax(x).log()``."""
+    if amp._enabled:                                  # autocast: float32 (exp overflows float16)
+        (input,) = amp.cast_inputs("log_softmax", input)
     return LogSoftmax(_softmax_dim(dim, input.ndim))(input)
 
 
@@ -269,9 +297,17 @@ def _check_prob(name, p):
         raise ValueError(f"{name} probability has to be between 0 and 1, got {p}")
 
 
+def _uniform(xp, shape):
+    """U[0, 1) samples: NumPy's float64 stream (what the CPU tests replay), float32 on the
+    GPU (CuPy takes a dtype: half the memory, and no float64 throughput penalty)."""
+    if xp is np:
+        return np.random.random_sample(shape)
+    return xp.random.random_sample(shape, dtype=np.float32)
+
+
 def _keep_mask(xp, shape, keep, dtype):
     """Bernoulli(keep) mask scaled by 1/keep, in x's dtype (all zeros when keep == 0)."""
-    mask = xp.random.random_sample(shape) < keep
+    mask = _uniform(xp, shape) < keep
     scale = 1.0 / keep if keep > 0 else 0.0
     return mask.astype(dtype) * dtype.type(scale)
 
@@ -301,7 +337,7 @@ def drop_path(x, drop_prob=0.0, training=False, scale_by_keep=True):
     if scale_by_keep:
         mask = _keep_mask(xp, shape, keep, x.dtype)
     else:
-        mask = (xp.random.random_sample(shape) < keep).astype(x.dtype)
+        mask = (_uniform(xp, shape) < keep).astype(x.dtype)
     return MaskScale(mask)(x)
 
 

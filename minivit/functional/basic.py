@@ -11,7 +11,7 @@ from collections import namedtuple
 
 import numpy as np
 
-from minivit import backend
+from minivit import amp, backend
 from minivit.autograd import Function, Tensor
 
 get_array_module = backend.get_array_module
@@ -129,6 +129,8 @@ class MatMul(Function):
 
 
 def matmul(a, b):
+    if amp._enabled:                                  # autocast: a float16 GEMM (minivit.amp's policy)
+        a, b = amp.cast_inputs("matmul", a, b)
     return MatMul()(a, b)
 
 
@@ -226,6 +228,8 @@ def where(condition, a, b):
     cond = condition.data if isinstance(condition, Tensor) else condition
     if not isinstance(a, Tensor) and not isinstance(b, Tensor):
         a = Tensor(a)
+        if backend.device_of(cond) != a.device:         # two numbers and a GPU condition
+            a = Tensor(backend.to_device(a.data, backend.device_of(cond)))
     return Where(cond)(a, b)
 
 
@@ -296,8 +300,12 @@ class Gather(Function):
     def backward(self, gy):
         xp = get_array_module(gy)
         gx = xp.zeros(self.shape, dtype=gy.dtype)
-        # Indices may repeat along dim: scatter with addition.
-        idx = list(xp.indices(self.index.shape, sparse=True))
+        # Indices may repeat along dim: scatter with addition. The other axes are indexed
+        # by broadcasting aranges (np.indices(shape, sparse=True), spelled out: CuPy's
+        # indices has no sparse argument).
+        nd = self.index.ndim
+        idx = [xp.arange(n).reshape((1,) * d + (n,) + (1,) * (nd - d - 1))
+               for d, n in enumerate(self.index.shape)]
         idx[self.dim] = self.index
         backend.scatter_add(gx, tuple(idx), gy)
         return gx
@@ -317,6 +325,7 @@ def var(x, dim=None, keepdim=False, unbiased=True):
 
 def gather(x, dim, index):
     index = index.data if isinstance(index, Tensor) else index
+    index = x.xp.asarray(index)                 # on x's device (a host index is copied over)
     return Gather(_norm_dim(dim, x.ndim), index)(x)
 
 
@@ -566,10 +575,13 @@ def to(x, device=None, dtype=None):
 
 
 # =========================================================================== creation
-def tensor(data, dtype=None, device="cpu", requires_grad=False) -> Tensor:
-    """``torch.tensor``: a new leaf tensor from a list, scalar or array."""
+def tensor(data, dtype=None, device=None, requires_grad=False) -> Tensor:
+    """``torch.tensor``: a new leaf tensor from a list, scalar or array.
+
+    ``device=None`` keeps the data where it is, as PyTorch does for a tensor: a CuPy
+    array stays on the GPU; lists, numbers and NumPy arrays are on the CPU."""
     t = Tensor(data, dtype=dtype)
-    if device != t.device:
+    if device is not None and device != t.device:
         t = Tensor(backend.to_device(t.data, device))
     return t.requires_grad_(requires_grad)
 

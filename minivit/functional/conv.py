@@ -28,7 +28,7 @@ import math
 
 import numpy as np
 
-from minivit import backend
+from minivit import amp, backend
 from minivit.autograd import Function, Tensor, is_grad_enabled
 from minivit.functional.basic import squeeze, unsqueeze
 
@@ -276,6 +276,9 @@ def _conv_padding(padding, k, d, stride):
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):  # noqa: A002
     """``torch.nn.functional.conv2d``: input (N, C_in, H, W), weight (C_out, C_in/groups, kH, kW),
     bias (C_out,) → (N, C_out, H_out, W_out). padding may be an int, a pair, 'same' or 'valid'."""
+    if amp._enabled:                                  # autocast: a float16 GEMM (minivit.amp's policy)
+        input, weight, bias = amp.cast_inputs("conv2d", input, weight, bias)
+
     def run(x):
         if weight.ndim != 4:
             raise ValueError(f"conv2d: weight must be 4-D (C_out, C_in/groups, kH, kW), got shape {tuple(weight.shape)}")
@@ -424,7 +427,9 @@ class MaxPool2d(Function):
             else:
                 better = v > y
                 y = xp.where(better, v, y)
-                self.arg[better] = t
+                # (copyto, not arg[better] = t: CuPy's boolean-mask assignment counts the
+                # Trues on the host, a GPU sync per kernel offset)
+                xp.copyto(self.arg, t, where=better)
         return y
 
     def backward(self, gy):

@@ -8,6 +8,7 @@ the gradient of the images). Leading dims are folded into one, so a
 """
 from __future__ import annotations
 
+from minivit import amp
 from minivit.autograd import Function
 from minivit.backend import get_array_module
 
@@ -41,6 +42,8 @@ class Linear(Function):
 
 def linear(input, weight, bias=None):  # noqa: A002  (PyTorch's argument name)
     """``torch.nn.functional.linear``: input (..., in), weight (out, in), bias (out,) → (..., out)."""
+    if amp._enabled:                                  # autocast: a float16 GEMM (minivit.amp's policy)
+        input, weight, bias = amp.cast_inputs("linear", input, weight, bias)
     if weight.ndim != 2:
         raise ValueError(f"linear: weight must be 2-D (out_features, in_features), got shape {weight.shape}")
     if input.ndim == 0 or input.shape[-1] != weight.shape[1]:

@@ -14,7 +14,7 @@ import warnings
 
 import numpy as np
 
-from minivit import backend
+from minivit import amp, backend
 from minivit.autograd import Function, Tensor
 from minivit.functional.basic import sum_to
 
@@ -184,12 +184,16 @@ def cross_entropy(input, target, weight=None, *, ignore_index=-100, reduction="m
     input's shape (soft labels, e.g. from mixup). ``label_smoothing`` ε mixes the target
     with the uniform distribution: (1 − ε)·target + ε/C.
     """
+    if amp._enabled:                                  # autocast: float32 (minivit.amp's policy)
+        input, target, weight = amp.cast_inputs("cross_entropy", input, target, weight)
     return _class_loss("cross_entropy", input, target, weight, ignore_index, reduction,
                        label_smoothing, from_logits=True)
 
 
 def nll_loss(input, target, weight=None, *, ignore_index=-100, reduction="mean"):  # noqa: A002
     """``torch.nn.functional.nll_loss``: input holds log-probabilities; loss_n = −w_{y_n}·input[n, y_n]."""
+    if amp._enabled:                                  # autocast: float32 (minivit.amp's policy)
+        input, weight = amp.cast_inputs("nll_loss", input, weight)
     return _class_loss("nll_loss", input, target, weight, ignore_index, reduction, 0.0, from_logits=False)
 
 
@@ -253,6 +257,8 @@ def kl_div(input, target, reduction="mean", log_target=False):  # noqa: A002
     averages over every element (PyTorch's default, kept for parity).
     """
     _check_reduction("kl_div", reduction, _REDUCTIONS + ("batchmean",))
+    if amp._enabled:                                  # autocast: float32 (minivit.amp's policy)
+        input, target = amp.cast_inputs("kl_div", input, target)
     if not isinstance(target, Tensor):
         target = Tensor(get_array_module(_data(input)).asarray(target, dtype=input.dtype))
     for name, a in (("input", input), ("target", target)):
@@ -289,6 +295,8 @@ class MSELoss(Function):
 def mse_loss(input, target, reduction="mean"):  # noqa: A002
     """``torch.nn.functional.mse_loss``: mean (or sum, or none) of (input − target)²."""
     _check_reduction("mse_loss", reduction)
+    if amp._enabled:                                  # autocast: float32 (minivit.amp's policy)
+        input, target = amp.cast_inputs("mse_loss", input, target)
     if not isinstance(target, Tensor):
         target = Tensor(get_array_module(_data(input)).asarray(target, dtype=input.dtype))
     if input.dtype != target.dtype:

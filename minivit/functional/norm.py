@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import math
 
+from minivit import amp
 from minivit.autograd import Function, Tensor
 from minivit.backend import get_array_module
+from minivit.functional import fused_cuda
 
 
 def _normalise_backward(gxhat, xhat, rstd, axes):
@@ -32,9 +34,15 @@ class LayerNorm(Function):
     Inputs: x, then the weight if ``has_weight``, then the bias if ``has_bias``.
     """
 
+    # On the GPU: fused kernels (fused_cuda.layer_norm_forward / layer_norm_backward), one
+    # warp or block per row. They keep the row means and 1/σ, as PyTorch does, instead of
+    # x̂, and rebuild x̂ from x in backward. False: always this reference code.
+    fast_path = True
+
     def __init__(self, n_dims, eps, has_weight, has_bias):
         self.n_dims, self.eps = n_dims, eps
         self.has_weight, self.has_bias = has_weight, has_bias
+        self.fused = False
 
     def forward(self, x, *params):
         w = params[0] if self.has_weight else None
@@ -43,6 +51,10 @@ class LayerNorm(Function):
         xp = get_array_module(x)
         d = math.prod(x.shape[x.ndim - self.n_dims:])
         x2 = x.reshape(-1, d)                                     # (M, D): one row per normalised slice
+        if self.fast_path and x.size and fused_cuda.applies(x, *params):
+            y, self.mean, self.rstd = fused_cuda.layer_norm_forward(x2, w, b, self.eps)
+            self.fused, self.x2, self.w = True, x2, w
+            return y.reshape(x.shape)
         # Row means as matrix-vector products: BLAS is several times faster than
         # NumPy's mean over a short last axis (D = 64 in Swin's first stage).
         self.ones = xp.ones(d, dtype=x.dtype)                      # x2 @ ones = row sums
@@ -63,6 +75,8 @@ class LayerNorm(Function):
         return y.reshape(x.shape)
 
     def backward(self, gy):
+        if self.fused:
+            return self._fused_backward(gy)
         xp = get_array_module(gy)
         g2 = gy.reshape(self.xhat.shape)                           # (M, D)
         grads = [None]
@@ -85,6 +99,21 @@ class LayerNorm(Function):
                          if self.needs_grad[len(grads)] else None)
         return tuple(grads)
 
+    def _fused_backward(self, gy):
+        """backward's gradients from the fused kernels (the forward took them too)."""
+        want_w = self.has_weight and self.needs_grad[1]
+        want_b = self.has_bias and self.needs_grad[-1]
+        gx, gw, gb = fused_cuda.layer_norm_backward(gy.reshape(self.x2.shape), self.x2, self.w,
+                                                    self.mean, self.rstd, need_x=self.needs_grad[0],
+                                                    need_params=want_w or want_b)
+        pshape = self.shape[len(self.shape) - self.n_dims:]
+        grads = [None if gx is None else gx.reshape(self.shape)]
+        if self.has_weight:
+            grads.append(gw.reshape(pshape) if want_w else None)
+        if self.has_bias:
+            grads.append(gb.reshape(pshape) if want_b else None)
+        return tuple(grads)
+
 
 def _check_dtype(op, x, **params):
     for name, p in params.items():
@@ -94,6 +123,8 @@ def _check_dtype(op, x, **params):
 
 def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):  # noqa: A002
     """``torch.nn.functional.layer_norm``: normalise over the trailing ``normalized_shape`` dims."""
+    if amp._enabled:                                  # autocast: float32 statistics (minivit.amp's policy)
+        input, weight, bias = amp.cast_inputs("layer_norm", input, weight, bias)
     if isinstance(normalized_shape, int):
         normalized_shape = (normalized_shape,)
     normalized_shape = tuple(normalized_shape)
@@ -190,6 +221,8 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     Training: normalise with the batch's statistics and update ``running_mean`` and
     ``running_var`` in place (when given). Evaluation: normalise with the running ones.
     """
+    if amp._enabled:                                  # autocast: float32 statistics (minivit.amp's policy)
+        input, weight, bias = amp.cast_inputs("batch_norm", input, weight, bias)
     if input.ndim < 2:
         raise ValueError(f"batch_norm: input must be (N, C) or (N, C, *), got shape {input.shape}")
     c = input.shape[1]

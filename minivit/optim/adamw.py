@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+from minivit.functional import fused_cuda
 from minivit.optim.optimizer import Optimizer
 
 
@@ -24,12 +25,18 @@ class AdamW(Optimizer):
     (g ← g + λp) gets rescaled by 1/√v, so heavily-updated weights would be
     barely regularised; decoupling the decay from g fixes that.
 
-    Updates are whole-array operations, in place on ``p.data``, m and v, so
-    they run as a few kernels per parameter on the GPU.
+    Updates are whole-array operations, in place on ``p.data``, m and v. On the
+    GPU the whole update of a parameter is one fused kernel instead
+    (``fused_cuda.adamw_step``: these operations in this order, one pass).
+    ``fused``, as PyTorch's: None (default) uses it wherever it can (float32 or
+    float64 parameters on the GPU, unless MINIVIT_FUSED=0 switched the fused
+    kernels off); False never; True always, and a parameter it cannot take is
+    an error.
     """
 
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 1e-2, amsgrad: bool = False):
+                 weight_decay: float = 1e-2, amsgrad: bool = False, *, fused: bool | None = None):
+        self.fused = fused
         if lr < 0.0:
             raise ValueError(f"invalid learning rate: {lr} (must be >= 0)")
         if eps < 0.0:
@@ -62,6 +69,10 @@ class AdamW(Optimizer):
                 m, v = state["exp_avg"], state["exp_avg_sq"]
                 state["step"] += 1
                 t = state["step"]                            # t ← t + 1
+                vmax = state["max_exp_avg_sq"] if amsgrad else None
+                if self._use_fused(p, g, m, v, vmax):        # all of the below, in one kernel
+                    fused_cuda.adamw_step(p.data, g, m, v, vmax, t, lr, beta1, beta2, eps, wd)
+                    continue
 
                 if wd != 0:
                     p.data *= 1 - lr * wd                    # p ← p − γλp  (decoupled decay)
@@ -81,3 +92,19 @@ class AdamW(Optimizer):
                 denom += eps                                 #   ... + ε
                 p.data -= step_size * (m / denom)            # p ← p − γ m̂ / (√v̂ + ε)
         return loss
+
+    def _use_fused(self, p, g, m, v, vmax) -> bool:
+        if self.fused is False:
+            return False
+        arrays = (p.data, g, m, v) + (() if vmax is None else (vmax,))
+        ok = all(a.shape == p.data.shape for a in arrays)
+        if self.fused is None:
+            return ok and fused_cuda.applies(*arrays)
+        with fused_cuda.use_fused(True):                     # fused=True: asked for explicitly
+            if ok and fused_cuda.applies(*arrays):
+                return True
+        raise RuntimeError(f"AdamW(fused=True) needs float32 or float64 parameters, gradients and "
+                           f"state of one dtype and shape on the GPU; got a parameter of shape "
+                           f"{p.shape}, dtype {p.dtype} on {p.device} with a {g.dtype} gradient "
+                           f"of shape {g.shape}: use fused=None (the default) to fall back to "
+                           f"the unfused update, or move the model to 'cuda'")

@@ -168,7 +168,9 @@ def _to_param_device(value, p: Tensor):
     """A copy of a saved buffer on p's device; floating buffers take p's dtype (as PyTorch)."""
     if isinstance(value, np.ndarray) or backend.is_cupy_array(value):
         dtype = p.dtype if value.dtype.kind == "f" else value.dtype
-        return p.xp.array(value, dtype=dtype)  # xp.array copies: the loaded dict stays untouched
+        # to_device first: CuPy refuses to convert a GPU array to NumPy implicitly (and
+        # xp.array then copies, so the loaded dict stays untouched)
+        return p.xp.array(backend.to_device(value, p.device), dtype=dtype)
     return value
 
 

@@ -1,0 +1,479 @@
+"""Fused CUDA kernels: the GPU fast paths of softmax, log_softmax, layer_norm, GELU and AdamW.
+
+Why. On the GPU every CuPy operation is a kernel launch (a few microseconds of Python and
+driver time) and a full pass over memory. The readable reference code of these ops is a
+chain of such operations: a layer norm is about ten, a softmax five, GELU six, and AdamW
+ten per parameter, for some 150 parameters a step. Here each of them is one kernel that
+reads its inputs once and writes its outputs once (a layer norm's backward: one for ∂x,
+one for ∂w and ∂b in row chunks, then two small sums over the chunks).
+
+What. Each kernel computes what the reference code beside its op computes: the same
+formulas, with the operations in the same order and compiled without contracting
+``a·b + c`` into fused multiply-adds (``--fmad=false``), so each rounding is the
+reference's. Results still differ in the last bits where a sum is taken in a different
+order (the row sums here go through warp shuffles); pointwise results (GELU, AdamW) are
+expected to be equal. tests/test_fused_cuda.py holds every kernel to its reference.
+
+* softmax / log_softmax over the last axis, forward and backward (``softmax_forward``,
+  ``softmax_backward``): one warp per row (eight rows a block) up to 1024 elements a
+  row, a whole block per longer row; the row max is subtracted first, as in the
+  reference, so ``exp`` never overflows.
+* layer norm forward (y, and the per-row mean and 1/σ for backward, as PyTorch keeps)
+  and backward (∂x row by row; ∂w and ∂b as column sums over row chunks, coalesced).
+* GELU, exact (erf) and tanh forms: forward writes dy/dx beside y when a gradient is
+  wanted, so backward is one multiply.
+* AdamW: the whole update of one parameter (decay, both moments, amsgrad's max, the
+  bias-corrected step), in place, as one pass.
+
+Switches. ``MINIVIT_FUSED=0`` in the environment (read at import), or
+``fused_cuda.enabled = False`` (or ``with fused_cuda.use_fused(False):``) at run time,
+sends every op to its reference code on the GPU too. Per op: the ``fast_path`` class
+attribute of Softmax, LogSoftmax, LayerNorm and GELU, and AdamW's ``fused`` argument.
+The CPU never runs these kernels.
+
+CuPy is reached only through :mod:`minivit.backend`, and nothing compiles before a kernel
+is first called on the GPU, so this module imports (and stays unused) without CuPy.
+Only float32 and float64 arrays take the fast paths (``applies``); others (float16)
+run the reference.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import os
+
+import numpy as np
+
+from minivit import backend
+
+enabled = os.environ.get("MINIVIT_FUSED", "1") != "0"
+"""Whether ops on the GPU use these kernels (the default), or their reference code."""
+
+
+@contextlib.contextmanager
+def use_fused(on: bool):
+    """Switch the fused kernels on or off inside a ``with`` block (tests compare the two)."""
+    global enabled
+    previous, enabled = enabled, bool(on)
+    try:
+        yield
+    finally:
+        enabled = previous
+
+
+def applies(*arrays) -> bool:
+    """True when the fused kernels should take these arrays: switched on, every array a
+    CuPy array, all of one dtype, float32 or float64."""
+    if not enabled:
+        return False
+    dtype = arrays[0].dtype
+    return dtype.char in "fd" and all(backend.is_cupy_array(a) and a.dtype == dtype for a in arrays)
+
+
+# No a·b + c → fma contraction: every product and sum rounds as in the reference code,
+# where each is a separate CuPy operation. (The kernels are memory-bound: FMAs would
+# not make them faster.)
+_OPTIONS = ("--fmad=false",)
+_CTYPES = {"f": "float", "d": "double"}
+
+
+# =========================================================================== row kernels (CUDA C)
+# A row of D elements is handled either by one warp (block (32, 8): eight rows a block) or,
+# when D > 1024, by a whole block (block (256 or 1024, 1)). Either way threadIdx.x walks
+# along the row with stride blockDim.x (coalesced), and the reductions below return the
+# row's total to every thread of the row. T (float or double) is typedef'd in front.
+_ROW_COMMON = r"""
+#define NEG_INF ((T)(-__int_as_float(0x7f800000)))
+
+// Butterfly reductions: every lane ends with the same total (a + b == b + a exactly).
+__device__ __forceinline__ T warp_sum(T v) {
+    for (int offset = 16; offset > 0; offset >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, offset);
+    return v;
+}
+
+__device__ __forceinline__ T warp_max(T v) {
+    for (int offset = 16; offset > 0; offset >>= 1)
+        v = fmax(v, __shfl_xor_sync(0xffffffffu, v, offset));
+    return v;
+}
+
+// The sum over the threads of one row, returned to each of them. With a warp per row the
+// shuffles are all; with a block per row (blockDim.y == 1) the warps' partial sums meet in
+// buf (32 T's of shared memory) and every warp adds them up itself. blockDim.x is the same
+// for the whole block, so the early return and the __syncthreads are taken by all threads.
+__device__ __forceinline__ T row_sum(T v, T* buf) {
+    v = warp_sum(v);
+    if (blockDim.x == 32) return v;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    __syncthreads();                      // buf is free: the previous reduction has read it
+    if (lane == 0) buf[warp] = v;
+    __syncthreads();
+    return warp_sum(lane < (int)(blockDim.x >> 5) ? buf[lane] : (T)0);
+}
+
+__device__ __forceinline__ T row_max(T v, T* buf) {
+    v = warp_max(v);
+    if (blockDim.x == 32) return v;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    __syncthreads();
+    if (lane == 0) buf[warp] = v;
+    __syncthreads();
+    return warp_max(lane < (int)(blockDim.x >> 5) ? buf[lane] : NEG_INF);
+}
+
+// The row this thread works on; rows past the end (the last block's spare warps) return.
+// A warp (or, with a block per row, the whole block) leaves together, before any shuffle.
+#define ROW_OR_RETURN(M)                                                         \
+    const long long row = (long long)blockIdx.x * blockDim.y + threadIdx.y;     \
+    if (row >= (M)) return;
+"""
+
+_ROW_KERNELS = r"""
+// y = softmax(x) over each row (log_softmax != 0: y = log_softmax(x)); x, y (M, D).
+// As the reference: m = max(x); e = exp(x - m); y = e / sum(e)  (or (x - m) - log sum(e)).
+extern "C" __global__ void softmax_forward(const T* __restrict__ x, T* __restrict__ y,
+                                           const long long M, const int D, const int log_softmax) {
+    __shared__ T buf[32];
+    ROW_OR_RETURN(M)
+    const T* xr = x + row * D;
+    T* yr = y + row * D;
+    T m = NEG_INF;
+    for (int j = threadIdx.x; j < D; j += blockDim.x) m = fmax(m, xr[j]);
+    m = row_max(m, buf);
+    T s = 0;
+    for (int j = threadIdx.x; j < D; j += blockDim.x) s += exp(xr[j] - m);
+    s = row_sum(s, buf);
+    if (log_softmax) {
+        const T lse = log(s);
+        for (int j = threadIdx.x; j < D; j += blockDim.x) yr[j] = (xr[j] - m) - lse;
+    } else {
+        for (int j = threadIdx.x; j < D; j += blockDim.x) yr[j] = exp(xr[j] - m) / s;
+    }
+}
+
+// Vector-Jacobian products, y the forward's output:
+//   softmax:      gx = gy*y - y*sum(gy*y)
+//   log_softmax:  gx = gy - exp(y)*sum(gy)
+extern "C" __global__ void softmax_backward(const T* __restrict__ gy, const T* __restrict__ y,
+                                            T* __restrict__ gx, const long long M, const int D,
+                                            const int log_softmax) {
+    __shared__ T buf[32];
+    ROW_OR_RETURN(M)
+    const T* gr = gy + row * D;
+    const T* yr = y + row * D;
+    T* gxr = gx + row * D;
+    T s = 0;
+    if (log_softmax) {
+        for (int j = threadIdx.x; j < D; j += blockDim.x) s += gr[j];
+    } else {
+        for (int j = threadIdx.x; j < D; j += blockDim.x) s += gr[j] * yr[j];
+    }
+    s = row_sum(s, buf);
+    if (log_softmax) {
+        for (int j = threadIdx.x; j < D; j += blockDim.x) gxr[j] = gr[j] - exp(yr[j]) * s;
+    } else {
+        for (int j = threadIdx.x; j < D; j += blockDim.x) gxr[j] = gr[j] * yr[j] - yr[j] * s;
+    }
+}
+
+// Layer norm of each row of x (M, D): mu = sum(x)/D, var = sum((x - mu)^2)/D (biased),
+// rstd = 1/sqrt(var + eps), y = (x - mu)*rstd [*w] [+b]; mean and rstd (M,) kept for backward.
+extern "C" __global__ void layer_norm_forward(const T* __restrict__ x, const T* __restrict__ w,
+                                              const T* __restrict__ b, T* __restrict__ y,
+                                              T* __restrict__ mean, T* __restrict__ rstd,
+                                              const long long M, const int D, const T eps,
+                                              const int has_w, const int has_b) {
+    __shared__ T buf[32];
+    ROW_OR_RETURN(M)
+    const T* xr = x + row * D;
+    T* yr = y + row * D;
+    T s = 0;
+    for (int j = threadIdx.x; j < D; j += blockDim.x) s += xr[j];
+    const T mu = row_sum(s, buf) / (T)D;
+    T q = 0;
+    for (int j = threadIdx.x; j < D; j += blockDim.x) {
+        const T c = xr[j] - mu;
+        q += c * c;
+    }
+    const T var = row_sum(q, buf) / (T)D;
+    const T r = (T)1 / sqrt(var + eps);
+    for (int j = threadIdx.x; j < D; j += blockDim.x) {
+        T v = (xr[j] - mu) * r;
+        if (has_w) v = v * w[j];
+        if (has_b) v = v + b[j];
+        yr[j] = v;
+    }
+    if (threadIdx.x == 0) {
+        mean[row] = mu;
+        rstd[row] = r;
+    }
+}
+
+// Input gradient of layer norm, row by row, with g' = gy*w (or gy) and xhat = (x - mu)*rstd:
+//   gx = ((g' - mean(g')) - xhat*mean(g'*xhat)) * rstd
+extern "C" __global__ void layer_norm_backward(const T* __restrict__ gy, const T* __restrict__ x,
+                                               const T* __restrict__ w, const T* __restrict__ mean,
+                                               const T* __restrict__ rstd, T* __restrict__ gx,
+                                               const long long M, const int D, const int has_w) {
+    __shared__ T buf[32];
+    ROW_OR_RETURN(M)
+    const T* gr = gy + row * D;
+    const T* xr = x + row * D;
+    T* gxr = gx + row * D;
+    const T mu = mean[row], r = rstd[row];
+    T sg = 0, sgx = 0;
+    for (int j = threadIdx.x; j < D; j += blockDim.x) {
+        const T g = has_w ? gr[j] * w[j] : gr[j];
+        sg += g;
+        sgx += g * ((xr[j] - mu) * r);
+    }
+    const T mean_g = row_sum(sg, buf) / (T)D;
+    const T mean_gx = row_sum(sgx, buf) / (T)D;
+    for (int j = threadIdx.x; j < D; j += blockDim.x) {
+        const T g = has_w ? gr[j] * w[j] : gr[j];
+        const T xhat = (xr[j] - mu) * r;
+        gxr[j] = ((g - mean_g) - xhat * mean_gx) * r;
+    }
+}
+
+// Parameter gradients of layer norm, as column sums over the rows: gw = sum(gy*xhat),
+// gb = sum(gy). Block (32, 8): threadIdx.x picks a column of a 32-column tile (blockIdx.x),
+// so a warp reads 32 neighbouring elements; threadIdx.y strides down the rows of chunk
+// blockIdx.y. One partial sum per (chunk, column) goes to part_w / part_b (chunks, D),
+// added up over the chunks afterwards: no atomics, so the result is deterministic.
+extern "C" __global__ void layer_norm_param_grads(const T* __restrict__ gy, const T* __restrict__ x,
+                                                  const T* __restrict__ mean, const T* __restrict__ rstd,
+                                                  T* __restrict__ part_w, T* __restrict__ part_b,
+                                                  const long long M, const int D,
+                                                  const long long rows_per_chunk) {
+    __shared__ T sw[8][32], sb[8][32];
+    const int j = blockIdx.x * 32 + threadIdx.x;
+    const long long start = (long long)blockIdx.y * rows_per_chunk;
+    const long long end = start + rows_per_chunk < M ? start + rows_per_chunk : M;
+    T aw = 0, ab = 0;
+    if (j < D) {
+        for (long long i = start + threadIdx.y; i < end; i += 8) {
+            const T g = gy[i * D + j];
+            aw += g * ((x[i * D + j] - mean[i]) * rstd[i]);
+            ab += g;
+        }
+    }
+    sw[threadIdx.y][threadIdx.x] = aw;
+    sb[threadIdx.y][threadIdx.x] = ab;
+    __syncthreads();
+    if (threadIdx.y == 0 && j < D) {
+        for (int k = 1; k < 8; ++k) {
+            aw += sw[k][threadIdx.x];
+            ab += sb[k][threadIdx.x];
+        }
+        part_w[blockIdx.y * (long long)D + j] = aw;
+        part_b[blockIdx.y * (long long)D + j] = ab;
+    }
+}
+"""
+
+_WARP_ROWS = 8          # rows (one warp each) per 256-thread block
+_LONG_ROW = 1024        # rows longer than this get a block each
+_PG_MIN_ROWS = 32       # layer_norm_param_grads: at least this many rows per chunk ...
+_PG_MAX_CHUNKS = 128    # ... and at most this many chunks (grid.y)
+
+
+def row_kernel_source(dtype) -> str:
+    """The CUDA C of the row kernels for float32 or float64 (one module holds them all)."""
+    return f"typedef {_CTYPES[np.dtype(dtype).char]} T;\n" + _ROW_COMMON + _ROW_KERNELS
+
+
+@functools.lru_cache(maxsize=None)
+def _row_kernel(name: str, dtype_char: str):
+    return backend.cuda_raw_kernel(row_kernel_source(dtype_char), name, _OPTIONS)
+
+
+def _row_launch(m: int, d: int):
+    """(grid, block) for m rows of d elements: a warp per row, or a block per long row."""
+    if d <= _LONG_ROW:
+        return ((m + _WARP_ROWS - 1) // _WARP_ROWS,), (32, _WARP_ROWS)
+    return (m,), (1024 if d > 8 * _LONG_ROW else 256, 1)
+
+
+def _rows_of(a):
+    """A C-contiguous (M, D) view (or copy) of a, D its last dim."""
+    xp = backend.get_array_module(a)
+    return xp.ascontiguousarray(a.reshape(-1, a.shape[-1]))
+
+
+# =========================================================================== softmax
+def softmax_forward(x, log: bool = False):
+    """softmax (or, with ``log``, log_softmax) of a CuPy array over its last axis."""
+    xp = backend.get_array_module(x)
+    if x.size == 0:
+        return x.copy()
+    x2 = _rows_of(x)
+    m, d = x2.shape
+    y = xp.empty((m, d), dtype=x.dtype)
+    grid, block = _row_launch(m, d)
+    _row_kernel("softmax_forward", x.dtype.char)(
+        grid, block, (x2, y, np.int64(m), np.int32(d), np.int32(bool(log))))
+    return y.reshape(x.shape)
+
+
+def softmax_backward(gy, y, log: bool = False):
+    """∂L/∂x of softmax (or log_softmax) over the last axis, from ∂L/∂y and the output y."""
+    xp = backend.get_array_module(y)
+    if y.size == 0:
+        return xp.zeros(y.shape, dtype=y.dtype)
+    g2 = _rows_of(gy.astype(y.dtype, copy=False))
+    y2 = _rows_of(y)
+    m, d = y2.shape
+    gx = xp.empty((m, d), dtype=y.dtype)
+    grid, block = _row_launch(m, d)
+    _row_kernel("softmax_backward", y.dtype.char)(
+        grid, block, (g2, y2, gx, np.int64(m), np.int32(d), np.int32(bool(log))))
+    return gx.reshape(y.shape)
+
+
+# =========================================================================== layer norm
+def layer_norm_forward(x2, w, b, eps: float):
+    """Layer norm of the rows of x2 (M, D), then ·w + b (each (D,) or None).
+
+    Returns (y (M, D), mean (M,), rstd (M,)), rstd = 1/√(var + eps)."""
+    xp = backend.get_array_module(x2)
+    x2 = xp.ascontiguousarray(x2)
+    m, d = x2.shape
+    y = xp.empty((m, d), dtype=x2.dtype)
+    mean = xp.empty(m, dtype=x2.dtype)
+    rstd = xp.empty(m, dtype=x2.dtype)
+    if x2.size == 0:
+        return y, mean, rstd
+    w_arg = x2 if w is None else xp.ascontiguousarray(w.reshape(d))   # never read when absent
+    b_arg = x2 if b is None else xp.ascontiguousarray(b.reshape(d))
+    grid, block = _row_launch(m, d)
+    _row_kernel("layer_norm_forward", x2.dtype.char)(
+        grid, block, (x2, w_arg, b_arg, y, mean, rstd, np.int64(m), np.int32(d),
+                      x2.dtype.type(eps), np.int32(w is not None), np.int32(b is not None)))
+    return y, mean, rstd
+
+
+def layer_norm_backward(gy2, x2, w, mean, rstd, need_x=True, need_params=True):
+    """Gradients of layer norm from ∂L/∂y (M, D), the input x2 (M, D), the weight (D,) or
+    None, and the forward's mean and rstd (M,). Returns (gx, gw, gb): gx is None unless
+    ``need_x``; gw and gb (both (D,)) are None unless ``need_params``."""
+    xp = backend.get_array_module(x2)
+    x2 = xp.ascontiguousarray(x2)
+    gy2 = xp.ascontiguousarray(gy2.astype(x2.dtype, copy=False))
+    m, d = x2.shape
+    gx = gw = gb = None
+    if need_x:
+        gx = xp.empty((m, d), dtype=x2.dtype)
+        if gx.size:
+            w_arg = x2 if w is None else xp.ascontiguousarray(w.reshape(d))
+            grid, block = _row_launch(m, d)
+            _row_kernel("layer_norm_backward", x2.dtype.char)(
+                grid, block, (gy2, x2, w_arg, mean, rstd, gx, np.int64(m), np.int32(d),
+                              np.int32(w is not None)))
+    if need_params:
+        if x2.size == 0:
+            return gx, xp.zeros(d, dtype=x2.dtype), xp.zeros(d, dtype=x2.dtype)
+        chunks = min(_PG_MAX_CHUNKS, -(-m // _PG_MIN_ROWS))
+        rows_per_chunk = -(-m // chunks)
+        chunks = -(-m // rows_per_chunk)                   # no empty chunk at the end
+        part_w = xp.empty((chunks, d), dtype=x2.dtype)
+        part_b = xp.empty((chunks, d), dtype=x2.dtype)
+        _row_kernel("layer_norm_param_grads", x2.dtype.char)(
+            (-(-d // 32), chunks), (32, 8),
+            (gy2, x2, mean, rstd, part_w, part_b, np.int64(m), np.int32(d), np.int64(rows_per_chunk)))
+        gw = part_w[0] if chunks == 1 else part_w.sum(axis=0)
+        gb = part_b[0] if chunks == 1 else part_b.sum(axis=0)
+    return gx, gw, gb
+
+
+# =========================================================================== GELU
+# Constants as the reference's Python floats, cast to T (as CuPy casts a Python scalar).
+_SQRT1_2 = 1.0 / math.sqrt(2.0)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+_GELU_C = 0.044715
+
+# The order of operations follows GELU.forward / backward in activation.py.
+_GELU_BODY = {
+    "none": (f"const T cdf = (T)0.5 * ((T)1 + erf(x * (T){_SQRT1_2!r}));\n"
+             "y = x * cdf;\n",
+             f"dydx = cdf + x * ((T){_INV_SQRT_2PI!r} * exp(((T)-0.5 * x) * x));\n"),
+    "tanh": (f"const T t = tanh((T){_SQRT_2_OVER_PI!r} * (x + (((T){_GELU_C!r} * x) * x) * x));\n"
+             "y = ((T)0.5 * x) * ((T)1 + t);\n",
+             f"dydx = (T)0.5 * ((T)1 + t) + (((T)0.5 * x) * ((T)1 - t * t))"
+             f" * ((T){_SQRT_2_OVER_PI!r} * ((T)1 + ((T){3 * _GELU_C!r} * x) * x));\n"),
+}
+
+
+@functools.lru_cache(maxsize=None)
+def _gelu_kernel(approximate: str, with_grad: bool):
+    value, grad = _GELU_BODY[approximate]
+    if with_grad:
+        return backend.cuda_elementwise_kernel("T x", "T y, T dydx", value + grad,
+                                               f"minivit_gelu_{approximate}_grad", options=_OPTIONS)
+    return backend.cuda_elementwise_kernel("T x", "T y", value, f"minivit_gelu_{approximate}",
+                                           options=_OPTIONS)
+
+
+def gelu_forward(x, approximate: str = "none", with_grad: bool = True):
+    """(gelu(x), dy/dx or None) for a CuPy array, in one pass; approximate 'none' or 'tanh'."""
+    if with_grad:
+        y, dydx = _gelu_kernel(approximate, True)(x)
+        return y, dydx
+    return _gelu_kernel(approximate, False)(x), None
+
+
+# =========================================================================== AdamW
+# One parameter's update, the steps and their order as AdamW.step (minivit/optim/adamw.py);
+# the scalars come from the same Python expressions there, cast to T.
+_ADAMW_BODY = """
+p = p * decay;
+exp_avg = exp_avg * beta1;
+exp_avg = exp_avg + one_minus_beta1 * grad;
+exp_avg_sq = exp_avg_sq * beta2;
+exp_avg_sq = exp_avg_sq + one_minus_beta2 * (grad * grad);
+{amsgrad}
+T denom = sqrt({v});
+denom = denom / sqrt_bias_correction2;
+denom = denom + eps;
+p = p - step_size * (exp_avg / denom);
+"""
+# max(max_exp_avg_sq, exp_avg_sq), NaN if either is NaN (as xp.maximum).
+_AMSGRAD = ("max_exp_avg_sq = (max_exp_avg_sq >= exp_avg_sq || max_exp_avg_sq != max_exp_avg_sq)"
+            " ? max_exp_avg_sq : exp_avg_sq;")
+_ADAMW_IN = ("T grad, T decay, T beta1, T one_minus_beta1, T beta2, T one_minus_beta2, "
+             "T sqrt_bias_correction2, T eps, T step_size")
+
+
+@functools.lru_cache(maxsize=None)
+def _adamw_kernel(amsgrad: bool):
+    if amsgrad:
+        return backend.cuda_elementwise_kernel(
+            _ADAMW_IN, "T p, T exp_avg, T exp_avg_sq, T max_exp_avg_sq",
+            _ADAMW_BODY.format(amsgrad=_AMSGRAD, v="max_exp_avg_sq"), "minivit_adamw_amsgrad",
+            options=_OPTIONS)
+    return backend.cuda_elementwise_kernel(
+        _ADAMW_IN, "T p, T exp_avg, T exp_avg_sq", _ADAMW_BODY.format(amsgrad="", v="exp_avg_sq"),
+        "minivit_adamw", options=_OPTIONS)
+
+
+def adamw_step(p, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step: int, lr: float, beta1: float,
+               beta2: float, eps: float, weight_decay: float):
+    """One AdamW update of the CuPy array p, in place, with its moment buffers (and amsgrad's
+    running max, or None); ``step`` is the step number t ≥ 1 after this update's increment."""
+    bias_correction1 = 1 - beta1 ** step
+    bias_correction2 = 1 - beta2 ** step
+    t = p.dtype.type
+    scalars = (t(1 - lr * weight_decay) if weight_decay != 0 else t(1),   # p·1 == p exactly
+               t(beta1), t(1 - beta1), t(beta2), t(1 - beta2),
+               t(math.sqrt(bias_correction2)), t(eps), t(lr / bias_correction1))
+    if max_exp_avg_sq is None:
+        _adamw_kernel(False)(grad, *scalars, p, exp_avg, exp_avg_sq)
+    else:
+        _adamw_kernel(True)(grad, *scalars, p, exp_avg, exp_avg_sq, max_exp_avg_sq)
+
+
+__all__ = ["enabled", "use_fused", "applies", "softmax_forward", "softmax_backward",
+           "layer_norm_forward", "layer_norm_backward", "gelu_forward", "adamw_step"]
