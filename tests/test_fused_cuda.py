@@ -242,11 +242,11 @@ GELU_VALUES = np.concatenate([np.linspace(-12, 12, 4801), [0.0, -0.0, 1e-30, -1e
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("approximate", ["none", "tanh"])
 def test_gelu_kernels_match_the_reference(cp, monkeypatch, approximate, dtype):
-    calls = _spy(monkeypatch, "gelu_forward")
+    fwd, bwd = _spy(monkeypatch, "gelu_forward"), _spy(monkeypatch, "gelu_backward")
     fn = lambda t: F.gelu(t, approximate=approximate)   # noqa: E731
     _compare(cp, fn, [GELU_VALUES], dtype, f"gelu {approximate}")
     _compare(cp, fn, [GELU_VALUES[:4800].reshape(4, 30, 40)], dtype, f"gelu {approximate} 3-d")
-    assert len(calls) == 2
+    assert len(fwd) == 2 and len(bwd) == 2
 
 
 @given(shape=st.lists(st.integers(1, 70), min_size=0, max_size=3), dtype=st.sampled_from(DTYPES),
@@ -258,7 +258,7 @@ def test_gelu_kernels_match_the_reference_on_any_shape(cp, shape, dtype, approxi
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("approximate", ["none", "tanh"])
-def test_gelu_kernels_special_values_and_no_derivative_without_grad(cp, approximate, dtype):
+def test_gelu_kernels_special_values_and_no_saved_derivative(cp, approximate, dtype):
     x = cp.asarray(np.array([np.inf, -np.inf, np.nan, 0.0, 40.0, -40.0], dtype=dtype))
     out = {}
     for fused in (True, False):
@@ -270,9 +270,10 @@ def test_gelu_kernels_special_values_and_no_derivative_without_grad(cp, approxim
     np.testing.assert_array_equal(out[True][0], out[False][0])
     np.testing.assert_array_equal(out[True][1], out[False][1])
     op = GELU(approximate)
-    op.needs_grad = (False,)
-    op.forward(x)
-    assert op.dydx is None                                       # no derivative written
+    op.needs_grad = (True,)
+    with fused_cuda.use_fused(True):
+        op.forward(x)
+    assert op.fused and op.dydx is None and op.x is x           # only a reference to the input
 
 
 # =========================================================================== AdamW
@@ -352,7 +353,7 @@ def test_model_gradients_and_update_match_the_reference(cp, name):
 def test_cpu_arrays_never_take_the_kernels(monkeypatch):
     assert not fused_cuda.applies(np.ones(3, dtype=np.float32))
     calls = [_spy(monkeypatch, n) for n in ("softmax_forward", "softmax_backward", "layer_norm_forward",
-                                            "layer_norm_backward", "gelu_forward", "adamw_step")]
+                                            "layer_norm_backward", "gelu_forward", "gelu_backward", "adamw_step")]
     x = Tensor(np.random.default_rng(12).standard_normal((3, 8)).astype(np.float32), requires_grad=True)
     w = Tensor(np.ones(8, dtype=np.float32), requires_grad=True)
     loss = (F.softmax(F.gelu(F.layer_norm(x, (8,), w)), dim=-1) * F.log_softmax(x, dim=-1)).sum()

@@ -49,20 +49,22 @@ class GELU(Function):
     """
 
     # Exact GELU in float32 on the CPU takes the fast path (_gelu_float32, below): the
-    # same values to a few float32 ulps. On the GPU both forms take one fused kernel
-    # (fused_cuda.gelu_forward: this code's operations in one pass, dy/dx saved).
-    # False: always this reference code.
+    # same values to a few float32 ulps. On the GPU both forms take fused kernels
+    # (fused_cuda.gelu_forward / gelu_backward: this code's operations, one pass each,
+    # keeping only a reference to x, which the graph holds anyway). False: always this
+    # reference code.
     fast_path = True
 
     def __init__(self, approximate):
         self.approximate = approximate
         self.dydx = None
+        self.fused = False
 
     def forward(self, x):
         xp = get_array_module(x)
         if self.fast_path and fused_cuda.applies(x):
-            y, self.dydx = fused_cuda.gelu_forward(x, self.approximate, with_grad=self.needs_grad[0])
-            return y
+            self.fused, self.x = True, x
+            return fused_cuda.gelu_forward(x, self.approximate)
         if self.approximate == "none" and self.fast_path and x.dtype == np.float32 \
                 and backend.device_of(x) == "cpu":
             y, self.dydx = _gelu_float32(x, with_grad=self.needs_grad[0])
@@ -75,7 +77,9 @@ class GELU(Function):
         return x * self.cdf
 
     def backward(self, gy):
-        if self.dydx is not None:                           # the fast path saved dy/dx itself
+        if self.fused:
+            return fused_cuda.gelu_backward(gy, self.x, self.approximate)
+        if self.dydx is not None:                           # the CPU fast path saved dy/dx itself
             return gy * self.dydx
         xp = get_array_module(gy)
         x = self.x

@@ -20,8 +20,8 @@ expected to be equal. tests/test_fused_cuda.py holds every kernel to its referen
   reference, so ``exp`` never overflows.
 * layer norm forward (y, and the per-row mean and 1/σ for backward, as PyTorch keeps)
   and backward (∂x row by row; ∂w and ∂b as column sums over row chunks, coalesced).
-* GELU, exact (erf) and tanh forms: forward writes dy/dx beside y when a gradient is
-  wanted, so backward is one multiply.
+* GELU, exact (erf) and tanh forms: forward writes y alone; backward recomputes the
+  derivative from x in the same pass that multiplies it by the incoming gradient.
 * AdamW: the whole update of one parameter (decay, both moments, amsgrad's max, the
   bias-corrected step), in place, as one pass.
 
@@ -395,34 +395,44 @@ _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 _GELU_C = 0.044715
 
-# The order of operations follows GELU.forward / backward in activation.py.
-_GELU_BODY = {
-    "none": (f"const T cdf = (T)0.5 * ((T)1 + erf(x * (T){_SQRT1_2!r}));\n"
-             "y = x * cdf;\n",
-             f"dydx = cdf + x * ((T){_INV_SQRT_2PI!r} * exp(((T)-0.5 * x) * x));\n"),
-    "tanh": (f"const T t = tanh((T){_SQRT_2_OVER_PI!r} * (x + (((T){_GELU_C!r} * x) * x) * x));\n"
-             "y = ((T)0.5 * x) * ((T)1 + t);\n",
-             f"dydx = (T)0.5 * ((T)1 + t) + (((T)0.5 * x) * ((T)1 - t * t))"
-             f" * ((T){_SQRT_2_OVER_PI!r} * ((T)1 + ((T){3 * _GELU_C!r} * x) * x));\n"),
+# The order of operations follows GELU.forward / backward in activation.py. Each form has a
+# common part (Φ or t), the value and the derivative. Forward writes y only; backward
+# recomputes the common part from x. The input x is held by the graph anyway, so this saves
+# a whole dy/dx array per GELU (the largest activation of a transformer block, 4C wide)
+# for one more read of x: a memory-bound kernel costs the same either way.
+_GELU_COMMON = {
+    "none": f"const T cdf = (T)0.5 * ((T)1 + erf(x * (T){_SQRT1_2!r}));\n",
+    "tanh": f"const T t = tanh((T){_SQRT_2_OVER_PI!r} * (x + (((T){_GELU_C!r} * x) * x) * x));\n",
+}
+_GELU_VALUE = {
+    "none": "y = x * cdf;\n",
+    "tanh": "y = ((T)0.5 * x) * ((T)1 + t);\n",
+}
+_GELU_GRAD = {
+    "none": f"gx = gy * (cdf + x * ((T){_INV_SQRT_2PI!r} * exp(((T)-0.5 * x) * x)));\n",
+    "tanh": (f"gx = gy * ((T)0.5 * ((T)1 + t) + (((T)0.5 * x) * ((T)1 - t * t))"
+             f" * ((T){_SQRT_2_OVER_PI!r} * ((T)1 + ((T){3 * _GELU_C!r} * x) * x)));\n"),
 }
 
 
 @functools.lru_cache(maxsize=None)
-def _gelu_kernel(approximate: str, with_grad: bool):
-    value, grad = _GELU_BODY[approximate]
-    if with_grad:
-        return backend.cuda_elementwise_kernel("T x", "T y, T dydx", value + grad,
-                                               f"minivit_gelu_{approximate}_grad", options=_OPTIONS)
-    return backend.cuda_elementwise_kernel("T x", "T y", value, f"minivit_gelu_{approximate}",
-                                           options=_OPTIONS)
+def _gelu_kernel(approximate: str, backward: bool):
+    common = _GELU_COMMON[approximate]
+    if backward:
+        return backend.cuda_elementwise_kernel("T gy, T x", "T gx", common + _GELU_GRAD[approximate],
+                                               f"minivit_gelu_{approximate}_backward", options=_OPTIONS)
+    return backend.cuda_elementwise_kernel("T x", "T y", common + _GELU_VALUE[approximate],
+                                           f"minivit_gelu_{approximate}", options=_OPTIONS)
 
 
-def gelu_forward(x, approximate: str = "none", with_grad: bool = True):
-    """(gelu(x), dy/dx or None) for a CuPy array, in one pass; approximate 'none' or 'tanh'."""
-    if with_grad:
-        y, dydx = _gelu_kernel(approximate, True)(x)
-        return y, dydx
-    return _gelu_kernel(approximate, False)(x), None
+def gelu_forward(x, approximate: str = "none"):
+    """gelu(x) for a CuPy array, in one pass; approximate 'none' or 'tanh'."""
+    return _gelu_kernel(approximate, False)(x)
+
+
+def gelu_backward(gy, x, approximate: str = "none"):
+    """∂L/∂x = gy · gelu'(x) for CuPy arrays, in one pass (the derivative recomputed from x)."""
+    return _gelu_kernel(approximate, True)(gy, x)
 
 
 # =========================================================================== AdamW
@@ -476,4 +486,4 @@ def adamw_step(p, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step: int, lr: floa
 
 
 __all__ = ["enabled", "use_fused", "applies", "softmax_forward", "softmax_backward",
-           "layer_norm_forward", "layer_norm_backward", "gelu_forward", "adamw_step"]
+           "layer_norm_forward", "layer_norm_backward", "gelu_forward", "gelu_backward", "adamw_step"]
