@@ -12,6 +12,8 @@ nothing about any particular op or model.
 """
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 
 from minivit import backend
@@ -50,13 +52,15 @@ forward_hooks: list = []
 
 
 def topological_order(root: "Tensor", all_inputs: bool = False) -> list:
-    """Every tensor ``root`` depends on, each after all the tensors it was computed from.
+    """Every vertex of the graph behind ``root``, each after all the vertices it was computed from.
 
+    The vertices are leaf tensors (and constants) and, for results of ops, their
+    :class:`Node` (``node.tensor`` is the tensor while something still holds it).
     A post-order depth-first search with an explicit stack, so a graph of any depth
-    needs no recursion. By default only tensors that require a gradient are
+    needs no recursion. By default only vertices that require a gradient are
     visited (what backward needs); ``all_inputs`` also includes constants.
     """
-    order, seen, stack = [], set(), [(root, False)]
+    order, seen, stack = [], set(), [(_vertex(root), False)]
     while stack:
         t, expanded = stack.pop()
         if expanded:
@@ -70,6 +74,46 @@ def topological_order(root: "Tensor", all_inputs: bool = False) -> list:
             stack.extend((x, False) for x in t._ctx.inputs
                          if (all_inputs or x.requires_grad) and id(x) not in seen)
     return order
+
+
+class Node:
+    """The graph's record of a tensor that an op made: its op (``_ctx``) and what backward
+    needs to route a gradient to it, but not its data.
+
+    An op keeps, on ``self``, only the arrays its backward uses (a Linear its input, a
+    Softmax its output). If the graph kept every op's input tensors themselves, every
+    intermediate result of a forward pass would stay alive until backward, needed or
+    not (in a ViT: the scores before the softmax, every residual branch's output, ...).
+    So an op's ``inputs`` hold these nodes instead: a result nobody saved is freed as
+    soon as the Python code that made it lets go of it. This is PyTorch's design too
+    (its ``grad_fn`` graph and "saved tensors"). Leaves (parameters, inputs) are kept
+    as themselves: their ``.grad`` is where backward writes.
+    """
+
+    __slots__ = ("_ctx", "requires_grad", "dtype", "shape", "_ref", "_retains_grad")
+    is_leaf = False
+
+    def __init__(self, ctx: "Function", tensor: "Tensor"):
+        self._ctx = ctx
+        self.requires_grad = True
+        self.dtype, self.shape = tensor.dtype, tensor.shape
+        self._ref = weakref.ref(tensor)
+        self._retains_grad = False
+
+    @property
+    def tensor(self):
+        """The tensor itself while anything still holds it, else None (its data is gone)."""
+        r = self._ref
+        return r() if isinstance(r, weakref.ref) else r
+
+    def __repr__(self):
+        return f"Node({type(self._ctx).__name__ if self._ctx else 'freed'}, shape={tuple(self.shape)})"
+
+
+def _vertex(t: "Tensor"):
+    """What the graph holds for t: its Node while t's op is recorded, else t itself."""
+    node = t._node
+    return node if node is not None and node._ctx is not None else t
 
 
 class Function:
@@ -93,7 +137,7 @@ class Function:
         self.needs_grad = tuple(_grad_enabled and x.requires_grad for x in inputs)
         out = Tensor(self.forward(*[x.data for x in inputs]))
         if any(self.needs_grad):
-            self.inputs = inputs
+            self.inputs = tuple(_vertex(x) for x in inputs)    # leaves as themselves, results as Nodes
             out.requires_grad, out._ctx = True, self
         if forward_hooks:
             for hook in forward_hooks:
@@ -124,7 +168,7 @@ class Tensor:
     as in PyTorch; from arrays they keep the array's dtype.
     """
 
-    __slots__ = ("data", "grad", "requires_grad", "_ctx", "_retains_grad", "__weakref__")
+    __slots__ = ("data", "grad", "requires_grad", "_node", "_retains_grad", "__weakref__")
     # `ndarray op Tensor`: NumPy steps aside (returns NotImplemented) so Python
     # calls our reflected operator; CuPy honours __array_priority__.
     __array_ufunc__ = None
@@ -147,7 +191,7 @@ class Tensor:
         self.data = data
         self.grad = None
         self.requires_grad = requires_grad
-        self._ctx = None
+        self._node = None                                  # a Node once an op records this tensor
         self._retains_grad = False
 
     # ---------------------------------------------------------------- array facts
@@ -157,6 +201,21 @@ class Tensor:
     device = property(lambda self: backend.device_of(self.data))
     xp = property(lambda self: backend.get_array_module(self.data))
     is_leaf = property(lambda self: self._ctx is None)
+
+    @property
+    def _ctx(self):
+        """The Function that made this tensor (None for a leaf, or once backward freed the graph)."""
+        return None if self._node is None else self._node._ctx
+
+    @_ctx.setter
+    def _ctx(self, fn):
+        if fn is None:
+            if self._node is not None:
+                self._node._ctx = None
+        else:
+            self._node = Node(fn, self)
+            if self._retains_grad:
+                self.retain_grad()
 
     def size(self, dim=None):
         return self.data.shape if dim is None else self.data.shape[dim]
@@ -198,6 +257,8 @@ class Tensor:
     def retain_grad(self):
         """Keep ``.grad`` on this non-leaf tensor too (leaves always keep theirs)."""
         self._retains_grad = True
+        if self._node is not None:                         # the graph must reach this tensor itself
+            self._node._retains_grad, self._node._ref = True, self
 
     def backward(self, grad=None, retain_graph: bool = False):
         """Fill ``.grad`` of every leaf this tensor depends on.
@@ -225,13 +286,16 @@ class Tensor:
         order = topological_order(self)
 
         # 2. Reverse order: every user of t has run, so grads[t] is complete.
-        grads = {id(self): grad}
+        #    (t is a leaf tensor, or the Node of an op's result: see Node.)
+        grads = {id(_vertex(self)): grad}
         for t in reversed(order):
             g = grads.pop(id(t), None)
             ctx = t._ctx
             if g is not None and (ctx is None or t._retains_grad):
-                # A copy: one gradient array may feed several inputs (a + b).
-                t.grad = g.copy() if t.grad is None else t.grad + g
+                target = t.tensor if isinstance(t, Node) else t
+                if target is not None:
+                    # A copy: one gradient array may feed several inputs (a + b).
+                    target.grad = g.copy() if target.grad is None else target.grad + g
             if ctx is None:
                 continue
             if g is not None:
@@ -240,12 +304,12 @@ class Tensor:
                     gxs = (gxs,)
                 for x, gx in zip(ctx.inputs, gxs):
                     if gx is not None and x.requires_grad:
-                        if gx.dtype != x.data.dtype:
+                        if gx.dtype != x.dtype:
                             # A gradient has its tensor's dtype, as in PyTorch. Under mixed
                             # precision a float16 activation that met a float32 one (x16 + x32
                             # is float32) would otherwise get a float32 gradient, and its own
                             # backward (a float16 GEMM) would silently run in float32.
-                            gx = gx.astype(x.data.dtype)
+                            gx = gx.astype(x.dtype)
                         k = id(x)
                         grads[k] = gx if k not in grads else grads[k] + gx
             if not retain_graph:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from minivit import backend
-from minivit.autograd import Function, Tensor, topological_order
+from minivit.autograd import Function, Node, Tensor, topological_order
 
 
 def _np(a) -> np.ndarray:
@@ -33,6 +33,9 @@ def _plt():
 def trace_graph(output: Tensor):
     """The graph that ``output.backward()`` would walk, read from ``tensor._ctx.inputs``.
 
+    An intermediate result appears as its Tensor while something holds it, else as
+    the graph's :class:`~minivit.autograd.Node` for it (its data already freed).
+
     Returns ``(nodes, edges)``: ``nodes`` maps ``id(obj)`` to the Tensor or Function,
     in topological order (every node after all the nodes it was computed from), and
     ``edges`` lists ``(id(src), id(dst))``: input tensor → op and op → its output.
@@ -42,11 +45,17 @@ def trace_graph(output: Tensor):
     if not isinstance(output, Tensor):
         raise TypeError(f"trace_graph needs a Tensor, got {type(output).__name__}")
     nodes, edges = {}, []
-    for t in topological_order(output, all_inputs=True):   # the order backward walks, reversed
-        if t._ctx is not None:
-            nodes[id(t._ctx)] = t._ctx
-            edges.extend((id(x), id(t._ctx)) for x in t._ctx.inputs)
-            edges.append((id(t._ctx), id(t)))
+
+    def shown(v):        # an op's result is drawn as its tensor while that is alive, else as its Node
+        t = v.tensor if isinstance(v, Node) else None
+        return v if t is None else t
+
+    for v in topological_order(output, all_inputs=True):   # the order backward walks, reversed
+        t = shown(v)
+        if v._ctx is not None:
+            nodes[id(v._ctx)] = v._ctx
+            edges.extend((id(shown(x)), id(v._ctx)) for x in v._ctx.inputs)
+            edges.append((id(v._ctx), id(t)))
         nodes[id(t)] = t
     return nodes, edges
 
@@ -56,7 +65,7 @@ def _node_label(node, names):
         return type(node).__name__
     name = names.get(id(node))
     if name is None:
-        name = f"{node.item():.3g}" if node.numel() == 1 and node.is_leaf and not node.requires_grad \
+        name = f"{node.item():.3g}" if node.is_leaf and node.numel() == 1 and not node.requires_grad \
             else str(tuple(node.shape))
     return name
 
