@@ -97,11 +97,10 @@ class AdamW(Optimizer):
         if self.fused is False:
             return False
         arrays = (p.data, g, m, v) + (() if vmax is None else (vmax,))
-        ok = all(a.shape == p.data.shape for a in arrays)
-        if self.fused is None:
-            return ok and fused_cuda.applies(*arrays)
+        if self.fused is None:                               # cheap on the CPU: applies() is False first
+            return fused_cuda.applies(*arrays) and all(a.shape == p.data.shape for a in arrays)
         with fused_cuda.use_fused(True):                     # fused=True: asked for explicitly
-            if ok and fused_cuda.applies(*arrays):
+            if fused_cuda.applies(*arrays) and all(a.shape == p.data.shape for a in arrays):
                 return True
         raise RuntimeError(f"AdamW(fused=True) needs float32 or float64 parameters, gradients and "
                            f"state of one dtype and shape on the GPU; got a parameter of shape "
