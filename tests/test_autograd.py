@@ -63,6 +63,25 @@ def test_graph_is_freed_after_backward(xp):
         assert saved_ref() is None
 
 
+def test_results_no_backward_needs_are_freed_before_backward(xp):
+    # Mul by a constant and Add save nothing: once the code drops h, its data is gone,
+    # and the gradient still reaches x through the graph's Node for h.
+    x = leaf(xp, 4)
+    h = x * 2.0
+    h_ref, data_ref = weakref.ref(h), weakref.ref(h.data) if xp is np else None
+    y = (h + 1.0).sum()
+    del h
+    gc.collect()
+    assert h_ref() is None and (data_ref is None or data_ref() is None)
+    y.backward()
+    np.testing.assert_allclose(host(x.grad), 2.0)
+    # ... while a tensor the user keeps stays itself in the graph, and retain_grad reaches it
+    h = x * 3.0
+    h.retain_grad()
+    ((h * h).sum()).backward()
+    np.testing.assert_allclose(host(h.grad), 2 * host(h.data))
+
+
 def test_retain_graph_allows_second_backward(xp):
     x = leaf(xp, 3)
     y = (x * x).sum()

@@ -48,6 +48,17 @@ def test_trace_graph_after_backward_and_bad_input(xp):
         viz.trace_graph(np.ones(3))
 
 
+def test_trace_graph_shows_a_freed_intermediate_as_its_node(xp):
+    a = mv.Tensor(xp.asarray([1.0, 2.0]), requires_grad=True)
+    L = ((a * 3.0) + 1.0).sum()          # a * 3.0 is held by nothing: its data is gone
+    nodes, _ = viz.trace_graph(L)
+    freed = [n for n in nodes.values() if isinstance(n, mv.autograd.Node)]
+    assert len(freed) == 2 and all(n.tensor is None for n in freed)   # a*3 and (a*3)+1
+    assert {tuple(n.shape) for n in freed} == {(2,)}
+    fig = viz.plot_graph(L, names={id(a): "a"})
+    assert "(2,)" in {t.get_text() for t in fig.axes[0].texts}
+
+
 def test_plot_graph_labels_named_tensors_and_ops(xp):
     a, b, L = _expression(xp)
     fig = viz.plot_graph(L, names={id(a): "a", id(b): "b", id(L): "L"})
