@@ -214,8 +214,6 @@ class Tensor:
                 self._node._ctx = None
         else:
             self._node = Node(fn, self)
-            if self._retains_grad:
-                self.retain_grad()
 
     def size(self, dim=None):
         return self.data.shape if dim is None else self.data.shape[dim]
