@@ -286,6 +286,69 @@ def cuda_raw_kernel(code: str, name: str, options: tuple = ()):
     return _cupy_for_kernels().RawKernel(code, name, options=options)
 
 
+# --------------------------------------------------------------------------- CPU threads
+# NumPy runs every elementwise op, reduction and einsum on one core, while PyTorch splits
+# its ops over all cores (torch.set_num_threads). minivit's heaviest non-BLAS CPU ops
+# (GELU, depthwise convs, layer norm) do the same by hand: the work is cut into one
+# contiguous piece per thread, and since NumPy lets go of Python's GIL inside each ufunc
+# and einsum loop, the pieces really run at the same time. Each piece writes its own
+# slice of an output the calling thread made, so no piece waits for another. BLAS calls
+# stay outside the pieces: OpenBLAS already has its own threads.
+_threads = {"n": None, "pool": None, "pid": None}
+
+
+def get_num_threads() -> int:
+    """Threads minivit's CPU ops split their work over (``torch.get_num_threads``).
+
+    Default: the cores this process may run on, or MINIVIT_NUM_THREADS when set."""
+    if _threads["n"] is None:
+        env = os.environ.get("MINIVIT_NUM_THREADS")
+        if env:
+            set_num_threads(int(env))
+        else:
+            _threads["n"] = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return _threads["n"]
+
+
+def set_num_threads(n: int) -> None:
+    """``torch.set_num_threads``: how many threads minivit's CPU ops use (1: all on the caller).
+
+    NumPy's BLAS has its own count (OPENBLAS_NUM_THREADS; ``minivit.bench --threads`` sets both)."""
+    if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"set_num_threads: n must be a positive int, got {n!r}")
+    _threads["n"] = int(n)
+
+
+def parallel_pieces(n: int, fn, min_size: int = 1) -> list:
+    """``[fn(start, stop), ...]`` over contiguous pieces of ``range(n)``, one per thread.
+
+    Each piece has at least ``min_size`` items, so small work stays on the calling
+    thread (a hand-off costs tens of microseconds). The first piece runs on the
+    caller; the results come back in order, and an exception in any piece is raised here.
+    ``fn`` must only do NumPy work that lets go of the GIL, on its own slice of the data."""
+    k = max(1, min(get_num_threads(), n // max(min_size, 1)))
+    if k == 1:
+        return [fn(0, n)]
+    bounds = [n * i // k for i in range(k + 1)]
+    pool = _thread_pool(k - 1)
+    futures = [pool.submit(fn, bounds[i], bounds[i + 1]) for i in range(1, k)]
+    first = fn(bounds[0], bounds[1])
+    return [first] + [f.result() for f in futures]
+
+
+def _thread_pool(workers: int):
+    """The worker threads, made on first use (and anew in a forked child, where the
+    parent's threads do not exist) and grown when more are asked for."""
+    from concurrent.futures import ThreadPoolExecutor
+    pool = _threads["pool"]
+    if pool is None or _threads["pid"] != os.getpid() or pool._max_workers < workers:
+        if pool is not None and _threads["pid"] == os.getpid():
+            pool.shutdown(wait=False)
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="minivit")
+        _threads["pool"], _threads["pid"] = pool, os.getpid()
+    return pool
+
+
 # --------------------------------------------------------------------------- host memory
 def _keep_freed_memory() -> dict | None:
     """Ask glibc's malloc to keep freed memory for reuse instead of returning it to the OS.

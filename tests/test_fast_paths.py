@@ -4,6 +4,7 @@ gradient it is handed (the fast paths work in place on arrays they made themselv
 
 * GELU (exact, float32, CPU): Φ from a rational erfc instead of SciPy's erf; dy/dx saved.
 * Conv2d, depthwise (CPU): one einsum over strided windows instead of im2col.
+* Conv2d, groups = 1 (CPU): channels-last columns (L, K) and output instead of (K, L).
 * LayerNorm and softmax: in-place updates of fresh arrays (checked here for not touching inputs).
 """
 import numpy as np
@@ -141,6 +142,57 @@ def test_depthwise_fast_path_is_taken_and_skips_unwanted_grads():
     assert not z._ctx.depthwise
 
 
+# =========================================================================== channels-last conv
+DENSE = [
+    dict(shape=(3, 4, 8, 8), out=6, k=(3, 3), stride=2, padding=1, dilation=1),   # PVT v2's overlapping patch embed
+    dict(shape=(2, 5, 8, 8), out=3, k=(4, 4), stride=4, padding=0, dilation=1),   # patches that tile the image
+    dict(shape=(2, 3, 8, 6), out=4, k=(2, 2), stride=2, padding=0, dilation=1),   # PVT's reduction conv, H ≠ W
+    dict(shape=(2, 3, 9, 9), out=4, k=(4, 4), stride=4, padding=0, dilation=1),   # tiles leaving a border unread
+    dict(shape=(2, 3, 7, 8), out=5, k=(3, 2), stride=1, padding="same", dilation=2),
+    dict(shape=(1, 2, 6, 7), out=3, k=(3, 3), stride=(1, 2), padding=(2, 0), dilation=(1, 2)),
+    dict(shape=(2, 4, 4, 4), out=2, k=(2, 2), stride=2, padding=1, dilation=1),   # tiles of the padded input
+]
+
+
+@pytest.mark.parametrize("case", DENSE, ids=range(len(DENSE)))
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("channels_last_input", [False, True])
+def test_channels_last_conv_matches_the_reference_layout(monkeypatch, case, bias, channels_last_input):
+    rng = np.random.default_rng(8)
+    N, C, H, W = case["shape"]
+    x = rng.standard_normal(case["shape"])
+    if channels_last_input:                      # an NCHW view of channels-last memory, as tokens give
+        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    w = rng.standard_normal((case["out"], C) + case["k"])
+    arrays = [x, w] + ([rng.standard_normal(case["out"])] if bias else [])
+    kw = {k: case[k] for k in ("stride", "padding", "dilation")}
+
+    def conv(x, w, b=None):
+        return F.conv2d(x, w, b, **kw)
+
+    y = conv(*[Tensor(a, requires_grad=True) for a in arrays])
+    assert y._ctx.channels_last and y._ctx.taps_first == channels_last_input
+    assert y.data.transpose(0, 2, 3, 1).flags.c_contiguous           # the output is channels-last
+    g = rng.standard_normal(y.shape)
+    y_fast, grads_fast = _grads(conv, arrays, g, np.float64)
+    monkeypatch.setattr(Conv2d, "channels_last_path", False)
+    y_ref, grads_ref = _grads(conv, arrays, g, np.float64)
+    np.testing.assert_allclose(y_fast, y_ref, rtol=1e-12, atol=1e-12)
+    for name, a, b in zip(["x", "weight", "bias"], grads_fast, grads_ref):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12, err_msg=f"gradient of {name}")
+
+
+def test_channels_last_conv_passes_a_gradient_check():
+    from minivit.testing import gradcheck
+    rng = np.random.default_rng(9)
+    x = np.ascontiguousarray(rng.standard_normal((2, 3, 5, 5)).transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    w, b = rng.standard_normal((4, 3, 3, 3)), rng.standard_normal(4)
+    xt = Tensor(x, requires_grad=True)
+    assert xt.data.transpose(0, 2, 3, 1).flags.c_contiguous
+    assert gradcheck(lambda x, w, b: F.conv2d(x, w, b, stride=2, padding=1),
+                     xt, Tensor(w, requires_grad=True), Tensor(b, requires_grad=True))
+
+
 # =========================================================================== inputs stay untouched
 def _ops():
     rng = np.random.default_rng(6)
@@ -153,6 +205,11 @@ def _ops():
         "layer_norm_plain": (lambda x: F.layer_norm(x, (5, 6)), [rng.standard_normal((4, 5, 6))]),
         "depthwise": (lambda x, w, b: F.conv2d(x, w, b, padding=1, groups=3),
                       [rng.standard_normal((2, 3, 5, 5)), rng.standard_normal((3, 1, 3, 3)), rng.standard_normal(3)]),
+        "conv_channels_last": (lambda x, w, b: F.conv2d(x, w, b, stride=2, padding=1),
+                               [np.ascontiguousarray(rng.standard_normal((2, 5, 5, 3))).transpose(0, 3, 1, 2),
+                                rng.standard_normal((4, 3, 3, 3)), rng.standard_normal(4)]),
+        "conv_patches": (lambda x, w, b: F.conv2d(x, w, b, stride=2),
+                         [rng.standard_normal((2, 3, 4, 4)), rng.standard_normal((4, 3, 2, 2)), rng.standard_normal(4)]),
     }
 
 

@@ -31,6 +31,7 @@ import numpy as np
 from minivit import amp, backend
 from minivit.autograd import Function, Tensor, is_grad_enabled
 from minivit.functional.basic import squeeze, unsqueeze
+from minivit.functional.linear import add_bias_
 
 get_array_module = backend.get_array_module
 
@@ -118,11 +119,14 @@ class Conv2d(Function):
     # On the CPU, depthwise convs (one input and one output channel per group) take the
     # einsum path below (_depthwise_*); False sends them through im2col like every other conv.
     depthwise_fast_path = True
+    # On the CPU, plain convs (groups = 1) work channels-last (_channels_last_*, below);
+    # False sends them through the (G, K, L) layout above.
+    channels_last_path = True
 
     def __init__(self, stride, pads, dilation, groups, keep_cols=True):
         self.stride, self.pads, self.dilation, self.groups = stride, pads, dilation, groups
         self.keep_cols = keep_cols      # cols are only needed for ∂W: don't hold them otherwise
-        self.depthwise = False
+        self.depthwise = self.channels_last = False
 
     def forward(self, x, w, b=None):
         xp = get_array_module(x)
@@ -131,6 +135,9 @@ class Conv2d(Function):
         if self.depthwise_fast_path and Cg == 1 and O == self.groups and backend.device_of(x) == "cpu":
             self.depthwise = True
             return self._depthwise_forward(x, w, b)
+        if self.channels_last_path and self.groups == 1 and backend.device_of(x) == "cpu":
+            self.channels_last = True
+            return self._channels_last_forward(x, w, b)
         G, (sh, sw), (dh, dw) = self.groups, self.stride, self.dilation
         xpad = _pad_hw(x, self.pads)
         Hp, Wp = xpad.shape[-2:]
@@ -156,6 +163,8 @@ class Conv2d(Function):
     def backward(self, gy):
         if self.depthwise:
             return self._depthwise_backward(gy)
+        if self.channels_last:
+            return self._channels_last_backward(gy)
         xp = get_array_module(gy)
         (N, C, H, W), (O, Cg, kh, kw), (Hp, Wp), (Ho, Wo) = self.shapes
         G, (sh, sw), (dh, dw) = self.groups, self.stride, self.dilation
@@ -179,6 +188,83 @@ class Conv2d(Function):
             return gx, gw
         return gx, gw, (gy.sum(axis=(0, 2, 3)) if self.needs_grad[2] else None)
 
+    # ----------------------------------------------------------------------- channels-last
+    # The vision transformers here keep activations as tokens (B, N, C) and view them as
+    # images (B, C, H, W) only around a conv: tokens.reshape(B, H, W, C).permute(0, 3, 1, 2)
+    # is an image that is channels-last in memory, and a conv's output goes back to tokens
+    # by flatten(2).transpose(1, 2). So on the CPU a plain conv works channels-last: it
+    # reads such an input without a transposing copy, and its output comes out as
+    # (N, Ho, Wo, C_out) in memory, returned as an (N, C_out, Ho, Wo) view, from which the
+    # tokens are a free reshape. With L = N·Ho·Wo output pixels and K taps per pixel:
+    #
+    #     cols (L, K): row l holds the receptive field of output pixel l
+    #     y    (L, C_out) = cols @ Wᵀ                  the one GEMM, already channels-last
+    #     ∂W = gᵀ @ cols,   ∂cols = g @ W, then col2im as above
+    #
+    # K is ordered (kh, kw, C_in) for a channels-last input, so that the copy into cols
+    # moves runs of C_in contiguous numbers, and (C_in, kh, kw) for an ordinary NCHW
+    # input (an image batch), whose runs are along W; W is reordered to match.
+
+    def _channels_last_forward(self, x, w, b):
+        N, C, H, W = x.shape
+        O, _, kh, kw = w.shape
+        top, bottom, left, right = self.pads
+        Ho = _out_size(H, kh, self.stride[0], top, bottom, self.dilation[0])
+        Wo = _out_size(W, kw, self.stride[1], left, right, self.dilation[1])
+        xl = x.transpose(0, 2, 3, 1)                        # (N, H, W, C): a view
+        self.taps_first = xl.flags.c_contiguous            # K = (kh, kw, C) rather than (C, kh, kw)
+        if any(self.pads):
+            xpad = np.empty((N, H + top + bottom, W + left + right, C), dtype=x.dtype)
+            _zero_frame(xpad, self.pads)
+            xpad[:, top:top + H, left:left + W] = xl
+        else:
+            xpad = xl
+        win = _windows_last(xpad, (kh, kw), self.stride, self.dilation)             # (N, Ho, Wo, C, kh, kw)
+        if self.taps_first:
+            cols = np.ascontiguousarray(win.transpose(0, 1, 2, 4, 5, 3)).reshape(N * Ho * Wo, -1)
+            wk = np.ascontiguousarray(w.transpose(0, 2, 3, 1)).reshape(O, -1)       # (O, K)
+        else:
+            cols = np.ascontiguousarray(win).reshape(N * Ho * Wo, -1)
+            wk = w.reshape(O, -1)
+        y = cols @ wk.T                                     # (L, O)
+        if b is not None:
+            add_bias_(y, b)
+        self.cols = cols if self.keep_cols else None        # only ∂W needs them
+        self.wk = wk
+        self.shapes = x.shape, w.shape, xpad.shape[1:3], (Ho, Wo)
+        return y.reshape(N, Ho, Wo, O).transpose(0, 3, 1, 2)
+
+    def _channels_last_backward(self, gy):
+        (N, C, H, W), (O, _, kh, kw), (Hp, Wp), (Ho, Wo) = self.shapes
+        (sh, sw), (dh, dw), (top, bottom, left, right) = self.stride, self.dilation, self.pads
+        g = gy.transpose(0, 2, 3, 1).reshape(N * Ho * Wo, O)   # (L, O): a view when gy is channels-last
+        gx = gw = None
+        if self.needs_grad[0]:
+            gcols = g @ self.wk                             # (L, K)
+            if self.taps_first:
+                gc = gcols.reshape(N, Ho, Wo, kh, kw, C)
+            else:
+                gc = gcols.reshape(N, Ho, Wo, C, kh, kw).transpose(0, 1, 2, 4, 5, 3)
+            if (kh, kw) == (sh, sw) and (dh, dw) == (1, 1) and (Hp, Wp) == (Ho * kh, Wo * kw):
+                # Windows that tile the input (patch embeddings, PVT's reduction conv):
+                # every input pixel was read once, so col2im is a single reordering copy.
+                gxpad = gc.transpose(0, 1, 3, 2, 4, 5).reshape(N, Hp, Wp, C)
+            else:
+                gxpad = np.zeros((N, Hp, Wp, C), dtype=gy.dtype)
+                for i in range(kh):
+                    for j in range(kw):
+                        gxpad[:, _window(i, dh, sh, Ho), _window(j, dw, sw, Wo)] += gc[:, :, :, i, j]
+            gx = gxpad[:, top:Hp - bottom, left:Wp - right].transpose(0, 3, 1, 2)  # (N, C, H, W), a view
+        if self.needs_grad[1]:
+            gk = g.T @ self.cols                            # (O, K)
+            gw = (gk.reshape(O, kh, kw, C).transpose(0, 3, 1, 2) if self.taps_first
+                  else gk.reshape(O, C, kh, kw))
+            gw = np.ascontiguousarray(gw)
+        if len(self.needs_grad) == 2:
+            return gx, gw
+        gb = np.ones(g.shape[0], dtype=g.dtype) @ g if self.needs_grad[2] else None
+        return gx, gw, gb
+
     # ----------------------------------------------------------------------- depthwise
     # A depthwise conv (CvT's q/k/v projections, PVT v2's feed-forward) gives each
     # channel its own k×k filter. im2col would copy every pixel k·k times into
@@ -201,14 +287,22 @@ class Conv2d(Function):
         N, C, H, W = x.shape
         kh, kw = w.shape[2:]
         top, bottom, left, right = self.pads
-        xpad = xp.zeros((N, H + top + bottom, W + left + right, C), dtype=x.dtype)   # channels last
-        xpad[:, top:top + H, left:left + W] = x.transpose(0, 2, 3, 1)
-        win = _windows_last(xpad, (kh, kw), self.stride, self.dilation)            # (N, Ho, Wo, C, kh, kw)
+        (sh, sw), (dh, dw) = self.stride, self.dilation
+        Ho = _out_size(H, kh, sh, top, bottom, dh)
+        Wo = _out_size(W, kw, sw, left, right, dw)
+        xpad = xp.empty((N, H + top + bottom, W + left + right, C), dtype=x.dtype)   # channels last
         # (einsum picks its loop order from the operands' strides: keep them all channels-last)
         taps = xp.ascontiguousarray(w.reshape(C, kh, kw).transpose(1, 2, 0))         # (kh, kw, C)
-        y = xp.einsum("nhwcij,ijc->nhwc", win, taps)
-        if b is not None:
-            y += b
+        y = xp.empty((N, Ho, Wo, C), dtype=x.dtype)
+
+        def piece(lo, hi):   # images lo..hi-1, on one of backend's threads
+            _zero_frame(xpad[lo:hi], self.pads)
+            xpad[lo:hi, top:top + H, left:left + W] = x[lo:hi].transpose(0, 2, 3, 1)
+            win = _windows_last(xpad[lo:hi], (kh, kw), self.stride, self.dilation)  # (n, Ho, Wo, C, kh, kw)
+            xp.einsum("nhwcij,ijc->nhwc", win, taps, out=y[lo:hi])
+            if b is not None:
+                y[lo:hi] += b
+        backend.parallel_pieces(N, piece)
         self.xpad = xpad if self.keep_cols else None        # only ∂W needs the input
         self.taps = taps
         self.shapes = x.shape, w.shape, xpad.shape[1:3], y.shape[1:3]
@@ -218,31 +312,62 @@ class Conv2d(Function):
         xp = get_array_module(gy)
         (N, C, H, W), (_, _, kh, kw), (Hp, Wp), (Ho, Wo) = self.shapes
         (sh, sw), (dh, dw), (top, bottom, left, right) = self.stride, self.dilation, self.pads
-        g = xp.ascontiguousarray(gy.transpose(0, 2, 3, 1))                           # (N, Ho, Wo, C)
-        gx = gw = None
-        if self.needs_grad[0]:
-            # Stride 1: pad g so that gx[h] = Σ_i gpad[h + i·d] · W[k−1−i] (see above).
-            lo_h, lo_w = dh * (kh - 1) - top, dw * (kw - 1) - left
-            hi_h, hi_w = dh * (kh - 1) - bottom, dw * (kw - 1) - right
-            if (sh, sw) == (1, 1) and min(lo_h, lo_w, hi_h, hi_w) >= 0:
-                gpad = xp.zeros((N, Ho + lo_h + hi_h, Wo + lo_w + hi_w, C), dtype=gy.dtype)
-                gpad[:, lo_h:lo_h + Ho, lo_w:lo_w + Wo] = g
-                gx = xp.einsum("nhwcij,ijc->nhwc", _windows_last(gpad, (kh, kw), (1, 1), self.dilation),
-                               xp.ascontiguousarray(self.taps[::-1, ::-1]))
+        want_x, want_w = self.needs_grad[0], self.needs_grad[1]
+        g = gy.transpose(0, 2, 3, 1)                                                 # channels last
+        # A gradient that came back through tokens (B, N, C) already is channels-last in
+        # memory; any other layout is copied, piece by piece below.
+        copy_g = not g.flags.c_contiguous
+        if copy_g:
+            g = xp.empty((N, Ho, Wo, C), dtype=gy.dtype)
+        # Stride 1: pad g so that gx[h] = Σ_i gpad[h + i·d] · W[k−1−i] (see above).
+        lo_h, lo_w = dh * (kh - 1) - top, dw * (kw - 1) - left
+        hi_h, hi_w = dh * (kh - 1) - bottom, dw * (kw - 1) - right
+        flipped = (sh, sw) == (1, 1) and min(lo_h, lo_w, hi_h, hi_w) >= 0
+        if want_x:
+            gx = xp.empty((N, H, W, C), dtype=gy.dtype)
+            if flipped:
+                gpad = xp.empty((N, Ho + lo_h + hi_h, Wo + lo_w + hi_w, C), dtype=gy.dtype)
+                taps_flipped = xp.ascontiguousarray(self.taps[::-1, ::-1])
             else:
-                # Strided: add each tap's share back onto the input positions it read.
                 gxpad = xp.zeros((N, Hp, Wp, C), dtype=gy.dtype)
+
+        def piece(lo, hi):   # images lo..hi-1, on one of backend's threads; returns their share of ∂W
+            if copy_g:
+                g[lo:hi] = gy[lo:hi].transpose(0, 2, 3, 1)
+            if want_x and flipped:
+                _zero_frame(gpad[lo:hi], (lo_h, hi_h, lo_w, hi_w))
+                gpad[lo:hi, lo_h:lo_h + Ho, lo_w:lo_w + Wo] = g[lo:hi]
+                xp.einsum("nhwcij,ijc->nhwc", _windows_last(gpad[lo:hi], (kh, kw), (1, 1), self.dilation),
+                          taps_flipped, out=gx[lo:hi])
+            elif want_x:
+                # Strided: add each tap's share back onto the input positions it read.
                 for i in range(kh):
                     for j in range(kw):
-                        gxpad[:, _window(i, dh, sh, Ho), _window(j, dw, sw, Wo)] += g * self.taps[i, j]
-                gx = xp.ascontiguousarray(gxpad[:, top:top + H, left:left + W])
-            gx = gx.transpose(0, 3, 1, 2)                   # (N, C, H, W), a view of channels-last
-        if self.needs_grad[1]:
-            win = _windows_last(self.xpad, (kh, kw), self.stride, self.dilation)
-            gw = xp.einsum("nhwc,nhwcij->cij", g, win).reshape(C, 1, kh, kw)
+                        gxpad[lo:hi, _window(i, dh, sh, Ho), _window(j, dw, sw, Wo)] += g[lo:hi] * self.taps[i, j]
+                gx[lo:hi] = gxpad[lo:hi, top:top + H, left:left + W]
+            if want_w:
+                win = _windows_last(self.xpad[lo:hi], (kh, kw), self.stride, self.dilation)
+                return xp.einsum("nhwc,nhwcij->cij", g[lo:hi], win)
+            return None
+        shares = backend.parallel_pieces(N, piece)
+        gx = gx.transpose(0, 3, 1, 2) if want_x else None   # (N, C, H, W), a view of channels-last
+        gw = sum(shares[1:], shares[0]).reshape(C, 1, kh, kw) if want_w else None
         if len(self.needs_grad) == 2:
             return gx, gw
-        return gx, gw, (g.sum(axis=(0, 1, 2)) if self.needs_grad[2] else None)
+        # ∂L/∂b: column sums of the (N·Ho·Wo, C) gradient as one BLAS product
+        gb = xp.ones(N * Ho * Wo, dtype=g.dtype) @ g.reshape(-1, C) if self.needs_grad[2] else None
+        return gx, gw, gb
+
+
+def _zero_frame(a, pads):
+    """Zero the padding frame (top, bottom, left, right) of a channels-last (n, Hp, Wp, C)
+    array whose inside is about to be written: one pass over the frame, not the whole array."""
+    top, bottom, left, right = pads
+    Hp, Wp = a.shape[1:3]
+    a[:, :top] = 0
+    a[:, Hp - bottom:] = 0
+    a[:, top:Hp - bottom, :left] = 0
+    a[:, top:Hp - bottom, Wp - right:] = 0
 
 
 def _windows_last(xpad, k, stride, dilation):

@@ -8,7 +8,7 @@ the gradient of the images). Leading dims are folded into one, so a
 """
 from __future__ import annotations
 
-from minivit import amp
+from minivit import amp, backend
 from minivit.autograd import Function
 from minivit.backend import get_array_module
 
@@ -26,7 +26,7 @@ class Linear(Function):
         self.w = w
         y = self.x2 @ w.T                             # (M, out)
         if b is not None:
-            y += b                                    # in place: y is our own fresh array
+            add_bias_(y, b)                           # in place: y is our own fresh array
         return y.reshape(x.shape[:-1] + (w.shape[0],))
 
     def backward(self, gy):
@@ -38,6 +38,16 @@ class Linear(Function):
         # Σ_rows G as a vector-matrix product: BLAS does it several times faster than g2.sum(axis=0).
         gb = get_array_module(g2).ones(g2.shape[0], dtype=g2.dtype) @ g2 if self.needs_grad[2] else None
         return gx, gw, gb
+
+
+def add_bias_(y, b):
+    """y (M, out) += b (out,), in place; on the CPU the rows are split over backend's threads."""
+    def rows(lo, hi):
+        y[lo:hi] += b
+    if backend.device_of(y) == "cpu":
+        backend.parallel_pieces(y.shape[0], rows, min_size=max(1, (1 << 16) // max(y.shape[1], 1)))
+    else:
+        rows(0, y.shape[0])
 
 
 def linear(input, weight, bias=None):  # noqa: A002  (PyTorch's argument name)

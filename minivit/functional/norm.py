@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 
-from minivit import amp
+from minivit import amp, backend
 from minivit.autograd import Function, Tensor
 from minivit.backend import get_array_module
 from minivit.functional import fused_cuda
@@ -59,19 +59,28 @@ class LayerNorm(Function):
         # NumPy's mean over a short last axis (D = 64 in Swin's first stage).
         self.ones = xp.ones(d, dtype=x.dtype)                      # x2 @ ones = row sums
         mu = (x2 @ self.ones).reshape(-1, 1) / x.dtype.type(d)     # (sum, then divide: a constant row stays exact)
-        xc = x2 - mu                                              # a fresh array: updated in place below
-        # Every (M, D) temporary costs a pass over memory: the row sums of squares go
-        # through einsum (no temporary) and fresh arrays are updated in place.
-        var = xp.einsum("ij,ij->i", xc, xc).reshape(-1, 1) / x.dtype.type(d)   # biased, as PyTorch
-        self.rstd = 1 / (var + self.eps) ** 0.5                    # (M, 1); finite even for a constant row
-        xc *= self.rstd
-        self.xhat = xc                                             # (M, D)
         self.w2 = None if w is None else w.reshape(1, d)
-        if w is None and b is None:
-            return self.xhat.reshape(x.shape)
-        y = self.xhat * self.w2 if w is not None else self.xhat.copy()
-        if b is not None:
-            y += b.reshape(1, d)
+        b2 = None if b is None else b.reshape(1, d)
+        xhat = xp.empty(x2.shape, dtype=x.dtype)                   # (M, D)
+        y = xhat if w is None and b is None else xp.empty(x2.shape, dtype=x.dtype)
+        self.rstd = xp.empty((x2.shape[0], 1), dtype=x.dtype)      # (M, 1)
+
+        def rows(lo, hi):   # rows lo..hi-1 (on the CPU, pieces run on backend's threads)
+            xc = xhat[lo:hi]
+            xp.subtract(x2[lo:hi], mu[lo:hi], out=xc)
+            # Every (M, D) temporary costs a pass over memory: the row sums of squares go
+            # through einsum (no temporary) and the arrays are updated in place.
+            var = xp.einsum("ij,ij->i", xc, xc).reshape(-1, 1) / x.dtype.type(d)   # biased, as PyTorch
+            self.rstd[lo:hi] = 1 / (var + self.eps) ** 0.5          # finite even for a constant row
+            xc *= self.rstd[lo:hi]
+            if self.w2 is not None:
+                xp.multiply(xc, self.w2, out=y[lo:hi])
+            elif b2 is not None:
+                y[lo:hi] = xc
+            if b2 is not None:
+                y[lo:hi] += b2
+        _by_rows(x2, rows)
+        self.xhat = xhat
         return y.reshape(x.shape)
 
     def backward(self, gy):
@@ -79,21 +88,33 @@ class LayerNorm(Function):
             return self._fused_backward(gy)
         xp = get_array_module(gy)
         g2 = gy.reshape(self.xhat.shape)                           # (M, D)
+        d = g2.dtype.type(g2.shape[1])
         grads = [None]
         if self.needs_grad[0]:
             # _normalise_backward's formula, (1/σ)(g' − mean(g') − x̂·mean(g'·x̂)), in place on g'.
-            gxhat = g2 * self.w2 if self.w2 is not None else g2.copy()
-            d = gxhat.dtype.type(gxhat.shape[1])
-            mean_g = (gxhat @ self.ones).reshape(-1, 1) / d
-            mean_gx = xp.einsum("ij,ij->i", gxhat, self.xhat).reshape(-1, 1) / d
-            gxhat -= mean_g
-            gxhat -= self.xhat * mean_gx
-            gxhat *= self.rstd
+            # mean(g') = (g @ w)/D: a BLAS product on the calling thread, before the pieces
+            mean_g = ((g2 @ self.w2.reshape(-1)) if self.w2 is not None else (g2 @ self.ones)).reshape(-1, 1) / d
+            gxhat = xp.empty(g2.shape, dtype=g2.dtype)
+
+            def rows(lo, hi):
+                gx, xh = gxhat[lo:hi], self.xhat[lo:hi]
+                if self.w2 is not None:
+                    xp.multiply(g2[lo:hi], self.w2, out=gx)       # g' = g·w
+                else:
+                    gx[...] = g2[lo:hi]
+                mean_gx = xp.einsum("ij,ij->i", gx, xh).reshape(-1, 1) / d
+                gx -= mean_g[lo:hi]
+                gx -= xh * mean_gx
+                gx *= self.rstd[lo:hi]
+            _by_rows(gxhat, rows)
             grads[0] = gxhat.reshape(self.shape)
         pshape = self.shape[len(self.shape) - self.n_dims:]
         if self.has_weight:
-            grads.append(xp.einsum("ij,ij->j", g2, self.xhat).reshape(pshape)
-                         if self.needs_grad[len(grads)] else None)
+            if self.needs_grad[len(grads)]:                        # column sums of g·x̂, a share per piece
+                shares = _by_rows(g2, lambda lo, hi: xp.einsum("ij,ij->j", g2[lo:hi], self.xhat[lo:hi]))
+                grads.append(sum(shares[1:], shares[0]).reshape(pshape))
+            else:
+                grads.append(None)
         if self.has_bias:                                          # column sums, again as a product
             grads.append((xp.ones(g2.shape[0], dtype=g2.dtype) @ g2).reshape(pshape)
                          if self.needs_grad[len(grads)] else None)
@@ -113,6 +134,14 @@ class LayerNorm(Function):
         if self.has_bias:
             grads.append(gb.reshape(pshape) if want_b else None)
         return tuple(grads)
+
+
+def _by_rows(a, fn):
+    """fn(lo, hi) over pieces of the rows of a (M, D) array: split over backend's threads on
+    the CPU (pieces of at least 64K elements), one call on the GPU. Returns fn's results."""
+    if backend.device_of(a) != "cpu":
+        return [fn(0, a.shape[0])]
+    return backend.parallel_pieces(a.shape[0], fn, min_size=max(1, (1 << 16) // max(a.shape[1], 1)))
 
 
 def _check_dtype(op, x, **params):

@@ -3,6 +3,10 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
+from minivit import backend
+
 from minivit.functional import fused_cuda
 from minivit.optim.optimizer import Optimizer
 
@@ -25,8 +29,9 @@ class AdamW(Optimizer):
     (g ← g + λp) gets rescaled by 1/√v, so heavily-updated weights would be
     barely regularised; decoupling the decay from g fixes that.
 
-    Updates are whole-array operations, in place on ``p.data``, m and v. On the
-    GPU the whole update of a parameter is one fused kernel instead
+    Updates are whole-array operations (``_update``, below), in place on ``p.data``,
+    m and v; on the CPU a large parameter is cut into pieces that run on
+    ``backend``'s threads. On the GPU the whole update of a parameter is one fused kernel instead
     (``fused_cuda.adamw_step``: these operations in this order, one pass).
     ``fused``, as PyTorch's: None (default) uses it wherever it can (float32 or
     float64 parameters on the GPU, unless MINIVIT_FUSED=0 switched the fused
@@ -70,27 +75,21 @@ class AdamW(Optimizer):
                 state["step"] += 1
                 t = state["step"]                            # t ← t + 1
                 vmax = state["max_exp_avg_sq"] if amsgrad else None
-                if self._use_fused(p, g, m, v, vmax):        # all of the below, in one kernel
+                if self._use_fused(p, g, m, v, vmax):        # all of _update, in one kernel
                     fused_cuda.adamw_step(p.data, g, m, v, vmax, t, lr, beta1, beta2, eps, wd)
                     continue
 
-                if wd != 0:
-                    p.data *= 1 - lr * wd                    # p ← p − γλp  (decoupled decay)
-                m *= beta1                                   # m ← β₁m ...
-                m += (1 - beta1) * g                         #   ... + (1 − β₁)g
-                v *= beta2                                   # v ← β₂v ...
-                v += (1 - beta2) * (g * g)                   #   ... + (1 − β₂)g²
-                if amsgrad:
-                    vmax = state["max_exp_avg_sq"]
-                    xp.maximum(vmax, v, out=vmax)            # v̂max ← max(v̂max, v)
-                    v = vmax                                 # normalise by the largest v so far
-                bias_correction1 = 1 - beta1 ** t            # 1 − β₁ᵗ
-                bias_correction2 = 1 - beta2 ** t            # 1 − β₂ᵗ
-                step_size = lr / bias_correction1            # γ / (1 − β₁ᵗ)
-                denom = xp.sqrt(v)                           # √v ...
-                denom /= math.sqrt(bias_correction2)         #   ... / √(1 − β₂ᵗ)  (= √v̂)
-                denom += eps                                 #   ... + ε
-                p.data -= step_size * (m / denom)            # p ← p − γ m̂ / (√v̂ + ε)
+                arrays = (p.data, g, m, v, vmax)
+                # On the CPU a large parameter is updated in pieces, over backend's threads.
+                if xp is np and p.data.size >= 2 * _PIECE and all(
+                        a is None or a.flags.c_contiguous for a in arrays):
+                    flat = [None if a is None else a.reshape(-1) for a in arrays]
+                    backend.parallel_pieces(
+                        p.data.size, lambda lo, hi: _update(*(None if a is None else a[lo:hi] for a in flat),
+                                                            t, lr, beta1, beta2, eps, wd, xp),
+                        min_size=_PIECE)
+                else:
+                    _update(*arrays, t, lr, beta1, beta2, eps, wd, xp)
         return loss
 
     def _use_fused(self, p, g, m, v, vmax) -> bool:
@@ -107,3 +106,26 @@ class AdamW(Optimizer):
                            f"{p.shape}, dtype {p.dtype} on {p.device} with a {g.dtype} gradient "
                            f"of shape {g.shape}: use fused=None (the default) to fall back to "
                            f"the unfused update, or move the model to 'cuda'")
+
+
+_PIECE = 1 << 15        # elements: smaller parameters are updated whole, on the calling thread
+
+
+def _update(p, g, m, v, vmax, t, lr, beta1, beta2, eps, wd, xp):
+    """One AdamW step, in place on the arrays p, m, v (and vmax with amsgrad)."""
+    if wd != 0:
+        p *= 1 - lr * wd                         # p ← p − γλp  (decoupled decay)
+    m *= beta1                                   # m ← β₁m ...
+    m += (1 - beta1) * g                         #   ... + (1 − β₁)g
+    v *= beta2                                   # v ← β₂v ...
+    v += (1 - beta2) * (g * g)                   #   ... + (1 − β₂)g²
+    if vmax is not None:
+        xp.maximum(vmax, v, out=vmax)            # v̂max ← max(v̂max, v)
+        v = vmax                                 # normalise by the largest v so far
+    bias_correction1 = 1 - beta1 ** t            # 1 − β₁ᵗ
+    bias_correction2 = 1 - beta2 ** t            # 1 − β₂ᵗ
+    step_size = lr / bias_correction1            # γ / (1 − β₁ᵗ)
+    denom = xp.sqrt(v)                           # √v ...
+    denom /= math.sqrt(bias_correction2)         #   ... / √(1 − β₂ᵗ)  (= √v̂)
+    denom += eps                                 #   ... + ε
+    p -= step_size * (m / denom)                 # p ← p − γ m̂ / (√v̂ + ε)
