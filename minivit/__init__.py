@@ -7,7 +7,7 @@ import os as _os
 # (backend.parallel_pieces: GELU, depthwise convs, layer norm) need between products;
 # measured on 2 cores, it made those ops no faster on two threads than on one. 2^4
 # cycles puts them to sleep at once; waking them costs microseconds per product.
-# Set OPENBLAS_THREAD_TIMEOUT yourself (4..30) to override; backend.blas_thread_timeout() reads it back.
+# Set OPENBLAS_THREAD_TIMEOUT yourself (4..30) to override; minivit.bench.blas_thread_timeout() reads it back.
 _os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 from minivit import backend  # noqa: E402

@@ -17,10 +17,11 @@ thread count (on GPU with TF32 off unless ``--precision tf32``). The two are tim
 in rounds of alternating blocks of steps, so a change in the machine's load hits both alike. Ratios are
 minivit / PyTorch: above 1, minivit is slower.
 
-Threads: ``--threads N`` sets NumPy's BLAS (OpenBLAS, at run time) and PyTorch
-to N. NumPy's other ops (elementwise, reductions, einsum) always run on one
-thread, PyTorch's on N. The share of CPU time other processes took during the
-timing is measured and recorded: rerun when it is not near 0.
+Threads: ``--threads N`` sets NumPy's BLAS (OpenBLAS, at run time), minivit's own
+CPU threads (``backend.set_num_threads``: GELU, depthwise convs, layer norm, bias adds
+and AdamW split their work over them; NumPy's other ops run on one thread) and
+PyTorch to N. The share of CPU time other processes took during the timing is
+measured and recorded: rerun when it is not near 0.
 
 Memory: on CPU the increase of the process's peak resident set (VmHWM) over its
 resident set before one step, freed heap returned to the OS first; on GPU the
@@ -130,7 +131,7 @@ def _openblas():
                 if get is not None and put is not None:
                     if cfg is not None:
                         cfg.restype = ctypes.c_char_p
-                    return get, put, cfg
+                    return get, put, cfg, path
     return None
 
 
@@ -142,9 +143,23 @@ def blas_threads(n: int | None = None) -> int | None:
     lib = _openblas()
     if lib is None:
         return None
-    get, put, _ = lib
+    get, put = lib[:2]
     if n is not None:
         put(int(n))
+    return int(get())
+
+
+def blas_thread_timeout() -> int | None:
+    """log2 of how long OpenBLAS's idle threads spin after a product before they sleep
+    (OPENBLAS_THREAD_TIMEOUT as OpenBLAS read it when it loaded; 0: unset, OpenBLAS's built-in
+    default, about 2^28), or None when NumPy's BLAS is not OpenBLAS."""
+    lib = _openblas()
+    if lib is None:
+        return None
+    try:
+        get = ctypes.CDLL(lib[3]).openblas_thread_timeout
+    except (OSError, AttributeError):
+        return None
     return int(get())
 
 
@@ -580,6 +595,13 @@ def run(args, log=print) -> dict:
     # ---- threads: the same count on both sides
     threads = args.threads if args.threads is not None else blas_threads()
     blas = blas_threads(threads) if threads is not None else None
+    if threads is not None:
+        backend.set_num_threads(int(threads))
+    timeout = blas_thread_timeout()
+    if timeout is not None and (timeout == 0 or timeout > 4) and device == "cpu":
+        log(f"note: OpenBLAS's idle threads spin for 2^{timeout or 28} clock ticks after each product "
+            "(OPENBLAS_THREAD_TIMEOUT was set, or NumPy was imported before minivit), taking the cores "
+            "minivit's own threads need; minivit sets it to 4 when it is imported first")
     torch = None
     if args.compare == "torch":
         try:
@@ -638,7 +660,8 @@ def run(args, log=print) -> dict:
 
     n_params = sum(int(p.data.size) for p in model.parameters())
     log(f"{args.model}: {n_params / 1e6:.2f}M parameters, batch {args.batch_size} of {in_chans}x{H}x{W}, "
-        f"{device} ({backend.device_name(device)}), {args.precision}, threads: BLAS {blas}"
+        f"{device} ({backend.device_name(device)}), {args.precision}, threads: BLAS {blas}, "
+        f"minivit {backend.get_num_threads()}"
         + (f", torch {torch.get_num_threads()}" if torch is not None else "")
         + (f"; load average {load_before[0]:.2f}" if load_before else ""))
     if torch_desc:
@@ -714,7 +737,7 @@ def run(args, log=print) -> dict:
         "autocast_dtype": "float16" if fp16 else None, "tf32": tf32,
         "steps": args.steps, "warmup": args.warmup, "rounds": args.rounds, "seed": args.seed,
         "threads": {"blas": blas, "torch": torch.get_num_threads() if torch is not None else None,
-                    "numpy_elementwise": 1,
+                    "minivit": backend.get_num_threads(), "openblas_thread_timeout": timeout,
                     "env": {k: os.environ.get(k) for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
                                                             "MKL_NUM_THREADS") if os.environ.get(k)}},
         "load_average": {"before": load_before, "after": load_after},

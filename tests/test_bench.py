@@ -2,6 +2,7 @@
 record, the PyTorch twins (same weights: equal logits), the per-op profile. No timing
 assertions: only that the numbers are there, consistent, and add up."""
 import json
+import os
 import subprocess
 import sys
 
@@ -43,7 +44,10 @@ def test_cli_runs_end_to_end_and_writes_a_well_formed_json(tmp_path):
     assert rec["model_kwargs"] == {"depth": 1, "embed_dim": 32, "num_heads": 2}
     assert rec["batch_size"] == 2 and rec["precision"] == "fp32" and rec["dtype"] == "float32"
     assert rec["device"] == "cpu" and rec["device_name"] and rec["versions"]["numpy"] == np.__version__
-    assert set(rec["threads"]) >= {"blas", "torch"}
+    assert set(rec["threads"]) >= {"blas", "torch", "minivit", "openblas_thread_timeout"}
+    assert rec["threads"]["minivit"] >= 1
+    if rec["threads"]["openblas_thread_timeout"] is not None:   # minivit, imported first, set it
+        assert rec["threads"]["openblas_thread_timeout"] == 4
     m = rec["results"]["minivit"]
     _timed(m["train_step_s"])
     _timed(m["inference_s"])
@@ -83,6 +87,19 @@ def test_bad_arguments_are_refused():
 def test_model_kwargs_parse_json_values_and_lists():
     assert bench.parse_model_kwargs("depth=1,depths=[1, 2],mlp_ratio=2.5,qkv_bias=false,x=None,name=abc") == \
         {"depth": 1, "depths": [1, 2], "mlp_ratio": 2.5, "qkv_bias": False, "x": None, "name": "abc"}
+
+
+def test_openblas_threads_sleep_at_once_unless_the_user_says_otherwise():
+    """minivit sets OPENBLAS_THREAD_TIMEOUT before NumPy loads OpenBLAS; the user's own value wins."""
+    code = "import minivit.bench as b; print(b.blas_thread_timeout())"
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    mine = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    if mine.stdout.strip() == "None":
+        pytest.skip("NumPy's BLAS is not an OpenBLAS this module can reach")
+    assert mine.stdout.strip() == "4"
+    theirs = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            env=dict(env, OPENBLAS_THREAD_TIMEOUT="12"))
+    assert theirs.stdout.strip() == "12"
 
 
 def test_blas_threads_can_be_read_and_set():

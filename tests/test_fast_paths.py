@@ -4,7 +4,7 @@ gradient it is handed (the fast paths work in place on arrays they made themselv
 
 * GELU (exact, float32, CPU): Φ from a rational erfc instead of SciPy's erf; dy/dx saved.
 * Conv2d, depthwise (CPU): one einsum over strided windows instead of im2col.
-* Conv2d, groups = 1 (CPU): channels-last columns (L, K) and output instead of (K, L).
+* Conv2d, groups = 1, channels-last input (CPU): channels-last columns (L, K) and output.
 * LayerNorm and softmax: in-place updates of fresh arrays (checked here for not touching inputs).
 """
 import numpy as np
@@ -171,8 +171,8 @@ def test_channels_last_conv_matches_the_reference_layout(monkeypatch, case, bias
         return F.conv2d(x, w, b, **kw)
 
     y = conv(*[Tensor(a, requires_grad=True) for a in arrays])
-    assert y._ctx.channels_last and y._ctx.taps_first == channels_last_input
-    assert y.data.transpose(0, 2, 3, 1).flags.c_contiguous           # the output is channels-last
+    assert y._ctx.channels_last == channels_last_input               # NCHW inputs keep the NCHW layout
+    assert y.data.transpose(0, 2, 3, 1).flags.c_contiguous == channels_last_input
     g = rng.standard_normal(y.shape)
     y_fast, grads_fast = _grads(conv, arrays, g, np.float64)
     monkeypatch.setattr(Conv2d, "channels_last_path", False)

@@ -135,7 +135,8 @@ class Conv2d(Function):
         if self.depthwise_fast_path and Cg == 1 and O == self.groups and backend.device_of(x) == "cpu":
             self.depthwise = True
             return self._depthwise_forward(x, w, b)
-        if self.channels_last_path and self.groups == 1 and backend.device_of(x) == "cpu":
+        if (self.channels_last_path and self.groups == 1 and backend.device_of(x) == "cpu"
+                and x.transpose(0, 2, 3, 1).flags.c_contiguous and not x.flags.c_contiguous):
             self.channels_last = True
             return self._channels_last_forward(x, w, b)
         G, (sh, sw), (dh, dw) = self.groups, self.stride, self.dilation
@@ -192,18 +193,20 @@ class Conv2d(Function):
     # The vision transformers here keep activations as tokens (B, N, C) and view them as
     # images (B, C, H, W) only around a conv: tokens.reshape(B, H, W, C).permute(0, 3, 1, 2)
     # is an image that is channels-last in memory, and a conv's output goes back to tokens
-    # by flatten(2).transpose(1, 2). So on the CPU a plain conv works channels-last: it
-    # reads such an input without a transposing copy, and its output comes out as
-    # (N, Ho, Wo, C_out) in memory, returned as an (N, C_out, Ho, Wo) view, from which the
-    # tokens are a free reshape. With L = N·Ho·Wo output pixels and K taps per pixel:
+    # by flatten(2).transpose(1, 2). So on the CPU a plain conv given a channels-last input
+    # works channels-last: it reads the input without a transposing copy, and its output
+    # comes out as (N, Ho, Wo, C_out) in memory, returned as an (N, C_out, Ho, Wo) view,
+    # from which the tokens are a free reshape. With L = N·Ho·Wo output pixels and
+    # K = kh·kw·C_in taps per pixel, ordered (kh, kw, C_in) so that every copy below moves
+    # runs of C_in contiguous numbers (W is reordered to match):
     #
     #     cols (L, K): row l holds the receptive field of output pixel l
     #     y    (L, C_out) = cols @ Wᵀ                  the one GEMM, already channels-last
     #     ∂W = gᵀ @ cols,   ∂cols = g @ W, then col2im as above
     #
-    # K is ordered (kh, kw, C_in) for a channels-last input, so that the copy into cols
-    # moves runs of C_in contiguous numbers, and (C_in, kh, kw) for an ordinary NCHW
-    # input (an image batch), whose runs are along W; W is reordered to match.
+    # An ordinary NCHW input (image batches; the CNN teacher throughout) stays on the
+    # layout above: there runs of C_in would be short (16 channels in the teacher), and
+    # NumPy's per-run overhead made its training step a fifth slower channels-last.
 
     def _channels_last_forward(self, x, w, b):
         N, C, H, W = x.shape
@@ -211,8 +214,7 @@ class Conv2d(Function):
         top, bottom, left, right = self.pads
         Ho = _out_size(H, kh, self.stride[0], top, bottom, self.dilation[0])
         Wo = _out_size(W, kw, self.stride[1], left, right, self.dilation[1])
-        xl = x.transpose(0, 2, 3, 1)                        # (N, H, W, C): a view
-        self.taps_first = xl.flags.c_contiguous            # K = (kh, kw, C) rather than (C, kh, kw)
+        xl = x.transpose(0, 2, 3, 1)                        # (N, H, W, C): a contiguous view
         if any(self.pads):
             xpad = np.empty((N, H + top + bottom, W + left + right, C), dtype=x.dtype)
             _zero_frame(xpad, self.pads)
@@ -220,12 +222,8 @@ class Conv2d(Function):
         else:
             xpad = xl
         win = _windows_last(xpad, (kh, kw), self.stride, self.dilation)             # (N, Ho, Wo, C, kh, kw)
-        if self.taps_first:
-            cols = np.ascontiguousarray(win.transpose(0, 1, 2, 4, 5, 3)).reshape(N * Ho * Wo, -1)
-            wk = np.ascontiguousarray(w.transpose(0, 2, 3, 1)).reshape(O, -1)       # (O, K)
-        else:
-            cols = np.ascontiguousarray(win).reshape(N * Ho * Wo, -1)
-            wk = w.reshape(O, -1)
+        cols = np.ascontiguousarray(win.transpose(0, 1, 2, 4, 5, 3)).reshape(N * Ho * Wo, -1)   # (L, K)
+        wk = np.ascontiguousarray(w.transpose(0, 2, 3, 1)).reshape(O, -1)       # (O, K), K = (kh, kw, C)
         y = cols @ wk.T                                     # (L, O)
         if b is not None:
             add_bias_(y, b)
@@ -240,11 +238,7 @@ class Conv2d(Function):
         g = gy.transpose(0, 2, 3, 1).reshape(N * Ho * Wo, O)   # (L, O): a view when gy is channels-last
         gx = gw = None
         if self.needs_grad[0]:
-            gcols = g @ self.wk                             # (L, K)
-            if self.taps_first:
-                gc = gcols.reshape(N, Ho, Wo, kh, kw, C)
-            else:
-                gc = gcols.reshape(N, Ho, Wo, C, kh, kw).transpose(0, 1, 2, 4, 5, 3)
+            gc = (g @ self.wk).reshape(N, Ho, Wo, kh, kw, C)   # ∂cols (L, K)
             if (kh, kw) == (sh, sw) and (dh, dw) == (1, 1) and (Hp, Wp) == (Ho * kh, Wo * kw):
                 # Windows that tile the input (patch embeddings, PVT's reduction conv):
                 # every input pixel was read once, so col2im is a single reordering copy.
@@ -257,9 +251,7 @@ class Conv2d(Function):
             gx = gxpad[:, top:Hp - bottom, left:Wp - right].transpose(0, 3, 1, 2)  # (N, C, H, W), a view
         if self.needs_grad[1]:
             gk = g.T @ self.cols                            # (O, K)
-            gw = (gk.reshape(O, kh, kw, C).transpose(0, 3, 1, 2) if self.taps_first
-                  else gk.reshape(O, C, kh, kw))
-            gw = np.ascontiguousarray(gw)
+            gw = np.ascontiguousarray(gk.reshape(O, kh, kw, C).transpose(0, 3, 1, 2))
         if len(self.needs_grad) == 2:
             return gx, gw
         gb = np.ones(g.shape[0], dtype=g.dtype) @ g if self.needs_grad[2] else None
