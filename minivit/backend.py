@@ -336,6 +336,15 @@ def parallel_pieces(n: int, fn, min_size: int = 1) -> list:
     return [first] + [f.result() for f in futures]
 
 
+def parallel_rows(a, fn, min_elements: int = 1 << 16) -> list:
+    """``fn(lo, hi)`` over pieces of the rows of a 2-D array ``a``: split over the threads
+    (pieces of at least ``min_elements`` numbers) for a CPU array, one call for a GPU one."""
+    rows = a.shape[0]
+    if is_cupy_array(a):
+        return [fn(0, rows)]
+    return parallel_pieces(rows, fn, min_size=max(1, min_elements // max(a.shape[1], 1)))
+
+
 def _thread_pool(workers: int):
     """The worker threads, made on first use (and anew in a forked child, where the
     parent's threads do not exist) and grown when more are asked for."""

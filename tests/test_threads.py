@@ -158,6 +158,12 @@ def test_layer_norm_on_threads_matches_one_thread(threads, weights):
     _same(fn, arrays, np.float64, threads, rtol=1e-13)
 
 
+@pytest.mark.parametrize("shape", [(4, 3, 5), (7, 9)])
+def test_softmax_on_threads_is_bit_for_bit_one_thread(threads, shape):
+    x = np.random.default_rng(6).standard_normal(shape) * 4
+    _same(lambda x: F.softmax(x, dim=-1), [x], np.float64, threads, rtol=0)
+
+
 def test_linear_and_dense_conv_bias_on_threads_match_one_thread(threads):
     rng = np.random.default_rng(4)
     _same(F.linear, [rng.standard_normal((9, 5)), rng.standard_normal((3, 5)), rng.standard_normal(3)],

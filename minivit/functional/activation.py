@@ -239,6 +239,19 @@ class Softmax(Function):
         if self.fast_path and self.dim == x.ndim - 1 and fused_cuda.applies(x):
             self.y = fused_cuda.softmax_forward(x)
             return self.y
+        if self.dim == x.ndim - 1 and x.ndim >= 2 and backend.device_of(x) == "cpu":
+            # Over the last dim on the CPU: the same steps, on pieces of the rows, on threads.
+            rows = x.reshape(-1, x.shape[-1])
+            y = np.empty(rows.shape, dtype=x.dtype)
+
+            def piece(lo, hi):
+                e = y[lo:hi]
+                xp.subtract(rows[lo:hi], rows[lo:hi].max(axis=1, keepdims=True), out=e)
+                xp.exp(e, out=e)
+                e /= e.sum(axis=1, keepdims=True)
+            backend.parallel_rows(rows, piece)
+            self.y = y.reshape(x.shape)
+            return self.y
         e = xp.asarray(x - x.max(axis=self.dim, keepdims=True))   # every exponent ≤ 0: no overflow
         xp.exp(e, out=e)                                       # in place: e is a fresh array (0-d too)
         e /= e.sum(axis=self.dim, keepdims=True)
@@ -249,6 +262,16 @@ class Softmax(Function):
         y = self.y
         if self.fast_path and self.dim == y.ndim - 1 and fused_cuda.applies(gy, y):
             return fused_cuda.softmax_backward(gy, y)
+        if self.dim == y.ndim - 1 and y.ndim >= 2 and backend.device_of(y) == "cpu":
+            y2, g2 = y.reshape(-1, y.shape[-1]), gy.reshape(-1, y.shape[-1])
+            gx = np.empty(y2.shape, dtype=y.dtype)
+
+            def piece(lo, hi):                                  # as below, on pieces of the rows
+                out = gx[lo:hi]
+                np.multiply(g2[lo:hi], y2[lo:hi], out=out)
+                out -= y2[lo:hi] * out.sum(axis=1, keepdims=True)
+            backend.parallel_rows(y2, piece)
+            return gx.reshape(y.shape)
         gx = gy * y                                            # y ⊙ (g − Σ g y), as y ⊙ g − y ⊙ Σ g y
         gx -= y * gx.sum(axis=self.dim, keepdims=True)
         return gx

@@ -79,7 +79,7 @@ class LayerNorm(Function):
                 y[lo:hi] = xc
             if b2 is not None:
                 y[lo:hi] += b2
-        _by_rows(x2, rows)
+        backend.parallel_rows(x2, rows)
         self.xhat = xhat
         return y.reshape(x.shape)
 
@@ -106,12 +106,12 @@ class LayerNorm(Function):
                 gx -= mean_g[lo:hi]
                 gx -= xh * mean_gx
                 gx *= self.rstd[lo:hi]
-            _by_rows(gxhat, rows)
+            backend.parallel_rows(gxhat, rows)
             grads[0] = gxhat.reshape(self.shape)
         pshape = self.shape[len(self.shape) - self.n_dims:]
         if self.has_weight:
             if self.needs_grad[len(grads)]:                        # column sums of g·x̂, a share per piece
-                shares = _by_rows(g2, lambda lo, hi: xp.einsum("ij,ij->j", g2[lo:hi], self.xhat[lo:hi]))
+                shares = backend.parallel_rows(g2, lambda lo, hi: xp.einsum("ij,ij->j", g2[lo:hi], self.xhat[lo:hi]))
                 grads.append(sum(shares[1:], shares[0]).reshape(pshape))
             else:
                 grads.append(None)
@@ -134,14 +134,6 @@ class LayerNorm(Function):
         if self.has_bias:
             grads.append(gb.reshape(pshape) if want_b else None)
         return tuple(grads)
-
-
-def _by_rows(a, fn):
-    """fn(lo, hi) over pieces of the rows of a (M, D) array: split over backend's threads on
-    the CPU (pieces of at least 64K elements), one call on the GPU. Returns fn's results."""
-    if backend.device_of(a) != "cpu":
-        return [fn(0, a.shape[0])]
-    return backend.parallel_pieces(a.shape[0], fn, min_size=max(1, (1 << 16) // max(a.shape[1], 1)))
 
 
 def _check_dtype(op, x, **params):
