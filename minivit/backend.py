@@ -14,6 +14,7 @@ import ctypes
 import functools
 import os
 import sys
+import threading
 
 import numpy as np
 
@@ -327,8 +328,8 @@ def parallel_pieces(n: int, fn, min_size: int = 1) -> list:
     caller; the results come back in order, and an exception in any piece is raised here.
     ``fn`` must only do NumPy work that lets go of the GIL, on its own slice of the data."""
     k = max(1, min(get_num_threads(), n // max(min_size, 1)))
-    if k == 1:
-        return [fn(0, n)]
+    if k == 1 or threading.current_thread().name.startswith("minivit"):
+        return [fn(0, n)]           # (inside a piece already: waiting on the pool there could deadlock)
     bounds = [n * i // k for i in range(k + 1)]
     pool = _thread_pool(k - 1)
     futures = [pool.submit(fn, bounds[i], bounds[i + 1]) for i in range(1, k)]

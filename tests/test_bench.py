@@ -144,6 +144,11 @@ def test_torch_twin_follows_model_kwargs():
     assert sum(p.numel() for p in tm.parameters()) == model.num_parameters()
 
 
+def test_round_ratios_pair_each_rounds_steps():
+    times = {"minivit": [1, 2, 3, 4, 5, 6, 7], "torch": [1, 1, 1, 2, 2, 2, 2]}
+    assert bench._round_ratios(times, steps=7, rounds=3) == [2.0, 2.25, 3.25]   # rounds of 3, 2, 2 steps
+
+
 def test_no_twin_for_pvt_v1():
     pytest.importorskip("torch")
     with pytest.raises(bench.TwinUnavailable, match="PVT v1"):
@@ -159,6 +164,9 @@ def test_compare_torch_reports_ratios_and_equal_logits(tmp_path):
     assert t["model"] == "timm.models.vision_transformer.VisionTransformer"
     assert ratio["train_step"] == pytest.approx(rec["results"]["minivit"]["train_step_s"]["median"]
                                                 / t["train_step_s"]["median"])
+    assert ratio["train_step_best"] == pytest.approx(rec["results"]["minivit"]["train_step_s"]["min"]
+                                                     / t["train_step_s"]["min"])
+    assert len(ratio["train_step_by_round"]) == rec["rounds"] and all(q > 0 for q in ratio["train_step_by_round"])
     assert rec["logit_check"]["max_abs_diff"] <= 1e-4 * max(1.0, rec["logit_check"]["max_abs_logit"])
     assert rec["threads"]["torch"] == rec["threads"]["blas"] or rec["threads"]["blas"] is None
     assert rec["versions"]["torch"] and rec["versions"]["timm"]

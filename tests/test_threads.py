@@ -62,6 +62,16 @@ def test_an_exception_in_a_piece_reaches_the_caller():
         backend.set_num_threads(before)
 
 
+def test_pieces_inside_pieces_run_whole_instead_of_waiting_on_the_pool():
+    before = backend.get_num_threads()
+    backend.set_num_threads(2)
+    try:
+        got = backend.parallel_pieces(4, lambda lo, hi: backend.parallel_pieces(10, lambda a, b: (a, b)))
+    finally:
+        backend.set_num_threads(before)
+    assert got == [[(0, 5), (5, 10)], [(0, 10)]]     # the caller's piece splits; the worker's runs whole
+
+
 @pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
 def test_set_num_threads_rejects_bad_counts(bad):
     with pytest.raises(ValueError, match="positive int"):
