@@ -25,6 +25,35 @@ def _grads(fn, arrays, g, dtype):
     return y.data, [t.grad for t in ts]
 
 
+def _conv_case(case, out, bias, channels_last_input, seed):
+    """(conv(x, w, b=None), [x, w(, b)]) for a case of DEPTHWISE or DENSE (out=None: depthwise)."""
+    rng = np.random.default_rng(seed)
+    N, C, H, W = case["shape"]
+    x = rng.standard_normal(case["shape"])
+    if channels_last_input:                      # an NCHW view of channels-last memory, as tokens give
+        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    O, groups = (C, C) if out is None else (out, 1)
+    w = rng.standard_normal((O, C // groups) + case["k"])
+    arrays = [x, w] + ([rng.standard_normal(O)] if bias else [])
+    kw = {k: case[k] for k in ("stride", "padding", "dilation")}
+
+    def conv(x, w, b=None):
+        return F.conv2d(x, w, b, groups=groups, **kw)
+    return conv, arrays
+
+
+def _matches_reference(monkeypatch, switch, conv, arrays):
+    """Output and every gradient equal (float64) with Conv2d.<switch> on and off."""
+    y = conv(*[Tensor(a) for a in arrays])
+    g = np.random.default_rng(0).standard_normal(y.shape)
+    y_fast, grads_fast = _grads(conv, arrays, g, np.float64)
+    monkeypatch.setattr(Conv2d, switch, False)
+    y_ref, grads_ref = _grads(conv, arrays, g, np.float64)
+    np.testing.assert_allclose(y_fast, y_ref, rtol=1e-12, atol=1e-12)
+    for name, a, b in zip(["x", "weight", "bias"], grads_fast, grads_ref):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12, err_msg=f"gradient of {name}")
+
+
 # =========================================================================== GELU
 GELU_X = np.concatenate([np.linspace(-12, 12, 48001), np.random.default_rng(0).standard_normal(20000) * 3,
                          [0.0, -0.0, 1e-30, -1e-30, 6.0, -6.0, 30.0, -30.0]]).astype(np.float32)
@@ -106,26 +135,8 @@ DEPTHWISE = [
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("channels_last_input", [False, True])
 def test_depthwise_fast_path_matches_im2col(monkeypatch, case, bias, channels_last_input):
-    rng = np.random.default_rng(4)
-    N, C, H, W = case["shape"]
-    x = rng.standard_normal(case["shape"])
-    if channels_last_input:                      # an NCHW view of channels-last memory, as tokens give
-        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
-    w = rng.standard_normal((C, 1) + case["k"])
-    arrays = [x, w] + ([rng.standard_normal(C)] if bias else [])
-    kw = {k: case[k] for k in ("stride", "padding", "dilation")}
-
-    def conv(x, w, b=None):
-        return F.conv2d(x, w, b, groups=C, **kw)
-
-    y_shape = conv(*[Tensor(a) for a in arrays]).shape
-    g = rng.standard_normal(y_shape)
-    y_fast, grads_fast = _grads(conv, arrays, g, np.float64)
-    monkeypatch.setattr(Conv2d, "depthwise_fast_path", False)
-    y_ref, grads_ref = _grads(conv, arrays, g, np.float64)
-    np.testing.assert_allclose(y_fast, y_ref, rtol=1e-12, atol=1e-12)
-    for name, a, b in zip(["x", "weight", "bias"], grads_fast, grads_ref):
-        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12, err_msg=f"gradient of {name}")
+    conv, arrays = _conv_case(case, None, bias, channels_last_input, seed=4)
+    _matches_reference(monkeypatch, "depthwise_fast_path", conv, arrays)
 
 
 def test_depthwise_fast_path_is_taken_and_skips_unwanted_grads():
@@ -158,28 +169,11 @@ DENSE = [
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("channels_last_input", [False, True])
 def test_channels_last_conv_matches_the_reference_layout(monkeypatch, case, bias, channels_last_input):
-    rng = np.random.default_rng(8)
-    N, C, H, W = case["shape"]
-    x = rng.standard_normal(case["shape"])
-    if channels_last_input:                      # an NCHW view of channels-last memory, as tokens give
-        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
-    w = rng.standard_normal((case["out"], C) + case["k"])
-    arrays = [x, w] + ([rng.standard_normal(case["out"])] if bias else [])
-    kw = {k: case[k] for k in ("stride", "padding", "dilation")}
-
-    def conv(x, w, b=None):
-        return F.conv2d(x, w, b, **kw)
-
+    conv, arrays = _conv_case(case, case["out"], bias, channels_last_input, seed=8)
     y = conv(*[Tensor(a, requires_grad=True) for a in arrays])
     assert y._ctx.channels_last == channels_last_input               # NCHW inputs keep the NCHW layout
     assert y.data.transpose(0, 2, 3, 1).flags.c_contiguous == channels_last_input
-    g = rng.standard_normal(y.shape)
-    y_fast, grads_fast = _grads(conv, arrays, g, np.float64)
-    monkeypatch.setattr(Conv2d, "channels_last_path", False)
-    y_ref, grads_ref = _grads(conv, arrays, g, np.float64)
-    np.testing.assert_allclose(y_fast, y_ref, rtol=1e-12, atol=1e-12)
-    for name, a, b in zip(["x", "weight", "bias"], grads_fast, grads_ref):
-        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12, err_msg=f"gradient of {name}")
+    _matches_reference(monkeypatch, "channels_last_path", conv, arrays)
 
 
 def test_channels_last_conv_passes_a_gradient_check():
