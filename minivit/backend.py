@@ -314,7 +314,10 @@ def get_num_threads() -> int:
 def set_num_threads(n: int) -> None:
     """``torch.set_num_threads``: how many threads minivit's CPU ops use (1: all on the caller).
 
-    NumPy's BLAS has its own count (OPENBLAS_NUM_THREADS; ``minivit.bench --threads`` sets both)."""
+    NumPy's BLAS has its own count (OPENBLAS_NUM_THREADS; ``minivit.bench --threads`` sets both).
+    Elementwise results do not depend on the count. Sums gathered piece by piece (the weight
+    gradients of depthwise convs and layer norm) can differ in their last bits between two
+    counts, as in PyTorch; with one count, every run gives the same bits."""
     if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
         raise ValueError(f"set_num_threads: n must be a positive int, got {n!r}")
     _threads["n"] = int(n)
