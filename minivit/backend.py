@@ -290,11 +290,11 @@ def cuda_raw_kernel(code: str, name: str, options: tuple = ()):
 # --------------------------------------------------------------------------- CPU threads
 # NumPy runs every elementwise op, reduction and einsum on one core, while PyTorch splits
 # its ops over all cores (torch.set_num_threads). minivit's heaviest non-BLAS CPU ops
-# (GELU, depthwise convs, layer norm) do the same by hand: the work is cut into one
-# contiguous piece per thread, and since NumPy lets go of Python's GIL inside each ufunc
-# and einsum loop, the pieces really run at the same time. Each piece writes its own
-# slice of an output the calling thread made, so no piece waits for another. BLAS calls
-# stay outside the pieces: OpenBLAS already has its own threads.
+# (GELU, softmax, layer norm, depthwise convs, bias adds, AdamW) do the same by hand:
+# the work is cut into one contiguous piece per thread, and since NumPy lets go of
+# Python's GIL inside each ufunc and einsum loop, the pieces really run at the same time.
+# Each piece writes its own slice of an output the calling thread made, so no piece waits
+# for another. BLAS calls stay outside the pieces: OpenBLAS already has its own threads.
 _threads = {"n": None, "pool": None, "pid": None}
 
 
@@ -305,6 +305,9 @@ def get_num_threads() -> int:
     if _threads["n"] is None:
         env = os.environ.get("MINIVIT_NUM_THREADS")
         if env:
+            if not env.strip().isdigit() or int(env) < 1:
+                raise ValueError(f"MINIVIT_NUM_THREADS must be a positive integer, got {env!r}; "
+                                 f"unset it to use every core")
             set_num_threads(int(env))
         else:
             _threads["n"] = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

@@ -85,6 +85,9 @@ def test_num_threads_default_and_environment():
     env = dict(os.environ, MINIVIT_NUM_THREADS="3")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     assert out.stdout.strip() == "3"
+    bad = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=dict(env, MINIVIT_NUM_THREADS="two"))
+    assert bad.returncode != 0 and "MINIVIT_NUM_THREADS must be a positive integer" in bad.stderr
     env.pop("MINIVIT_NUM_THREADS")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
