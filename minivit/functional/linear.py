@@ -44,10 +44,7 @@ def add_bias_(y, b):
     """y (M, out) += b (out,), in place; on the CPU the rows are split over backend's threads."""
     def rows(lo, hi):
         y[lo:hi] += b
-    if backend.device_of(y) == "cpu":
-        backend.parallel_pieces(y.shape[0], rows, min_size=max(1, (1 << 16) // max(y.shape[1], 1)))
-    else:
-        rows(0, y.shape[0])
+    backend.parallel_rows(y, rows)
 
 
 def linear(input, weight, bias=None):  # noqa: A002  (PyTorch's argument name)

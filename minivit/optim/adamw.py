@@ -6,7 +6,6 @@ import math
 import numpy as np
 
 from minivit import backend
-
 from minivit.functional import fused_cuda
 from minivit.optim.optimizer import Optimizer
 
