@@ -112,7 +112,8 @@ class TwinUnavailable(RuntimeError):
 
 # =========================================================================== threads
 def _openblas():
-    """NumPy's own OpenBLAS (found among the loaded libraries) as a ctypes handle, or None."""
+    """NumPy's own OpenBLAS (found among the loaded libraries): (get_num_threads, set_num_threads,
+    get_config or None, the ctypes library), or None."""
     try:
         with open("/proc/self/maps") as f:
             paths = {line.split()[-1] for line in f if "openblas" in line.lower() and "numpy" in line}
@@ -131,7 +132,7 @@ def _openblas():
                 if get is not None and put is not None:
                     if cfg is not None:
                         cfg.restype = ctypes.c_char_p
-                    return get, put, cfg, path
+                    return get, put, cfg, lib
     return None
 
 
@@ -156,9 +157,8 @@ def blas_thread_timeout() -> int | None:
     lib = _openblas()
     if lib is None:
         return None
-    try:
-        get = ctypes.CDLL(lib[3]).openblas_thread_timeout
-    except (OSError, AttributeError):
+    get = getattr(lib[3], "openblas_thread_timeout", None)
+    if get is None:
         return None
     return int(get())
 

@@ -206,7 +206,7 @@ class Conv2d(Function):
     #
     # An ordinary NCHW input (image batches; the CNN teacher throughout) stays on the
     # layout above: there runs of C_in would be short (16 channels in the teacher), and
-    # NumPy's per-run overhead made its training step a fifth slower channels-last.
+    # NumPy's per-run overhead made its training step slower channels-last.
 
     def _channels_last_forward(self, x, w, b):
         N, C, H, W = x.shape
