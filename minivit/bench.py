@@ -529,6 +529,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "Default: NumPy's BLAS count as it is (OPENBLAS_NUM_THREADS or all cores), torch set to match")
     p.add_argument("--compare", choices=["none", "torch"], default="none",
                    help="also time the PyTorch twin (timm's model, or transformers' for CvT) with the same weights")
+    p.add_argument("--torch-device", choices=backend.DEVICES, default=None,
+                   help="where the PyTorch twin runs (default: --device). Only for checking the benchmark's "
+                        "code on a machine without a GPU (the strict CuPy stand-in with a CPU build of torch, "
+                        "as .ci/gpu first-contact --dry-run does): its ratios compare different devices")
     p.add_argument("--profile", action="store_true", help="per-op time table of minivit's step (and PyTorch's)")
     p.add_argument("--profile-steps", type=int, default=3, help="steps averaged in the profile")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
@@ -652,7 +656,7 @@ def run(args, log=print) -> dict:
     model.to(device=device)
     runners.append(MinivitRunner(model, x, y, device, fp16=fp16))
     if tm is not None:
-        runners.append(TorchRunner(tm, x, y, device, fp16=fp16))
+        runners.append(TorchRunner(tm, x, y, args.torch_device or device, fp16=fp16))
         # Same weights, same function: the eval-mode logits on the benchmark batch must agree.
         ours, theirs = runners[0].logits(), runners[1].logits()
         diff = float(np.max(np.abs(ours - theirs)))
@@ -715,9 +719,9 @@ def run(args, log=print) -> dict:
     if not args.no_memory:
         for r in runners:
             r.train(True)
-            mt = peak_memory(r.train_step, device, r.name)
+            mt = peak_memory(r.train_step, r.device, r.name)
             r.train(False)
-            mi = peak_memory(r.infer, device, r.name)
+            mi = peak_memory(r.infer, r.device, r.name)
             memory[r.name] = {"train_step_bytes": mt["bytes"], "inference_bytes": mi["bytes"], "method": mt["method"]}
 
     # ---- the record
