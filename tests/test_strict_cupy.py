@@ -53,7 +53,8 @@ def test_unavailable_without_real_cupy():
 # --------------------------------------------------------------------------- the boundary
 def test_implicit_conversion_raises_cupys_error(cp):
     a = cp.ones(3)
-    for f in (np.asarray, np.array, np.exp, np.sum, lambda x: np.float64(1.0) * np.ones(3) + x,
+    assert type(np.float32(2) * a) is cp.ndarray             # a NumPy scalar on the left: CuPy's NEP 13
+    for f in (np.asarray, np.array, np.exp, np.sum, lambda x: np.multiply(x, x), lambda x: np.ones(3) + x,
               lambda x: np.testing.assert_allclose(x, 1.0)):
         with pytest.raises(TypeError, match="Implicit conversion to a NumPy array is not allowed"):
             f(a)

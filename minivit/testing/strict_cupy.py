@@ -329,6 +329,12 @@ class ndarray:
         raise TypeError(IMPLICIT)
 
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        # A NumPy scalar on the left (np.float32(2) * dev) reaches here; CuPy computes it on the
+        # device (NEP 13), so does the stand-in. Any other NumPy ufunc on a device array is refused.
+        if (method == "__call__" and not kwargs and len(inputs) == 2
+                and any(isinstance(i, np.generic) for i in inputs)
+                and all(type(i) is ndarray or isinstance(i, (np.generic, int, float, complex)) for i in inputs)):
+            return getattr(sys.modules["cupy"], ufunc.__name__)(*inputs)
         raise TypeError(f"numpy.{ufunc.__name__} on a device array: {IMPLICIT} "
                         f"(use xp = backend.get_array_module(x) and xp.{ufunc.__name__})")
 
