@@ -243,7 +243,10 @@ class GradScaler:
         if state["stage"] == _READY:
             self.unscale_(optimizer)
         retval = None
-        if not bool(state["found_inf"]):                          # the one host sync per step
+        # The one host sync per step; the host bool replaces the device flag, so update()
+        # does not read the device again.
+        state["found_inf"] = bool(state["found_inf"])
+        if not state["found_inf"]:
             retval = optimizer.step(*args, **kwargs)
         state["stage"] = _STEPPED
         return retval
@@ -259,7 +262,7 @@ class GradScaler:
             if not checks:
                 raise RuntimeError("No inf checks were recorded prior to update(): call scaler.step(optimizer) "
                                    "(or scaler.unscale_(optimizer)) before scaler.update()")
-            found_inf = any(bool(f) for f in checks)              # already read in step(): no new sync
+            found_inf = any(bool(f) for f in checks)              # host bools after step(): no new sync
             # PyTorch's _amp_update_scale_: the product in double, stored as float32, so both
             # give the same numbers even for factors like 0.3.
             if found_inf:

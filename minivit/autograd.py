@@ -20,6 +20,24 @@ from minivit import backend
 
 _grad_enabled = True
 
+# Checks whose answer lives on the device, deferred until the tensor's value is read on the
+# host (item, numpy, tolist), which syncs anyway: so an op needs no sync of its own to
+# validate its inputs on the GPU (cross_entropy's class indices). Keyed by the tensor's id,
+# dropped with the tensor. A check gets the host value and raises if it finds a problem.
+_deferred_checks: dict = {}
+
+
+def defer_check(tensor: "Tensor", check) -> None:
+    """Run ``check(host_value)`` when ``tensor``'s value is next read on the host."""
+    key = id(tensor)
+    _deferred_checks[key] = (weakref.ref(tensor, lambda _r, k=key: _deferred_checks.pop(k, None)), check)
+
+
+def _run_deferred_check(tensor: "Tensor", value) -> None:
+    entry = _deferred_checks.get(id(tensor))
+    if entry is not None and entry[0]() is tensor:
+        entry[1](value)
+
 
 
 
@@ -228,11 +246,17 @@ class Tensor:
         return len(self.data)
 
     def item(self):
-        return self.data.item()
+        v = self.data.item()
+        if _deferred_checks:
+            _run_deferred_check(self, v)
+        return v
 
     def numpy(self) -> np.ndarray:
         """The data as a host NumPy array (copied from the GPU when needed)."""
-        return backend.to_numpy(self.data)
+        a = backend.to_numpy(self.data)
+        if _deferred_checks:
+            _run_deferred_check(self, a)
+        return a
 
     def tolist(self):
         return self.numpy().tolist()

@@ -18,6 +18,15 @@ import threading
 
 import numpy as np
 
+if os.environ.get("MINIVIT_STRICT_CUPY") == "1":
+    # The strict CuPy stand-in (NumPy underneath, CuPy's rules): the test suite's GPU side
+    # without a GPU. See minivit/testing/strict_cupy.py.
+    from minivit.testing import strict_cupy as _strict_cupy
+    try:
+        _strict_cupy.install()
+    except ImportError:     # cupy-cuda12x not installed: no stand-in (strict_cupy.available() says why)
+        pass
+
 try:  # CuPy is optional: `pip install minivit[cuda12]` (or [cuda13]).
     import cupy as _cupy
     import cupyx as _cupyx
@@ -61,9 +70,15 @@ def xp_for(device: str):
     return _cupy if check_device(device) == "cuda" else np
 
 
+def is_strict_standin() -> bool:
+    """True when ``cupy`` is minivit's strict stand-in (MINIVIT_STRICT_CUPY=1), not a GPU."""
+    return getattr(_cupy, "__minivit_strict_standin__", False)
+
+
 def default_device() -> str:
-    """"cuda" when CuPy sees a GPU, else "cpu"."""
-    return "cuda" if cupy_available() else "cpu"
+    """"cuda" when CuPy sees a GPU, else "cpu" (also under the strict stand-in: no GPU to pick
+    by itself; device="cuda" still uses it)."""
+    return "cuda" if cupy_available() and not is_strict_standin() else "cpu"
 
 
 # --------------------------------------------------------------------------- arrays

@@ -1,5 +1,28 @@
-"""Shared fixtures: one `xp` fixture runs every test on NumPy and, where a GPU is present, CuPy."""
+"""Shared fixtures: one `xp` fixture runs every test on NumPy and on CuPy: the real one where a GPU
+is present, else minivit's strict CuPy stand-in (NumPy underneath, CuPy's rules at the
+host/device boundary: minivit/testing/strict_cupy.py), which needs cupy-cuda12x installed
+(`pip install 'minivit[gpucheck]'`) for CuPy's names. MINIVIT_STRICT_CUPY=0 turns the stand-in off."""
 import os
+
+
+def _use_strict_cupy_without_gpu():
+    """Set MINIVIT_STRICT_CUPY=1 (before minivit is imported, and so for pytest-xdist's workers,
+    which inherit the environment) unless a real CuPy sees a GPU, or the variable is already set."""
+    if "MINIVIT_STRICT_CUPY" in os.environ:
+        return
+    try:
+        import cupy
+    except Exception:
+        return                                    # not installed: the cupy runs skip, saying so
+    try:
+        gpu = cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:
+        gpu = False
+    if not gpu:
+        os.environ["MINIVIT_STRICT_CUPY"] = "1"
+
+
+_use_strict_cupy_without_gpu()
 
 # Under pytest-xdist every core already runs a worker: one BLAS thread each avoids
 # oversubscription (set before NumPy loads its BLAS).
@@ -12,6 +35,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from minivit import backend
+from minivit.testing import strict_cupy
 
 # Fixtures here hold no state, so hypothesis may reuse them across examples.
 # CI: no deadline (a 2-core machine is slow and noisy), derandomized so a red run reproduces.
@@ -22,16 +46,23 @@ settings.register_profile("dev", deadline=None, max_examples=20,
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
 
 
+def pytest_report_header(config):
+    if backend.is_strict_standin():
+        return "cupy: strict stand-in (NumPy underneath)"
+    if backend.cupy_available():
+        return f"cupy: CuPy {backend.xp_for('cuda').__version__} on a GPU"
+    return f"cupy: none ({strict_cupy.available() or 'no GPU, and MINIVIT_STRICT_CUPY=0'}): the cupy runs skip"
+
+
 def _cupy_or_skip():
     if not backend.cupy_available():
-        pytest.skip("CuPy with a GPU is not available")
-    import cupy
-    return cupy
+        pytest.skip(strict_cupy.available() or "CuPy with a GPU is not available (and MINIVIT_STRICT_CUPY=0)")
+    return backend.xp_for("cuda")
 
 
 @pytest.fixture(scope="session", params=["numpy", "cupy"])
 def xp(request):
-    """The array module under test: numpy always, cupy only with a GPU."""
+    """The array module under test: numpy always; cupy on a GPU, or else the strict stand-in."""
     return np if request.param == "numpy" else _cupy_or_skip()
 
 

@@ -167,6 +167,22 @@ def test_an_overflowed_gradient_skips_the_step_and_halves_the_scale(xp, bad):
     assert not xp.array_equal(p.data, before[0]) and scaler.get_scale() == 4.0
 
 
+def test_step_and_update_read_found_inf_from_the_device_once(xp):
+    if xp is np or not backend.is_strict_standin():
+        pytest.skip("counts device syncs: needs the strict CuPy stand-in")
+    from minivit.testing import strict_cupy
+    p = _param(xp, 1.0)
+    opt = optim.SGD([p], lr=0.1)
+    scaler = amp.GradScaler(init_scale=8.0)
+    for grad, scale in ((1.0, 8.0), (np.inf, 4.0)):
+        p.grad = xp.full(3, grad, dtype=np.float32)
+        with strict_cupy.count_syncs() as syncs:
+            scaler.step(opt)
+            scaler.update()
+        assert len(syncs) == 1 and syncs[0][0].endswith("amp.py"), syncs
+        assert scaler.get_scale() == scale
+
+
 def test_the_scale_grows_after_growth_interval_clean_steps(xp):
     p = _param(xp)
     opt = optim.SGD([p], lr=0.0)

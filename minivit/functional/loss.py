@@ -15,7 +15,7 @@ import warnings
 import numpy as np
 
 from minivit import amp, backend
-from minivit.autograd import Function, Tensor
+from minivit.autograd import Function, Tensor, defer_check
 from minivit.functional.basic import sum_to
 
 get_array_module = backend.get_array_module
@@ -60,8 +60,9 @@ class CrossEntropy(Function):
     ∂loss_n/∂t_nc = −(1 − ε)·w_c·logp_nc).
     """
 
-    def __init__(self, index_target, weight, reduction, label_smoothing, ignore_index, from_logits):
-        self.index_target, self.weight = index_target, weight
+    def __init__(self, index_target, weight, reduction, label_smoothing, ignore_index, from_logits,
+                 bad_rows=None):
+        self.index_target, self.weight, self.bad_rows = index_target, weight, bad_rows
         self.reduction, self.eps, self.ignore_index = reduction, label_smoothing, ignore_index
         self.from_logits = from_logits
 
@@ -89,6 +90,10 @@ class CrossEntropy(Function):
             if w is not None:
                 q *= w
             q *= keep[:, None]
+            if self.bad_rows is not None:
+                # An out-of-range class index (found on the device, see _class_loss): its row of Q is
+                # NaN, so the loss and the row's gradient are NaN, never a silently wrapped-around class.
+                q = xp.where(self.bad_rows[:, None], xp.asarray(np.nan, dtype=q.dtype), q)
             denom = (w[y] * keep).sum() if w is not None else keep.sum()
         else:
             # Q = w_c · ((1 − ε)·t + ε/C); the mean divides by the number of rows M.
@@ -155,15 +160,28 @@ def _class_loss(op, input, target, weight, ignore_index, reduction, label_smooth
             raise ValueError(f"{op}: class-index target must have shape {index_shape} for input of shape "
                              f"{input.shape} (class dim {0 if input.ndim == 1 else 1} removed), got {tuple(t.shape)}")
         t = xp.asarray(t)                          # on the input's device
-        # Checked on the host only: on the GPU, reading the answer back would stall the
-        # stream every step (minivit.data validates labels once, when a dataset loads).
-        bad = ((t < 0) | (t >= c)) & (t != ignore_index) if xp is np else None
-        if bad is not None and bool(bad.any()):
-            v = backend.to_numpy(t[bad])
-            raise IndexError(f"{op}: target class indices must be in [0, {c - 1}] (or ignore_index="
-                             f"{ignore_index}), got {np.unique(v)[:10].tolist()}")
-        fn = CrossEntropy(t, w, reduction, label_smoothing, ignore_index, from_logits)
-        return fn(input)
+        bad = ((t < 0) | (t >= c)) & (t != ignore_index)
+        if xp is np:
+            if bad.any():
+                raise _bad_labels(op, t[bad], c, ignore_index)
+            fn = CrossEntropy(t, w, reduction, label_smoothing, ignore_index, from_logits)
+            return fn(input)
+        # On the GPU an out-of-range index would wrap around (no bounds checks), and asking the
+        # device now would stall the stream every step. So the check stays on the device: the
+        # bad rows' loss is NaN, and reading the loss on the host (item(), numpy(): a sync
+        # anyway) raises the IndexError when it finds a NaN caused by a bad label. (minivit.data
+        # also validates a dataset's labels once, when it loads.)
+        bad = bad.reshape(-1)
+        fn = CrossEntropy(t, w, reduction, label_smoothing, ignore_index, from_logits, bad_rows=bad)
+        out = fn(input)
+
+        def check(value):
+            if np.isnan(value).any():
+                labels = backend.to_numpy(t.reshape(-1)[bad])
+                if labels.size:
+                    raise _bad_labels(op, labels, c, ignore_index)
+        defer_check(out, check)
+        return out
     if t.dtype.kind == "f" and from_logits:
         if tuple(t.shape) != tuple(input.shape):
             raise ValueError(f"{op}: probability target must have the input's shape {input.shape}, got "
@@ -174,6 +192,12 @@ def _class_loss(op, input, target, weight, ignore_index, reduction, label_smooth
         return fn(input, target)
     kinds = "integer class indices" + (" or floating-point class probabilities" if from_logits else "")
     raise TypeError(f"{op}: target must hold {kinds}, got dtype {t.dtype}; e.g. target.astype(np.int64)")
+
+
+def _bad_labels(op, labels, c, ignore_index) -> IndexError:
+    """The error for class indices outside [0, C), naming them (and C)."""
+    return IndexError(f"{op}: target class indices must be in [0, {c - 1}] for {c} classes (or ignore_index="
+                      f"{ignore_index}), got {np.unique(labels)[:10].tolist()}")
 
 
 def cross_entropy(input, target, weight=None, *, ignore_index=-100, reduction="mean",  # noqa: A002

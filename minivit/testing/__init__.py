@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from minivit import backend
-from minivit.autograd import Tensor
+from minivit import backend     # (no minivit.autograd here: backend imports strict_cupy from this package)
 
 
 def _as_tuple(out):
@@ -36,6 +35,7 @@ def _scalar(fn, inputs, ws):
 def _analytic(fn, inputs, seed):
     for x in inputs:
         x.grad = None
+    from minivit.autograd import Tensor
     outs = _as_tuple(fn(*inputs))
     ws = _weights(outs, seed)
     loss = None

@@ -1,0 +1,989 @@
+"""A strict CuPy stand-in: NumPy underneath, CuPy's rules at the host/device boundary.
+
+Why. minivit's GPU path only runs where a GPU is, and GPU time is scarce. Most GPU bugs are
+not numerical but about the boundary between host and device: a NumPy array mixed into a
+device op, an implicit conversion, a name or keyword CuPy lacks, a Python ``if`` on a device
+value that stalls the GPU every step, an out-of-range index that wraps around instead of
+raising, a kernel launched with the wrong argument types. This module finds those on the CPU.
+
+How. ``install()`` puts modules named ``cupy`` and ``cupyx`` into ``sys.modules`` whose
+arrays (:class:`ndarray`) wrap a NumPy array (they are not a subclass of it) and whose
+functions call NumPy's. The rules, each as strict as CuPy (or stricter, where noted):
+
+* implicit conversion to NumPy (``np.asarray(dev)``, a NumPy function or ufunc on a device
+  array) raises CuPy's ``TypeError``; ``cupy.asnumpy`` / ``.get()`` are the explicit way.
+  (Real CuPy dispatches ``np.exp(dev)`` to ``cupy.exp`` through NEP 13/18; minivit's rule is
+  ``xp = get_array_module(x)``, so the stand-in refuses it.)
+* a host NumPy array (or a list) mixed into a device op raises ``TypeError``; Python and
+  NumPy scalars are fine, and ``cupy.asarray`` / ``cupy.array`` take host data (a copy).
+* only the names, array attributes and keyword arguments of the installed real CuPy exist:
+  they are read from ``cupy-cuda12x`` itself (it imports without a GPU) when installing.
+* reductions and full integer indexing give 0-d device arrays, as CuPy's do.
+* ``empty`` / ``empty_like`` / ``ndarray(shape)`` give poisoned memory (NaN, or a large
+  integer), as GPU memory is never zeroed.
+* out-of-range integer array indices wrap around (``a[idx]``, ``take``), as on the GPU.
+* pickling a device array raises (stricter than CuPy, which pickles through a hidden
+  ``.get()``): a checkpoint must move arrays to the host explicitly.
+* ``RawKernel`` / ``ElementwiseKernel`` calls are checked against the kernel's C signature
+  and launch geometry, then computed by a NumPy emulation of the kernel
+  (:mod:`minivit.testing.kernel_emulation`).
+* every device→host synchronisation is counted with the file:line that caused it::
+
+      from minivit.testing import strict_cupy
+      with strict_cupy.count_syncs() as syncs:
+          train_step()
+      assert syncs == [], syncs          # [(file, line, kind), ...]
+
+Activate it with ``MINIVIT_STRICT_CUPY=1`` in the environment before ``minivit`` is imported
+(``minivit.backend`` then calls :func:`install`); the test suite does so by itself where no
+GPU is present (tests/conftest.py). Without ``cupy-cuda12x`` installed it is unavailable
+(:func:`available` says why).
+"""
+from __future__ import annotations
+
+import contextlib
+import inspect
+import operator
+import re
+import sys
+import types
+
+import numpy as np
+
+NOT_INSTALLED = "cupy-cuda12x not installed (pip install 'minivit[gpucheck]')"
+IMPLICIT = ("Implicit conversion to a NumPy array is not allowed. "
+            "Please use `.get()` to construct a NumPy array explicitly.")
+_OWN_FILES = {__file__.replace(".pyc", ".py")}
+_real = {}                      # what install() read from the real CuPy
+_sync_logs: list[list] = []     # the open count_syncs() lists
+_sync_total = [0]
+
+
+# =========================================================================== errors
+class StandinError(NotImplementedError):
+    """A real CuPy name the stand-in does not emulate yet (add it here), or a kernel without an emulation."""
+
+
+def _host_mixed(where: str, obj) -> TypeError:
+    return TypeError(f"{where}: a host {type(obj).__module__}.{type(obj).__name__} was given where CuPy needs a "
+                     f"device array (CuPy raises TypeError: Unsupported type {type(obj)!r}); move it to the "
+                     f"device first with cupy.asarray()")
+
+
+# =========================================================================== device→host syncs
+def _sync(kind: str):
+    """Count a device→host synchronisation, with the first frame outside the stand-in."""
+    _sync_total[0] += 1
+    if _sync_logs:
+        f = sys._getframe(1)
+        while f is not None and f.f_code.co_filename in _OWN_FILES:
+            f = f.f_back
+        rec = (f.f_code.co_filename, f.f_lineno, kind) if f is not None else ("?", 0, kind)
+        for log in _sync_logs:
+            log.append(rec)
+
+
+@contextlib.contextmanager
+def count_syncs():
+    """Record every device→host sync inside the block: yields a list of (file, line, kind)."""
+    log = []
+    _sync_logs.append(log)
+    try:
+        yield log
+    finally:
+        _sync_logs.remove(log)
+
+
+def sync_count() -> int:
+    """Syncs counted since the stand-in was installed (all threads, all code)."""
+    return _sync_total[0]
+
+
+# =========================================================================== wrapping
+def _wrap(a: np.ndarray) -> "ndarray":
+    d = object.__new__(ndarray)
+    d._a = a
+    return d
+
+
+def _out(r):
+    """A NumPy result as CuPy gives it: arrays and scalars become device arrays."""
+    t = type(r)
+    if t is np.ndarray:
+        return _wrap(r)
+    if isinstance(r, np.generic):
+        return _wrap(np.asarray(r))
+    if t is tuple or t is list:
+        return t(_out(v) for v in r)
+    return r
+
+
+def _in(x, where):
+    """A device value as NumPy sees it; a host array is refused."""
+    t = type(x)
+    if t is ndarray:
+        return x._a
+    if t is np.ndarray:
+        raise _host_mixed(where, x)
+    if t is tuple or t is list:
+        return t(_in(v, where) for v in x)
+    return x
+
+
+# Functions and methods whose arguments besides the array are shapes or axes: CuPy reads those
+# on the host, so a host integer array there is a sequence of ints, not data.
+_SHAPE_ARGS = frozenset("transpose reshape swapaxes moveaxis squeeze expand_dims broadcast_to zeros ones full "
+                        "empty tile repeat sum mean max min prod std var all any argmax argmin flip roll "
+                        "rollaxis permute_dims".split())
+
+
+def _in_shape(x, where):
+    """_in for the shape/axis arguments of _SHAPE_ARGS: host integer vectors become tuples of ints."""
+    t = type(x)
+    if t is np.ndarray and x.dtype.kind in "iu" and x.ndim <= 1:
+        return tuple(x.tolist()) if x.ndim else int(x)
+    if t is tuple or t is list:
+        return t(_in_shape(v, where) for v in x)
+    return _in(x, where)
+
+
+def _in_kw(kwargs, where):
+    return {k: _in(v, where) for k, v in kwargs.items()}
+
+
+def _check_kwargs(where, kwargs, allowed):
+    if allowed is not None:
+        for k in kwargs:
+            if k not in allowed:
+                raise TypeError(f"{where}() got an unexpected keyword argument {k!r}: the installed CuPy "
+                                f"{_real.get('version', '?')} does not take it (it takes {sorted(allowed)})")
+
+
+def _params(obj):
+    """The keyword names a real CuPy callable takes (None: unknown, or **kwargs)."""
+    try:
+        sig = inspect.signature(obj)
+    except (TypeError, ValueError):
+        first = (getattr(obj, "__doc__", None) or "").lstrip().split("\n", 1)[0]
+        m = re.match(r"[\w.]+\((.*)\)", first)
+        if not m:
+            return None
+        names = set()
+        for p in m.group(1).replace("\\", "").split(","):
+            p = p.strip()
+            if p.startswith("**"):
+                return None
+            if p in ("/", "*", "self", "") or p.startswith("*"):
+                continue
+            names.add(re.split(r"[=:\s]", p, maxsplit=1)[0])
+        return frozenset(names)
+    ps = sig.parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in ps):
+        return None
+    return frozenset(p.name for p in ps if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+
+
+def _function(where, npf, allowed):
+    """A CuPy function computed by NumPy's ``npf``: keywords checked, host arrays refused."""
+    if where.rsplit(".", 1)[-1] in _SHAPE_ARGS:
+        def f(a, *args, **kwargs):
+            _check_kwargs(where, kwargs, allowed)
+            return _out(npf(_in(a, where), *_in_shape(args, where), **{k: _in_shape(v, where) for k, v in kwargs.items()}))
+        f.__name__ = f.__qualname__ = where.rsplit(".", 1)[-1]
+        return f
+
+    def f(*args, **kwargs):
+        with np.errstate(all="ignore"):         # a GPU has no floating-point warnings
+            if kwargs:
+                _check_kwargs(where, kwargs, allowed)
+                out = kwargs.get("out")
+                r = npf(*_in(args, where), **_in_kw(kwargs, where))
+                if type(out) is ndarray and r is out._a:
+                    return out
+                return _out(r)
+            return _out(npf(*_in(args, where)))
+    f.__name__ = f.__qualname__ = where.rsplit(".", 1)[-1]
+    f.__doc__ = f"Stand-in for {where} (NumPy underneath)."
+    return f
+
+
+class ufunc:
+    """A CuPy ufunc: like a function, and lists are refused too (CuPy's ufuncs take no sequences)."""
+
+    def __init__(self, name, npu, allowed):
+        self.name, self._u, self._allowed = name, npu, allowed
+        self.nin, self.nout, self.nargs, self.types = npu.nin, npu.nout, npu.nargs, npu.types
+        self.__name__ = name
+
+    def _args(self, args):
+        out = []
+        for a in args:
+            t = type(a)
+            if t is ndarray:
+                out.append(a._a)
+            elif t is np.ndarray or t is list or t is tuple:
+                raise _host_mixed(f"cupy.{self.name}", a)
+            else:
+                out.append(a)
+        return out
+
+    def __call__(self, *args, **kwargs):
+        with np.errstate(all="ignore"):         # a GPU has no floating-point warnings
+            if kwargs:
+                _check_kwargs(f"cupy.{self.name}", kwargs, self._allowed)
+                out = kwargs.get("out")
+                r = self._u(*self._args(args), **_in_kw(kwargs, f"cupy.{self.name}"))
+                if type(out) is ndarray and r is out._a:
+                    return out
+                return _out(r)
+            return _out(self._u(*self._args(args)))
+
+    def reduce(self, a, *args, **kwargs):
+        return _out(self._u.reduce(*self._args((a,)), *_in(args, self.name), **_in_kw(kwargs, self.name)))
+
+    def accumulate(self, a, *args, **kwargs):
+        return _out(self._u.accumulate(*self._args((a,)), *_in(args, self.name), **_in_kw(kwargs, self.name)))
+
+    def outer(self, a, b, **kwargs):
+        return _out(self._u.outer(*self._args((a, b)), **_in_kw(kwargs, self.name)))
+
+    def at(self, a, indices, b=None):
+        a_ = self._args((a,))[0]
+        self._u.at(a_, _index(a_, indices)[0], *(() if b is None else (_in(b, self.name),)))
+
+    def __repr__(self):
+        return f"<ufunc 'cupy_{self.name}' (strict stand-in)>"
+
+
+# =========================================================================== indexing
+_SIMPLE_INDEX = (int, slice, type(None), type(Ellipsis), np.integer)
+
+
+def _index(a: np.ndarray, key):
+    """A CuPy index as NumPy needs it: device arrays unwrapped, integer arrays wrapped around
+    each axis's length (the GPU does not check bounds). Returns (key, has_boolean_mask)."""
+    tup = key if type(key) is tuple else (key,)
+    if all(isinstance(k, _SIMPLE_INDEX) for k in tup):
+        return key, False
+    ks = []
+    for k in tup:
+        if type(k) is ndarray:
+            k = k._a
+        elif type(k) is list:
+            k = np.asarray([_in(v, "indexing") for v in k])
+        ks.append(k)
+    consumed = sum(k.ndim if isinstance(k, np.ndarray) and k.dtype == np.bool_ else 1
+                   for k in ks if k is not None and k is not Ellipsis)
+    axis, mask = 0, False
+    for i, k in enumerate(ks):
+        if k is None:
+            continue
+        if k is Ellipsis:
+            axis += a.ndim - consumed
+            continue
+        if isinstance(k, np.ndarray):
+            if k.dtype == np.bool_:
+                mask = True
+                axis += k.ndim
+                continue
+            if k.dtype.kind in "iu" and axis < a.ndim and a.shape[axis] > 0:
+                ks[i] = np.mod(k, a.shape[axis])
+        axis += 1
+    return tuple(ks), mask
+
+
+# =========================================================================== the device array
+class ndarray:
+    """A device array: a NumPy array behind CuPy's rules (not an ndarray subclass)."""
+
+    __slots__ = ("_a", "__weakref__")
+    __array_priority__ = 100
+    __hash__ = None
+
+    def __init__(self, shape, dtype=float, memptr=None, strides=None, order="C"):
+        if memptr is not None or strides is not None:
+            raise StandinError("cupy.ndarray(memptr=..., strides=...) is not emulated")
+        self._a = _poison(np.empty(shape, dtype=dtype, order=order))
+
+    # ---- attributes (host metadata: no sync)
+    shape = property(lambda self: self._a.shape, lambda self, s: setattr(self._a, "shape", s))
+    dtype = property(lambda self: self._a.dtype)
+    ndim = property(lambda self: self._a.ndim)
+    size = property(lambda self: self._a.size)
+    strides = property(lambda self: self._a.strides)
+    itemsize = property(lambda self: self._a.itemsize)
+    nbytes = property(lambda self: self._a.nbytes)
+    flags = property(lambda self: self._a.flags)
+    T = property(lambda self: _wrap(self._a.T))
+    mT = property(lambda self: _wrap(self._a.mT))
+    base = property(lambda self: None if self._a.base is None else _wrap(self._a.base))
+    device = property(lambda self: _cuda.Device(0))
+    data = property(lambda self: _MemoryPointer(self._a))
+    __cuda_array_interface__ = property(lambda self: {**self._a.__array_interface__, "version": 3})
+
+    def __len__(self):
+        return len(self._a)
+
+    # ---- the boundary
+    def __array__(self, *args, **kwargs):
+        raise TypeError(IMPLICIT)
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        # A NumPy scalar on the left (np.float32(2) * dev) reaches here; CuPy computes it on the
+        # device (NEP 13), so does the stand-in. Any other NumPy ufunc on a device array is refused.
+        if (method == "__call__" and not kwargs and len(inputs) == 2
+                and any(isinstance(i, np.generic) for i in inputs)
+                and all(type(i) is ndarray or isinstance(i, (np.generic, int, float, complex)) for i in inputs)):
+            return getattr(sys.modules["cupy"], ufunc.__name__)(*inputs)
+        raise TypeError(f"numpy.{ufunc.__name__} on a device array: {IMPLICIT} "
+                        f"(use xp = backend.get_array_module(x) and xp.{ufunc.__name__})")
+
+    def __array_function__(self, func, types, args, kwargs):
+        raise TypeError(f"numpy.{func.__name__} on a device array: {IMPLICIT} "
+                        f"(use xp = backend.get_array_module(x) and xp.{func.__name__})")
+
+    def __reduce_ex__(self, protocol):
+        raise TypeError("a device array cannot be pickled by the strict stand-in (real CuPy copies it to "
+                        "the host behind your back): move it to the host explicitly with .get() or "
+                        "backend.to_numpy() first")
+
+    __reduce__ = __reduce_ex__
+
+    def __copy__(self):
+        return _wrap(self._a.copy())
+
+    def __deepcopy__(self, memo):
+        return _wrap(self._a.copy())
+
+    def get(self, stream=None, order="C", out=None, blocking=True):
+        _sync("get")
+        if out is not None:
+            out[...] = self._a
+            return out
+        return np.array(self._a, order=order, copy=True)
+
+    def set(self, arr, stream=None):
+        if type(arr) is not np.ndarray:
+            raise TypeError(f"ndarray.set needs a numpy.ndarray, got {type(arr)}")
+        if arr.shape != self.shape:
+            raise ValueError(f"shape mismatch: {arr.shape} vs {self.shape}")
+        self._a[...] = arr
+
+    def item(self, *args):
+        _sync("item")
+        return self._a.item(*args)
+
+    def tolist(self):
+        _sync("tolist")
+        return self._a.tolist()
+
+    def __bool__(self):
+        _sync("bool")
+        return bool(self._a)
+
+    def __float__(self):
+        _sync("float")
+        return float(self._a)
+
+    def __int__(self):
+        _sync("int")
+        return int(self._a)
+
+    def __complex__(self):
+        _sync("complex")
+        return complex(self._a)
+
+    def __index__(self):
+        if self._a.dtype.kind not in "iub":
+            raise TypeError("only integer scalar arrays can be converted to a scalar index")
+        _sync("index")
+        return operator.index(self._a)
+
+    def __repr__(self):
+        _sync("repr")
+        return repr(self._a)
+
+    def __str__(self):
+        _sync("str")
+        return str(self._a)
+
+    def __format__(self, spec):
+        _sync("format")
+        return format(self._a.item() if self._a.ndim == 0 else self._a, spec)
+
+    def __iter__(self):
+        # As CuPy: the rows, as device arrays (no sync by itself).
+        if self._a.ndim == 0:
+            raise TypeError("iteration over a 0-d array")
+        return (self[i] for i in range(self._a.shape[0]))
+
+    def __contains__(self, value):
+        return bool((self == value).any())
+
+    # ---- indexing
+    def __getitem__(self, key):
+        key, mask = _index(self._a, key)
+        if mask:
+            _sync("boolean mask indexing")
+        return _out(self._a[key])
+
+    def __setitem__(self, key, value):
+        key, _ = _index(self._a, key)
+        t = type(value)
+        self._a[key] = value._a if t is ndarray else _in(value, "ndarray.__setitem__") if t is list else value
+
+    # ---- methods with CuPy semantics
+    def astype(self, dtype, order="K", casting=None, subok=None, copy=True):
+        return _wrap(self._a.astype(dtype, order=order, copy=copy, **({} if casting is None else {"casting": casting})))
+
+    def take(self, indices, axis=None, out=None):
+        return take(self, indices, axis=axis, out=out)
+
+    def nonzero(self):
+        _sync("nonzero")
+        return _out(self._a.nonzero())
+
+    def fill(self, value):
+        self._a.fill(value._a if type(value) is ndarray else value)
+
+    def copy(self, order="C"):
+        return _wrap(self._a.copy(order=order))
+
+    def scatter_add(self, slices, value):
+        _scatter(np.add, self, slices, value)
+
+    def scatter_max(self, slices, value):
+        _scatter(np.maximum, self, slices, value)
+
+    def scatter_min(self, slices, value):
+        _scatter(np.minimum, self, slices, value)
+
+    def __getattr__(self, name):
+        # Every other name of the real cupy.ndarray, made on first use and kept on the class.
+        if name.startswith("__") or name not in _real.get("ndarray", ()):
+            raise AttributeError(f"'cupy.ndarray' object has no attribute {name!r} (the installed CuPy "
+                                 f"{_real.get('version', '?')} has none)")
+        if not hasattr(np.ndarray, name):
+            raise StandinError(f"cupy.ndarray.{name} exists in CuPy but the strict stand-in does not emulate "
+                               f"it: add it to minivit/testing/strict_cupy.py")
+        if callable(getattr(np.ndarray, name)):
+            setattr(ndarray, name, _method(name))
+        else:
+            setattr(ndarray, name, property(lambda self: _out(getattr(self._a, name))))
+        return getattr(self, name)
+
+
+def _method(name):
+    allowed = _real["ndarray_kwargs"].get(name)
+    where = f"cupy.ndarray.{name}"
+    if name in _SHAPE_ARGS:
+        def m(self, *args, **kwargs):
+            _check_kwargs(where, kwargs, allowed)
+            return _out(getattr(self._a, name)(*_in_shape(args, where), **{k: _in_shape(v, where) for k, v in kwargs.items()}))
+        m.__name__ = name
+        return m
+
+    def m(self, *args, **kwargs):
+        with np.errstate(all="ignore"):         # a GPU has no floating-point warnings
+            if kwargs:
+                _check_kwargs(where, kwargs, allowed)
+                return _out(getattr(self._a, name)(*_in(args, where), **_in_kw(kwargs, where)))
+            return _out(getattr(self._a, name)(*_in(args, where)))
+    m.__name__ = name
+    return m
+
+
+def _binary(op, reflected=False):
+    def m(self, other):
+        t = type(other)
+        if t is ndarray:
+            o = other._a
+        elif isinstance(other, (int, float, complex, np.generic)):
+            o = other
+        elif t is np.ndarray or t is list or t is tuple:
+            raise _host_mixed(f"cupy.ndarray {op.__name__}", other)
+        else:
+            return NotImplemented
+        with np.errstate(all="ignore"):         # a GPU has no floating-point warnings
+            return _out(op(o, self._a) if reflected else op(self._a, o))
+    return m
+
+
+def _inplace(op):
+    def m(self, other):
+        t = type(other)
+        if t is ndarray:
+            other = other._a
+        elif t is np.ndarray or t is list or t is tuple:
+            raise _host_mixed(f"cupy.ndarray {op.__name__}", other)
+        elif not isinstance(other, (int, float, complex, np.generic)):
+            return NotImplemented
+        with np.errstate(all="ignore"):
+            op(self._a, other)
+        return self
+    return m
+
+
+for _name in ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul", "and", "or", "xor",
+              "lshift", "rshift"):
+    _op = getattr(operator, _name + "_" if _name in ("and", "or") else _name)
+    setattr(ndarray, f"__{_name}__", _binary(_op))
+    setattr(ndarray, f"__r{_name}__", _binary(_op, reflected=True))
+    setattr(ndarray, f"__i{_name}__", _inplace(getattr(operator, f"i{_name}")))
+for _name in ("eq", "ne", "lt", "le", "gt", "ge"):
+    setattr(ndarray, f"__{_name}__", _binary(getattr(operator, _name)))
+for _name in ("neg", "pos", "abs", "invert"):
+    setattr(ndarray, f"__{_name}__", (lambda op: lambda self: _wrap(np.asarray(op(self._a))))(getattr(operator, _name)))
+ndarray.__divmod__ = _binary(divmod)
+
+
+class _MemoryPointer:
+    """``a.data``: only ``ptr`` (an address, for aliasing checks)."""
+
+    def __init__(self, a):
+        self.ptr = a.__array_interface__["data"][0]
+        self.mem = self
+
+
+# =========================================================================== the functions that differ from NumPy's
+def _poison(a: np.ndarray) -> np.ndarray:
+    """Fill fresh memory with garbage, as the GPU leaves it: NaN, or a large integer."""
+    k = a.dtype.kind
+    if k in "fc":
+        a.fill(np.nan)
+    elif k in "iu":
+        a.fill(np.iinfo(a.dtype).max - 7)
+    elif k == "b":
+        a.fill(True)
+    return a
+
+
+def empty(shape, dtype=float, order="C"):
+    return _wrap(_poison(np.empty(shape, dtype=dtype, order=order)))
+
+
+def empty_like(prototype, dtype=None, order="K", subok=None, shape=None):
+    return _wrap(_poison(np.empty_like(_in(prototype, "cupy.empty_like"), dtype=dtype, order=order, shape=shape)))
+
+
+def _host_ok(a):
+    """Host data allowed (the explicit host→device transfer), device arrays unwrapped."""
+    if type(a) is ndarray:
+        return a._a
+    if type(a) in (list, tuple):
+        return type(a)(_host_ok(v) for v in a)
+    return a
+
+
+def array(obj, dtype=None, copy=True, order="K", subok=False, ndmin=0, *, blocking=False):
+    host = type(obj) is not ndarray
+    return _wrap(np.array(_host_ok(obj), dtype=dtype, copy=True if host else copy, order=order, ndmin=ndmin))
+
+
+def asarray(a, dtype=None, order=None, *, copy=None, blocking=False):
+    if type(a) is ndarray:
+        return _wrap(np.asarray(a._a, dtype=dtype, order=order, copy=copy))
+    # host → device: always a copy (device memory is never the host's)
+    return _wrap(np.array(_host_ok(a), dtype=dtype, order=order if order not in (None, "A") else "K", copy=True))
+
+
+asanyarray = asarray
+
+
+def asnumpy(a, stream=None, order="C", out=None, blocking=True):
+    if type(a) is ndarray:
+        return a.get(order=order, out=out)
+    return np.asarray(a, order=order)
+
+
+def get_array_module(*args):
+    for a in args:
+        if type(a) is ndarray:
+            return sys.modules["cupy"]
+    return np
+
+
+def take(a, indices, axis=None, out=None):
+    a_ = _in(a, "cupy.take")
+    ind = indices._a if type(indices) is ndarray else np.asarray(_in(indices, "cupy.take"))
+    r = np.take(a_, ind, axis=axis, mode="wrap") if a_.size else np.take(a_, ind, axis=axis)
+    if out is not None:
+        out._a[...] = r
+        return out
+    return _out(r)
+
+
+def take_along_axis(a, indices, axis):
+    a_, i_ = _in(a, "cupy.take_along_axis"), _in(indices, "cupy.take_along_axis")
+    if axis is None:
+        a_, axis = a_.reshape(-1), 0
+    n = a_.shape[axis]
+    return _out(np.take_along_axis(a_, np.mod(i_, n) if n else i_, axis=axis))
+
+
+def _syncing(name, npf):
+    allowed = _real["kwargs"].get(name)
+
+    def f(*args, **kwargs):
+        _check_kwargs(f"cupy.{name}", kwargs, allowed)
+        _sync(name)
+        return _out(npf(*_in(args, f"cupy.{name}"), **_in_kw(kwargs, f"cupy.{name}")))
+    f.__name__ = name
+    return f
+
+
+def where(condition, x=None, y=None):
+    if x is None and y is None:
+        _sync("where")
+        return _out(np.nonzero(_in(condition, "cupy.where")))
+    return _out(np.where(*_in((condition, x, y), "cupy.where")))
+
+
+def _scatter(op, a, slices, value):
+    if type(a) is not ndarray:
+        raise _host_mixed("cupyx.scatter_*", a)
+    key, mask = _index(a._a, slices)
+    if mask:
+        _sync("boolean mask indexing")
+    op.at(a._a, key, value._a if type(value) is ndarray else _in(value, "cupyx.scatter_*"))
+
+
+def scatter_add(a, slices, value):
+    _scatter(np.add, a, slices, value)
+
+
+def scatter_max(a, slices, value):
+    _scatter(np.maximum, a, slices, value)
+
+
+def scatter_min(a, slices, value):
+    _scatter(np.minimum, a, slices, value)
+
+
+def fuse(*args, **kwargs):
+    """cupy.fuse: the function itself (its cupy calls are checked one by one)."""
+    if len(args) == 1 and callable(args[0]) and not kwargs:
+        return args[0]
+    return lambda f: f
+
+
+def as_strided(x, shape=None, strides=None):
+    return _wrap(np.lib.stride_tricks.as_strided(_in(x, "cupy.lib.stride_tricks.as_strided"), shape, strides))
+
+
+# =========================================================================== cupy.cuda, cupy.random
+class _Stream:
+    null = None
+
+    def synchronize(self):
+        _sync("stream.synchronize")
+
+    def use(self):
+        return self
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+class _Event:
+    def __init__(self, block=True, disable_timing=False, interprocess=False):
+        import time
+        self._t, self._clock = None, time.perf_counter
+
+    def record(self, stream=None):
+        self._t = self._clock()
+
+    def synchronize(self):
+        _sync("event.synchronize")
+
+
+class _Device:
+    def __init__(self, device=None):
+        if device not in (None, 0):
+            raise ValueError(f"the strict stand-in has one device (0), not {device!r}")
+        self.id = 0
+        self.compute_capability = "90"
+
+    def synchronize(self):
+        _sync("device.synchronize")
+
+    def use(self):
+        return self
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    @property
+    def mem_info(self):
+        return (64 << 30, 80 << 30)
+
+    def __eq__(self, other):
+        return isinstance(other, _Device) and other.id == self.id
+
+    __hash__ = object.__hash__
+
+    def __repr__(self):
+        return "<CUDA Device 0 (strict stand-in)>"
+
+
+class _MemoryPool:
+    def used_bytes(self):
+        return 0
+
+    def total_bytes(self):
+        return 0
+
+    def free_all_blocks(self):
+        pass
+
+    def n_free_blocks(self):
+        return 0
+
+    def set_limit(self, size=None, fraction=None):
+        pass
+
+    def get_limit(self):
+        return 0
+
+
+_memory_pool, _pinned_pool = _MemoryPool(), _MemoryPool()
+
+
+def _elapsed(start, end):
+    _sync("get_elapsed_time")
+    return 1000.0 * (end._t - start._t)
+
+
+def _runtime_module():
+    m = types.ModuleType("cupy.cuda.runtime")
+    m.getDeviceCount = lambda: 1
+    m.getDevice = lambda: 0
+    m.getDeviceProperties = lambda i: {"name": b"strict CuPy stand-in (NumPy)", "totalGlobalMem": 80 << 30,
+                                       "major": 9, "minor": 0, "multiProcessorCount": 132}
+    m.runtimeGetVersion = lambda: 12080
+    m.driverGetVersion = lambda: 12080
+    m.deviceSynchronize = lambda: _sync("deviceSynchronize")
+    m.is_hip = False
+    m.CUDARuntimeError = RuntimeError
+    return m
+
+
+_cuda = types.SimpleNamespace(Device=_Device)
+
+
+class _RandomState:
+    """cupy.random.RandomState on NumPy's Generator (Philox), float32 draws made as float32."""
+
+    def __init__(self, seed=None, method=None):
+        self.method = method if method is not None else _CURAND["CURAND_RNG_PSEUDO_DEFAULT"]
+        self.seed(seed)
+
+    def seed(self, seed=None):
+        if seed is not None and not 0 <= int(seed) < 2**64:
+            raise ValueError(f"seed must be in [0, 2**64), got {seed}")
+        self._g = np.random.Generator(np.random.Philox(seed))
+
+    def _f(self, x, dtype):
+        return _wrap(np.asarray(x).astype(dtype, copy=False))
+
+    def standard_normal(self, size=None, dtype=float):
+        return _wrap(np.asarray(self._g.standard_normal(size, dtype=np.dtype(dtype).type)))
+
+    def normal(self, loc=0.0, scale=1.0, size=None, dtype=float):
+        return self._f(self._g.normal(_in(loc, "normal"), _in(scale, "normal"), size), dtype)
+
+    def uniform(self, low=0.0, high=1.0, size=None, dtype=float):
+        return self._f(self._g.uniform(_in(low, "uniform"), _in(high, "uniform"), size), dtype)
+
+    def random_sample(self, size=None, dtype=float):
+        return _wrap(np.asarray(self._g.random(size, dtype=np.dtype(dtype).type)))
+
+    random = random_sample
+
+    def rand(self, *size, dtype=float):
+        return self.random_sample(size or None, dtype)
+
+    def randn(self, *size, dtype=float):
+        return self.standard_normal(size or None, dtype)
+
+    def randint(self, low, high=None, size=None, dtype=int):
+        return _wrap(np.asarray(self._g.integers(low, high, size, dtype=dtype)))
+
+    def permutation(self, num):
+        return _wrap(self._g.permutation(_in(num, "permutation")))
+
+    def shuffle(self, a):
+        self._g.shuffle(a._a)
+
+    def choice(self, a, size=None, replace=True, p=None):
+        return _out(self._g.choice(_in(a, "choice"), size, replace, _in(p, "choice")))
+
+    def __getattr__(self, name):
+        if name in _real.get("RandomState", ()):
+            raise StandinError(f"cupy.random.RandomState.{name} is not emulated: add it to strict_cupy.py")
+        raise AttributeError(f"'RandomState' object has no attribute {name!r}")
+
+
+_CURAND = {"CURAND_RNG_PSEUDO_DEFAULT": 100, "CURAND_RNG_PSEUDO_XORWOW": 101, "CURAND_RNG_PSEUDO_MRG32K3A": 121,
+           "CURAND_RNG_PSEUDO_MTGP32": 141, "CURAND_RNG_PSEUDO_MT19937": 142, "CURAND_RNG_PSEUDO_PHILOX4_32_10": 161}
+_random_state = {"rs": None}
+
+
+def _get_random_state():
+    if _random_state["rs"] is None:
+        _random_state["rs"] = _RandomState()
+    return _random_state["rs"]
+
+
+def _set_random_state(rs):
+    if not isinstance(rs, _RandomState):
+        raise TypeError(f"set_random_state needs a cupy.random.RandomState, got {type(rs)}")
+    _random_state["rs"] = rs
+
+
+def _random_module(real):
+    over = {"RandomState": _RandomState, "get_random_state": _get_random_state,
+            "set_random_state": _set_random_state,
+            "seed": lambda seed=None: _get_random_state().seed(seed)}
+    for name in ("standard_normal", "normal", "uniform", "random_sample", "random", "rand", "randn",
+                 "randint", "permutation", "shuffle", "choice"):
+        over[name] = (lambda n: lambda *a, **k: getattr(_get_random_state(), n)(*a, **k))(name)
+    return _Module("cupy.random", real, None, over)
+
+
+# =========================================================================== modules
+class _Module(types.ModuleType):
+    """A stand-in module: its names are the real CuPy module's, made on first use from
+    ``over`` (the stand-in's own), NumPy's same-named objects (as CuPy re-exports them) or
+    wrapped NumPy functions."""
+
+    def __init__(self, name, real, np_mod, over):
+        super().__init__(name, f"Strict stand-in for {name} (NumPy underneath).")
+        self._real_names = frozenset(dir(real)) if real is not None else frozenset()
+        self._real_mod, self._np_mod = real, np_mod
+        self.__dict__.update(over)
+        self.__minivit_strict_standin__ = True
+
+    def __getattr__(self, name):
+        if name.startswith("__") or name not in self._real_names:
+            raise AttributeError(f"module {self.__name__!r} has no attribute {name!r} (the installed CuPy "
+                                 f"{_real.get('version', '?')} has none)")
+        r = getattr(self._real_mod, name)
+        n = getattr(self._np_mod, name, None) if self._np_mod is not None else None
+        if n is not None and (r is n or isinstance(r, (int, float, str)) or
+                              (isinstance(r, type) and issubclass(r, np.generic))):
+            v = n
+        elif n is not None and callable(n) and type(r).__name__ in ("ufunc", "_GUFunc") and isinstance(n, np.ufunc):
+            v = ufunc(name, n, _params(r))
+        elif n is not None and callable(n) and callable(r) and not isinstance(r, type):
+            v = _function(f"{self.__name__}.{name}", n, _params(r))
+        else:
+            raise StandinError(f"{self.__name__}.{name} exists in CuPy but the strict stand-in does not emulate it: "
+                               f"add it to minivit/testing/strict_cupy.py")
+        setattr(self, name, v)
+        return v
+
+
+def available() -> str | None:
+    """None when the stand-in can be installed, else why not."""
+    if "cupy" in sys.modules and getattr(sys.modules["cupy"], "__minivit_strict_standin__", False):
+        return None
+    try:
+        import cupy  # noqa: F401
+        import cupyx  # noqa: F401
+    except Exception:
+        return NOT_INSTALLED
+    return None
+
+
+def installed() -> bool:
+    return getattr(sys.modules.get("cupy"), "__minivit_strict_standin__", False)
+
+
+def install():
+    """Put the stand-in's ``cupy`` and ``cupyx`` into sys.modules (once); returns the cupy module.
+
+    Raises ImportError when the real cupy-cuda12x is not importable (its names are the rules)."""
+    if installed():
+        return sys.modules["cupy"]
+    try:
+        import cupy as real
+        import cupyx as real_x
+        import cupyx.scipy.special as real_special
+        from cupy._core import _routines_linalg as real_linalg
+    except Exception as e:
+        raise ImportError(f"{NOT_INSTALLED}: {e}") from e
+    import scipy
+    import scipy.special
+
+    _real["version"] = real.__version__
+    _real["ndarray"] = frozenset(dir(real.ndarray))
+    _real["ndarray_kwargs"] = {n: _params(getattr(real.ndarray, n, None)) for n in _real["ndarray"]
+                               if not n.startswith("__")}
+    _real["kwargs"] = {n: _params(getattr(real, n)) for n in dir(real) if callable(getattr(real, n, None))}
+    _real["RandomState"] = frozenset(dir(real.random.RandomState))
+    real_modules = {k: v for k, v in sys.modules.items() if k.split(".")[0] in ("cupy", "cupyx")}
+    for k in real_modules:
+        del sys.modules[k]
+
+    from minivit.testing import kernel_emulation as kern
+    _OWN_FILES.add(kern.__file__.replace(".pyc", ".py"))
+
+    # cupy.cuda
+    cuda = _Module("cupy.cuda", real.cuda, None, {})
+    runtime = _runtime_module()
+    curand = types.ModuleType("cupy.cuda.curand")      # (the real one needs libcurand: its constants, from curand.h)
+    curand.__dict__.update(_CURAND)
+    stream = _Stream()
+    cuda.__dict__.update(runtime=runtime, curand=curand, Device=_Device, Stream=_Stream, Event=_Event,
+                         get_current_stream=lambda device_id=None: stream, get_elapsed_time=_elapsed,
+                         is_available=lambda: True, get_device_id=lambda: 0, MemoryPool=_MemoryPool)
+    _cuda.Device = _Device
+
+    # cupy._core._routines_linalg: the compute types (TF32)
+    compute = {"type": {}}
+    linalg_mod = types.ModuleType("cupy._core._routines_linalg")
+    for n in dir(real_linalg):
+        if n.startswith("COMPUTE_TYPE_"):
+            setattr(linalg_mod, n, getattr(real_linalg, n))
+    linalg_mod.set_compute_type = lambda dtype, ct: compute["type"].__setitem__(np.dtype(dtype), ct)
+    linalg_mod.get_compute_type = lambda dtype: compute["type"].get(np.dtype(dtype), real_linalg.COMPUTE_TYPE_DEFAULT)
+    core = types.ModuleType("cupy._core")
+    core._routines_linalg = linalg_mod
+
+    stride_tricks = _Module("cupy.lib.stride_tricks", real.lib.stride_tricks, np.lib.stride_tricks,
+                            {"as_strided": as_strided})
+    lib = _Module("cupy.lib", real.lib, None, {"stride_tricks": stride_tricks})
+    random = _random_module(real.random)
+    linalg = _Module("cupy.linalg", real.linalg, np.linalg, {})
+    fft = _Module("cupy.fft", real.fft, np.fft, {})
+    kern_over = {"RawKernel": kern.RawKernel, "ElementwiseKernel": kern.ElementwiseKernel,
+                 "ReductionKernel": kern.ReductionKernel, "RawModule": kern.RawModule}
+    over = dict(ndarray=ndarray, ufunc=ufunc, empty=empty, empty_like=empty_like, array=array, asarray=asarray,
+                asanyarray=asanyarray, asnumpy=asnumpy, get_array_module=get_array_module, take=take,
+                take_along_axis=take_along_axis, where=where, fuse=fuse, cuda=cuda, random=random, lib=lib,
+                linalg=linalg, fft=fft, _core=core, __version__=real.__version__,
+                get_default_memory_pool=lambda: _memory_pool,
+                get_default_pinned_memory_pool=lambda: _pinned_pool, is_available=lambda: True, **kern_over)
+    for name, npf in (("nonzero", np.nonzero), ("argwhere", np.argwhere), ("flatnonzero", np.flatnonzero),
+                      ("unique", np.unique), ("extract", np.extract), ("compress", np.compress),
+                      ("count_nonzero", None)):
+        if npf is not None:
+            over[name] = _syncing(name, npf)
+    cupy = _Module("cupy", real, np, over)
+    special = _Module("cupyx.scipy.special", real_special, scipy.special, {})
+    cupyx_scipy = _Module("cupyx.scipy", real_x.scipy, None, {"special": special})
+    cupyx = _Module("cupyx", real_x, None, {"scatter_add": scatter_add, "scatter_max": scatter_max,
+                                             "scatter_min": scatter_min, "scipy": cupyx_scipy})
+    sys.modules.update({
+        "cupy": cupy, "cupy.cuda": cuda, "cupy.cuda.runtime": runtime, "cupy.cuda.curand": curand,
+        "cupy._core": core, "cupy._core._routines_linalg": linalg_mod, "cupy.lib": lib,
+        "cupy.lib.stride_tricks": stride_tricks, "cupy.random": random, "cupy.linalg": linalg,
+        "cupy.fft": fft, "cupyx": cupyx, "cupyx.scipy": cupyx_scipy, "cupyx.scipy.special": special})
+    return cupy
