@@ -184,8 +184,21 @@ def evaluate(model, loader, precision: str = "fp32") -> dict:
             preds.append(pred)
     model.train(was_training)
     n = loader.n
-    return {"loss": float(loss_sum) / n, "acc": int(correct) / n,
-            "preds": backend.to_numpy(xp.concatenate(preds)) if preds else np.zeros(0, np.int64)}
+    loss_sum, correct, preds = read_on_host(loss_sum, correct, xp.concatenate(preds) if preds else xp.zeros(0, np.int64))
+    return {"loss": float(loss_sum) / n, "acc": int(correct) / n, "preds": preds.astype(np.int64)}
+
+
+def read_on_host(*arrays):
+    """Device scalars and vectors as host values, read with one transfer: on a GPU, one
+    synchronisation instead of one per value (the CPU waits for the GPU's queue each time).
+    Integers come back exact (below 2**53); scalars as 0-d NumPy arrays."""
+    xp = backend.get_array_module(*arrays)
+    flat = xp.concatenate([a.reshape(-1).astype(np.float64) for a in arrays])
+    host, out, i = backend.to_numpy(flat), [], 0
+    for a in arrays:
+        out.append(host[i:i + a.size].reshape(a.shape).astype(a.dtype))
+        i += a.size
+    return out
 
 
 # =========================================================================== configuration
@@ -522,6 +535,7 @@ class Trainer:
         bar = tqdm(total=self.steps_per_epoch * bs, initial=start * bs, unit="img", unit_scale=True,
                    desc=f"epoch {epoch + 1}/{cfg['epochs']}", leave=False, disable=not progress, dynamic_ncols=True)
         self.model.train()
+        host_sums = (p.get("loss_sum", 0.0), p.get("correct", 0))
         t0 = time.perf_counter()
         for step, (x, target, labels) in enumerate(self.train_loader.batches(epoch, start), start):
             if cfg["device"] == "cuda":
@@ -536,22 +550,24 @@ class Trainer:
             last_step = step + 1 == self.steps_per_epoch            # synced at the epoch's end anyway
             if (step + 1) % cfg["log_every"] == 0 or last_step or self._stop_requested:
                 seen = (step + 1) * bs
-                avg = float(loss_sum) / seen                        # the host sync
+                host_sums = read_on_host(loss_sum, correct)         # the host sync
+                avg = float(host_sums[0]) / seen
                 if not math.isfinite(avg):
                     bar.close()
                     self._diverged(epoch, step, avg)
-                bar.set_postfix(loss=f"{avg:.4f}", acc=f"{int(correct) / seen:.2%}",
+                bar.set_postfix(loss=f"{avg:.4f}", acc=f"{int(host_sums[1]) / seen:.2%}",
                                 lr=f"{self.scheduler.get_last_lr()[-1]:.2e}", refresh=False,
                                 **({"scale": f"{self.scaler.get_scale():g}"} if self.fp16 else {}))
             if self._stop_requested and not last_step:
                 bar.close()
-                self.save(partial={"loss_sum": float(loss_sum), "correct": int(correct),
+                self.save(partial={"loss_sum": float(host_sums[0]), "correct": int(host_sums[1]),
                                    "elapsed": elapsed + time.perf_counter() - t0,
                                    "skipped_steps": self._skipped})
                 return None
-        backend.synchronize(cfg["device"])
         bar.close()
-        return float(loss_sum), int(correct), elapsed + time.perf_counter() - t0
+        # The last step of an epoch always logs: its read of the sums is the epoch's, and it
+        # waited for every kernel queued before it, so the clock below reads the whole epoch.
+        return float(host_sums[0]), int(host_sums[1]), elapsed + time.perf_counter() - t0
 
     def _finish_epoch(self, loss_sum: float, correct: int, train_time: float):
         """Record the epoch's metrics, evaluate, save last/best checkpoints and metrics.jsonl."""

@@ -121,7 +121,7 @@ class RawKernel:
         fn = _RAW.get(self.name)
         if fn is None:
             raise _no_emulation("RawKernel", self.name)
-        with np.errstate(all="ignore"):        # a GPU has no floating-point warnings
+        with np.errstate(all="ignore"), sc._one_launch(f"RawKernel {self.name}"):   # no FP warnings on a GPU
             fn(launch, *values)
 
 
@@ -259,11 +259,11 @@ class ElementwiseKernel:
                 in_vals[pname] = a._a if raw else np.broadcast_to(a._a.astype(d, copy=False), shape)
             else:
                 in_vals[pname] = d.type(a)
-        outs = list(outs_given) or [sc.empty(shape, dtype=dtype_of(p[0])) for p in self.out_params]
         fn = _ELEMENTWISE.get(self.name)
         if fn is None:
             raise _no_emulation("ElementwiseKernel", self.name)
-        with np.errstate(all="ignore"):
+        with np.errstate(all="ignore"), sc._one_launch(f"ElementwiseKernel {self.name}"):
+            outs = list(outs_given) or [sc.empty(shape, dtype=dtype_of(p[0])) for p in self.out_params]
             fn(in_vals, {p[1]: o._a for p, o in zip(self.out_params, outs)})
         if self.no_return:
             return None

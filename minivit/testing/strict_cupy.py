@@ -71,16 +71,26 @@ def _host_mixed(where: str, obj) -> TypeError:
 
 
 # =========================================================================== device→host syncs
+def _caller(kind: str) -> tuple:
+    """(file, line, kind) of the first frame outside the stand-in: the code that caused it."""
+    f = sys._getframe(2)
+    while f is not None and (f.f_code.co_filename in _OWN_FILES or f.f_code.co_filename == contextlib.__file__):
+        f = f.f_back
+    return (f.f_code.co_filename, f.f_lineno, kind) if f is not None else ("?", 0, kind)
+
+
 def _sync(kind: str):
     """Count a device→host synchronisation, with the first frame outside the stand-in."""
     _sync_total[0] += 1
     if _sync_logs:
-        f = sys._getframe(1)
-        while f is not None and f.f_code.co_filename in _OWN_FILES:
-            f = f.f_back
-        rec = (f.f_code.co_filename, f.f_lineno, kind) if f is not None else ("?", 0, kind)
+        rec = _caller(kind)
         for log in _sync_logs:
             log.append(rec)
+
+
+def _remove(logs: list, log: list):
+    """Remove ``log`` itself (not an equal list: nested counters' lists are often equal)."""
+    del logs[next(i for i, x in enumerate(logs) if x is log)]
 
 
 @contextlib.contextmanager
@@ -91,7 +101,48 @@ def count_syncs():
     try:
         yield log
     finally:
-        _sync_logs.remove(log)
+        _remove(_sync_logs, log)
+
+
+# =========================================================================== device operations
+# On a GPU every CuPy operation that computes or copies is (at least) one kernel launch, a few
+# microseconds of Python, CuPy and driver time whatever its size: a small model's training step
+# is bound by their number. The stand-in counts them: every result that owns fresh memory, every
+# in-place write, every custom-kernel call and host→device copy. Views (reshape, transpose,
+# basic slicing) launch nothing and are not counted. What one CuPy call does inside (a few
+# launches for some reductions, none for a cached allocation) is not modelled: the count is
+# one per operation, a lower bound of the launches on a GPU.
+_launch_logs: list[list] = []
+_muted = [0]
+
+
+def _launch(kind: str = "op"):
+    if _launch_logs and not _muted[0]:
+        rec = _caller(kind)
+        for log in _launch_logs:
+            log.append(rec)
+
+
+@contextlib.contextmanager
+def count_launches():
+    """Record every device operation inside the block: yields a list of (file, line, kind)."""
+    log = []
+    _launch_logs.append(log)
+    try:
+        yield log
+    finally:
+        _remove(_launch_logs, log)
+
+
+@contextlib.contextmanager
+def _one_launch(kind: str):
+    """A custom kernel's call: one launch, whatever its NumPy emulation does inside."""
+    _launch(kind)
+    _muted[0] += 1
+    try:
+        yield
+    finally:
+        _muted[0] -= 1
 
 
 def sync_count() -> int:
@@ -110,8 +161,11 @@ def _out(r):
     """A NumPy result as CuPy gives it: arrays and scalars become device arrays."""
     t = type(r)
     if t is np.ndarray:
+        if _launch_logs and r.base is None:     # fresh memory: computed (or copied) on the device
+            _launch()
         return _wrap(r)
     if isinstance(r, np.generic):
+        _launch_logs and _launch()
         return _wrap(np.asarray(r))
     if t is tuple or t is list:
         return t(_out(v) for v in r)
@@ -199,6 +253,7 @@ def _function(where, npf, allowed):
                 out = kwargs.get("out")
                 r = npf(*_in(args, where), **_in_kw(kwargs, where))
                 if type(out) is ndarray and r is out._a:
+                    _launch_logs and _launch()
                     return out
                 return _out(r)
             return _out(npf(*_in(args, where)))
@@ -234,6 +289,7 @@ class ufunc:
                 out = kwargs.get("out")
                 r = self._u(*self._args(args), **_in_kw(kwargs, f"cupy.{self.name}"))
                 if type(out) is ndarray and r is out._a:
+                    _launch_logs and _launch()
                     return out
                 return _out(r)
             return _out(self._u(*self._args(args)))
@@ -431,10 +487,14 @@ class ndarray:
         key, _ = _index(self._a, key)
         t = type(value)
         self._a[key] = value._a if t is ndarray else _in(value, "ndarray.__setitem__") if t is list else value
+        _launch_logs and _launch()
 
     # ---- methods with CuPy semantics
     def astype(self, dtype, order="K", casting=None, subok=None, copy=True):
-        return _wrap(self._a.astype(dtype, order=order, copy=copy, **({} if casting is None else {"casting": casting})))
+        r = self._a.astype(dtype, order=order, copy=copy, **({} if casting is None else {"casting": casting}))
+        if _launch_logs and r is not self._a:
+            _launch()
+        return _wrap(r)
 
     def take(self, indices, axis=None, out=None):
         return take(self, indices, axis=axis, out=out)
@@ -445,8 +505,10 @@ class ndarray:
 
     def fill(self, value):
         self._a.fill(value._a if type(value) is ndarray else value)
+        _launch_logs and _launch()
 
     def copy(self, order="C"):
+        _launch_logs and _launch()
         return _wrap(self._a.copy(order=order))
 
     def scatter_add(self, slices, value):
@@ -520,6 +582,7 @@ def _inplace(op):
             return NotImplemented
         with np.errstate(all="ignore"):
             op(self._a, other)
+        _launch_logs and _launch()
         return self
     return m
 
@@ -533,7 +596,7 @@ for _name in ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul"
 for _name in ("eq", "ne", "lt", "le", "gt", "ge"):
     setattr(ndarray, f"__{_name}__", _binary(getattr(operator, _name)))
 for _name in ("neg", "pos", "abs", "invert"):
-    setattr(ndarray, f"__{_name}__", (lambda op: lambda self: _wrap(np.asarray(op(self._a))))(getattr(operator, _name)))
+    setattr(ndarray, f"__{_name}__", (lambda op: lambda self: _out(np.asarray(op(self._a))))(getattr(operator, _name)))
 ndarray.__divmod__ = _binary(divmod)
 
 
