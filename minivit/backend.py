@@ -237,10 +237,24 @@ def tf32_enabled() -> bool:
 
 # --------------------------------------------------------------------------- randomness
 def manual_seed(seed: int):
-    """Seed NumPy's and (when present) CuPy's global generators."""
+    """Seed NumPy's and (when usable) CuPy's global generators.
+
+    The GPU's generator is seeded only when the device preflight passes: a CPU run on a
+    machine whose CuPy lacks cuRAND must not fail here (a "cuda" run fails in check_device)."""
     np.random.seed(seed)
-    if cupy_available():
+    if _cuda_ready():
         seed_device(seed)
+
+
+def _cuda_ready() -> bool:
+    """CuPy, a GPU and the CUDA libraries are all there (the preflight passes)."""
+    if not cupy_available():
+        return False
+    try:
+        _cuda_preflight()
+    except DeviceError:
+        return False
+    return True
 
 
 def seed_device(seed: int):

@@ -133,3 +133,14 @@ def test_this_machine_gives_one_clear_line_without_a_gpu():
     with pytest.raises(backend.DeviceError) as info:
         backend.check_device("cuda")
     assert "\n" not in str(info.value) and "device='cpu'" in str(info.value)
+
+
+def test_manual_seed_skips_a_gpu_it_cannot_use(swap_cupy):
+    """A CPU run on a machine whose CuPy lacks cuRAND still seeds NumPy, and does not fail."""
+    cupy, loads = fake_cupy(missing="cuRAND")
+    swap_cupy(cupy)
+    backend.manual_seed(7)
+    a = np.random.rand(3)
+    np.random.seed(7)
+    np.testing.assert_array_equal(a, np.random.rand(3))
+    assert loads["cuRAND"] == 1
