@@ -27,12 +27,14 @@ if os.environ.get("MINIVIT_STRICT_CUPY") == "1":
     except ImportError:     # cupy-cuda12x not installed: no stand-in (strict_cupy.available() says why)
         pass
 
+_cupy_import_error = None
 try:  # CuPy is optional: `pip install minivit[cuda12]` (or [cuda13]).
     import cupy as _cupy
     import cupyx as _cupyx
-except Exception:  # ImportError, or a CuPy that cannot find its CUDA libraries
+except Exception as e:  # ImportError, or a CuPy that cannot find its CUDA libraries
     _cupy = None
     _cupyx = None
+    _cupy_import_error = e
 
 DEVICES = ("cpu", "cuda")
 
@@ -48,20 +50,87 @@ def cupy_available() -> bool:
         return False
 
 
+class DeviceError(RuntimeError):
+    """A device that was asked for cannot be used: no CuPy, no GPU, or a CUDA library
+    missing. The message is one line that names the problem and the fix."""
+
+
+# The CUDA libraries minivit's GPU path needs beyond the driver, each with what forces CuPy
+# (v14) to load it. cupy.cuda.cublas / .curand are lazy attributes: touching one loads the
+# library through cuda-pathfinder and raises ImportError ('Failure finding "libcurand.so…"')
+# when it is not there. NVRTC is linked at run time: its first call loads it, and raises
+# RuntimeError ('CuPy failed to load libnvrtc.so…') when it is missing.
+_CUDA_LIBRARIES = (
+    ("cuBLAS", "matrix products", lambda cp: cp.cuda.cublas),
+    ("cuRAND", "random numbers", lambda cp: cp.cuda.curand),
+    ("NVRTC", "compiling kernels", lambda cp: cp.cuda.nvrtc.getVersion()),
+)
+_cuda_checked = {"cupy": None, "error": None}     # the preflight's result, for the CuPy it saw
+
+
+def _cuda_fix() -> str:
+    """The pip command that brings CuPy together with its CUDA libraries (CuPy ≥ 14's [ctk] extra)."""
+    try:
+        major = int(_cupy.cuda.runtime.runtimeGetVersion()) // 1000
+    except Exception:
+        major = None
+    if major in (12, 13):
+        return f'pip install "minivit[cuda{major}]" (or pip install "cupy-cuda{major}x[ctk]")'
+    return ('pip install "minivit[cuda12]" or "minivit[cuda13]" (cupy-cuda12x[ctk] / '
+            'cupy-cuda13x[ctk], matching your driver\'s CUDA version)')
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text[:200]}" + ("…" if len(text) > 200 else "")
+
+
+def _cuda_preflight() -> None:
+    """Raise DeviceError unless CuPy, a GPU and the CUDA libraries are all there.
+
+    Everything is checked up front, so that a missing library is a clear error before
+    any work starts, not an ImportError at the first random draw. The result is kept
+    (per CuPy module object, so tests can swap in a stand-in): the checks run once."""
+    if _cupy is not None and _cuda_checked["cupy"] is _cupy:
+        if _cuda_checked["error"] is not None:
+            raise _cuda_checked["error"]
+        return
+    if _cupy is None:
+        why = f" ({_one_line(_cupy_import_error)})" if _cupy_import_error is not None else ""
+        raise DeviceError(
+            f"device 'cuda' needs CuPy, which is not installed or failed to import{why}. Install it "
+            f"with its CUDA libraries: pip install \"minivit[cuda12]\" (cupy-cuda12x[ctk]) or "
+            f"\"minivit[cuda13]\" (cupy-cuda13x[ctk]); or use device='cpu'.")
+    error = None
+    try:
+        count, why = _cupy.cuda.runtime.getDeviceCount(), "cudaGetDeviceCount returned 0"
+    except Exception as e:
+        count, why = 0, _one_line(e)
+    if count <= 0:
+        error = DeviceError(
+            f"device 'cuda' was asked for but CuPy found no GPU ({why}). "
+            f"Check nvidia-smi and CUDA_VISIBLE_DEVICES, or use device='cpu'.")
+    else:
+        for name, use, load in _CUDA_LIBRARIES:
+            try:
+                load(_cupy)
+            except Exception as e:
+                error = DeviceError(
+                    f"device 'cuda': CuPy cannot load the CUDA library {name} (needed for {use}): "
+                    f"{_one_line(e)}. Fix: {_cuda_fix()}; or use device='cpu'.")
+                break
+    _cuda_checked["cupy"], _cuda_checked["error"] = _cupy, error
+    if error is not None:
+        raise error
+
+
 def check_device(device: str) -> str:
-    """Validate a device name; for "cuda", make sure CuPy and a GPU are really there."""
+    """Validate a device name; for "cuda", make sure CuPy, a GPU and the CUDA libraries
+    (cuBLAS, cuRAND, NVRTC) are really there, or raise :class:`DeviceError` saying what to do."""
     if device not in DEVICES:
         raise ValueError(f"unknown device {device!r}: use one of {DEVICES}")
     if device == "cuda":
-        if _cupy is None:
-            raise RuntimeError(
-                "device 'cuda' needs CuPy, which is not installed (or failed to import). "
-                "Install the wheel for your CUDA version: pip install 'minivit[cuda12]' "
-                "(cupy-cuda12x) or 'minivit[cuda13]' (cupy-cuda13x); or use device='cpu'.")
-        if not cupy_available():
-            raise RuntimeError(
-                "device 'cuda' was asked for but CuPy found no GPU (cudaGetDeviceCount "
-                "returned 0 or failed). Check nvidia-smi and CUDA_VISIBLE_DEVICES, or use device='cpu'.")
+        _cuda_preflight()
     return device
 
 
@@ -183,10 +252,24 @@ def tf32_enabled() -> bool:
 
 # --------------------------------------------------------------------------- randomness
 def manual_seed(seed: int):
-    """Seed NumPy's and (when present) CuPy's global generators."""
+    """Seed NumPy's and (when usable) CuPy's global generators.
+
+    The GPU's generator is seeded only when the device preflight passes: a CPU run on a
+    machine whose CuPy lacks cuRAND must not fail here (a "cuda" run fails in check_device)."""
     np.random.seed(seed)
-    if cupy_available():
+    if _cuda_ready():
         seed_device(seed)
+
+
+def _cuda_ready() -> bool:
+    """CuPy, a GPU and the CUDA libraries are all there (the preflight passes)."""
+    if not cupy_available():
+        return False
+    try:
+        _cuda_preflight()
+    except DeviceError:
+        return False
+    return True
 
 
 def seed_device(seed: int):
@@ -282,9 +365,9 @@ def _window_view(x, window_shape, axis, as_strided):
 # (NVRTC; the binary is also cached on disk, in ~/.cupy/kernel_cache).
 def _cupy_for_kernels():
     if _cupy is None:
-        raise RuntimeError("a fused CUDA kernel was asked for, but CuPy is not installed: install "
-                           "'minivit[cuda12]' (or [cuda13]), or switch the fused kernels off with "
-                           "MINIVIT_FUSED=0")
+        raise DeviceError("a fused CUDA kernel was asked for, but CuPy is not installed: install "
+                          "'minivit[cuda12]' (or [cuda13]), or switch the fused kernels off with "
+                          "MINIVIT_FUSED=0")
     return _cupy
 
 
