@@ -1003,8 +1003,13 @@ def install():
     runtime = _runtime_module()
     curand = types.ModuleType("cupy.cuda.curand")      # (the real one needs libcurand: its constants, from curand.h)
     curand.__dict__.update(_CURAND)
+    # The libraries backend.check_device loads up front: the stand-in's matrix products are
+    # NumPy's and its kernels are emulated, so there is nothing to load; they only exist.
+    cublas = types.ModuleType("cupy.cuda.cublas")
+    nvrtc = types.ModuleType("cupy.cuda.nvrtc")
+    nvrtc.getVersion = lambda: (12, 0)
     stream = _Stream()
-    cuda.__dict__.update(runtime=runtime, curand=curand, Device=_Device, Stream=_Stream, Event=_Event,
+    cuda.__dict__.update(runtime=runtime, curand=curand, cublas=cublas, nvrtc=nvrtc, Device=_Device, Stream=_Stream, Event=_Event,
                          get_current_stream=lambda device_id=None: stream, get_elapsed_time=_elapsed,
                          is_available=lambda: True, get_device_id=lambda: 0, MemoryPool=_MemoryPool)
     _cuda.Device = _Device
@@ -1046,6 +1051,7 @@ def install():
                                              "scatter_min": scatter_min, "scipy": cupyx_scipy})
     sys.modules.update({
         "cupy": cupy, "cupy.cuda": cuda, "cupy.cuda.runtime": runtime, "cupy.cuda.curand": curand,
+        "cupy.cuda.cublas": cublas, "cupy.cuda.nvrtc": nvrtc,
         "cupy._core": core, "cupy._core._routines_linalg": linalg_mod, "cupy.lib": lib,
         "cupy.lib.stride_tricks": stride_tricks, "cupy.random": random, "cupy.linalg": linalg,
         "cupy.fft": fft, "cupyx": cupyx, "cupyx.scipy": cupyx_scipy, "cupyx.scipy.special": special})
