@@ -53,7 +53,10 @@ import numpy as np
 NOT_INSTALLED = "cupy-cuda12x not installed (pip install 'minivit[gpucheck]')"
 IMPLICIT = ("Implicit conversion to a NumPy array is not allowed. "
             "Please use `.get()` to construct a NumPy array explicitly.")
-_OWN_FILES = {__file__.replace(".pyc", ".py")}
+# Frames skipped when a sync is attributed to a line: the stand-in's own, and minivit.backend's
+# (its to_numpy / synchronize are the wrappers every caller goes through: the caller is the news).
+_OWN_FILES = {__file__.replace(".pyc", ".py"),
+              __file__.replace(".pyc", ".py").rsplit("testing", 1)[0] + "backend.py"}
 _real = {}                      # what install() read from the real CuPy
 _sync_logs: list[list] = []     # the open count_syncs() lists
 _sync_total = [0]
@@ -85,7 +88,8 @@ def _sync(kind: str):
 
 @contextlib.contextmanager
 def count_syncs():
-    """Record every device→host sync inside the block: yields a list of (file, line, kind)."""
+    """Record every device→host sync inside the block: yields a list of (file, line, kind), the line
+    the first frame outside the stand-in and minivit/backend.py (whose helpers wrap the transfers)."""
     log = []
     _sync_logs.append(log)
     try:
@@ -183,8 +187,20 @@ def _params(obj):
     return frozenset(p.name for p in ps if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
 
 
+# NumPy functions that give a Python bool/int where CuPy gives a 0-d device array (reading it syncs).
+_DEVICE_SCALAR_RESULT = frozenset({"array_equal", "array_equiv", "allclose", "count_nonzero"})
+
+
 def _function(where, npf, allowed):
     """A CuPy function computed by NumPy's ``npf``: keywords checked, host arrays refused."""
+    if where.rsplit(".", 1)[-1] in _DEVICE_SCALAR_RESULT:
+        def g(*args, **kwargs):
+            _check_kwargs(where, kwargs, allowed)
+            with np.errstate(all="ignore"):
+                r = npf(*_in(args, where), **_in_kw(kwargs, where))
+            return _wrap(np.asarray(r)) if isinstance(r, (bool, int, float, np.generic)) else _out(r)
+        g.__name__ = where.rsplit(".", 1)[-1]
+        return g
     if where.rsplit(".", 1)[-1] in _SHAPE_ARGS:
         def f(a, *args, **kwargs):
             _check_kwargs(where, kwargs, allowed)
@@ -928,6 +944,13 @@ def install():
                                if not n.startswith("__")}
     _real["kwargs"] = {n: _params(getattr(real, n)) for n in dir(real) if callable(getattr(real, n, None))}
     _real["RandomState"] = frozenset(dir(real.random.RandomState))
+    # The stand-in's own array attributes and operators, less those this CuPy lacks (e.g. __index__:
+    # operator.index(dev) raises on CuPy; __imatmul__: `a @= b` makes a new array there).
+    keep = {"_a", "__slots__", "__weakref__", "__module__", "__doc__", "__qualname__", "__getattr__",
+            "__init__", "__hash__", "__dict__", "__firstlineno__", "__static_attributes__"}
+    for name in list(vars(ndarray)):
+        if name not in keep and name not in _real["ndarray"]:
+            delattr(ndarray, name)
     real_modules = {k: v for k, v in sys.modules.items() if k.split(".")[0] in ("cupy", "cupyx")}
     for k in real_modules:
         del sys.modules[k]
