@@ -114,6 +114,14 @@ def test_out_of_range_integer_indices_wrap_around(cp):
         a[5]                                         # a Python int is checked on the host, as in CuPy
 
 
+def test_random_draws_float32_or_float64_only(cp):
+    assert cp.random.standard_normal(3, dtype=np.float32).dtype == np.float32
+    with pytest.raises(TypeError, match="float32 and float64"):
+        cp.random.standard_normal(3, dtype=np.float16)
+    with pytest.raises(TypeError, match="float32 and float64"):
+        cp.random.RandomState(0).uniform(size=3, dtype=np.float16)
+
+
 def test_pickling_raises_but_deepcopy_copies_on_the_device(cp):
     a = cp.ones(3)
     with pytest.raises(TypeError, match=r"\.get\(\)"):

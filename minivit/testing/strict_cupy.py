@@ -805,20 +805,26 @@ class _RandomState:
             raise ValueError(f"seed must be in [0, 2**64), got {seed}")
         self._g = np.random.Generator(np.random.Philox(seed))
 
-    def _f(self, x, dtype):
-        return _wrap(np.asarray(x).astype(dtype, copy=False))
+    @staticmethod
+    def _float(dtype):
+        dtype = np.dtype(dtype)
+        if dtype.char not in "fd":           # cuRAND draws float32 or float64 only
+            raise TypeError(f"cupy.random only supports float32 and float64, got {dtype}")
+        return dtype.type
 
     def standard_normal(self, size=None, dtype=float):
-        return _wrap(np.asarray(self._g.standard_normal(size, dtype=np.dtype(dtype).type)))
+        return _wrap(np.asarray(self._g.standard_normal(size, dtype=self._float(dtype))))
 
     def normal(self, loc=0.0, scale=1.0, size=None, dtype=float):
-        return self._f(self._g.normal(_in(loc, "normal"), _in(scale, "normal"), size), dtype)
+        t = self._float(dtype)
+        return _wrap(np.asarray(self._g.normal(_in(loc, "normal"), _in(scale, "normal"), size)).astype(t))
 
     def uniform(self, low=0.0, high=1.0, size=None, dtype=float):
-        return self._f(self._g.uniform(_in(low, "uniform"), _in(high, "uniform"), size), dtype)
+        t = self._float(dtype)
+        return _wrap(np.asarray(self._g.uniform(_in(low, "uniform"), _in(high, "uniform"), size)).astype(t))
 
     def random_sample(self, size=None, dtype=float):
-        return _wrap(np.asarray(self._g.random(size, dtype=np.dtype(dtype).type)))
+        return _wrap(np.asarray(self._g.random(size, dtype=self._float(dtype))))
 
     random = random_sample
 
