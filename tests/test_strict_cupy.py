@@ -66,6 +66,10 @@ def test_host_array_mixed_into_device_op_raises(cp):
               lambda: cp.concatenate([a, h]), lambda: cp.maximum(a, [1.0, 2.0, 3.0]), lambda: a.dot(h)):
         with pytest.raises(TypeError, match="host numpy.ndarray|host builtins.list|Implicit"):
             f()
+    with pytest.raises(TypeError, match="Unsupported type"):
+        a + object()                                   # no __array_priority__ above CuPy's: refused
+    with pytest.raises(AttributeError):
+        a.flags.writeable                              # CuPy's flags: c_contiguous, f_contiguous, owndata
     # scalars are fine, as in CuPy; cupy.asarray is the explicit transfer, and it copies
     assert float((a + 1.0 + np.float32(2)).sum()) == 12.0
     d = cp.asarray(h)

@@ -329,7 +329,7 @@ class ndarray:
     strides = property(lambda self: self._a.strides)
     itemsize = property(lambda self: self._a.itemsize)
     nbytes = property(lambda self: self._a.nbytes)
-    flags = property(lambda self: self._a.flags)
+    flags = property(lambda self: _Flags(self._a.flags))
     T = property(lambda self: _wrap(self._a.T))
     mT = property(lambda self: _wrap(self._a.mT))
     base = property(lambda self: None if self._a.base is None else _wrap(self._a.base))
@@ -509,7 +509,15 @@ def _method(name):
     return m
 
 
-def _binary(op, reflected=False):
+def _other(op, other, compare):
+    """What CuPy does with an operand of another type: defer to one of higher __array_priority__
+    (minivit's Tensor), refuse the rest (comparisons fall back to Python's identity rules)."""
+    if compare or getattr(other, "__array_priority__", -1) > ndarray.__array_priority__:
+        return NotImplemented
+    raise TypeError(f"cupy.ndarray {op.__name__}: Unsupported type {type(other)!r}")
+
+
+def _binary(op, reflected=False, compare=False):
     def m(self, other):
         t = type(other)
         if t is ndarray:
@@ -519,7 +527,7 @@ def _binary(op, reflected=False):
         elif t is np.ndarray or t is list or t is tuple:
             raise _host_mixed(f"cupy.ndarray {op.__name__}", other)
         else:
-            return NotImplemented
+            return _other(op, other, compare)
         with np.errstate(all="ignore"):         # a GPU has no floating-point warnings
             return _out(op(o, self._a) if reflected else op(self._a, o))
     return m
@@ -533,7 +541,7 @@ def _inplace(op):
         elif t is np.ndarray or t is list or t is tuple:
             raise _host_mixed(f"cupy.ndarray {op.__name__}", other)
         elif not isinstance(other, (int, float, complex, np.generic)):
-            return NotImplemented
+            return _other(op, other, False)
         with np.errstate(all="ignore"):
             op(self._a, other)
         return self
@@ -547,10 +555,23 @@ for _name in ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul"
     setattr(ndarray, f"__r{_name}__", _binary(_op, reflected=True))
     setattr(ndarray, f"__i{_name}__", _inplace(getattr(operator, f"i{_name}")))
 for _name in ("eq", "ne", "lt", "le", "gt", "ge"):
-    setattr(ndarray, f"__{_name}__", _binary(getattr(operator, _name)))
+    setattr(ndarray, f"__{_name}__", _binary(getattr(operator, _name), compare=True))
 for _name in ("neg", "pos", "abs", "invert"):
     setattr(ndarray, f"__{_name}__", (lambda op: lambda self: _wrap(np.asarray(op(self._a))))(getattr(operator, _name)))
 ndarray.__divmod__ = _binary(divmod)
+
+
+class _Flags:
+    """CuPy's array flags: c_contiguous, f_contiguous and owndata only."""
+
+    __slots__ = ("c_contiguous", "f_contiguous", "owndata")
+
+    def __init__(self, f):
+        self.c_contiguous, self.f_contiguous, self.owndata = f.c_contiguous, f.f_contiguous, f.owndata
+
+    def __getitem__(self, name):
+        return {"C_CONTIGUOUS": self.c_contiguous, "F_CONTIGUOUS": self.f_contiguous,
+                "OWNDATA": self.owndata}[name]
 
 
 class _MemoryPointer:
