@@ -155,6 +155,16 @@ def test_syncs_are_counted_with_the_line_that_caused_them(cp):
     assert none == []
 
 
+def test_sync_budget_lists_the_syncs_past_it(cp):
+    a = cp.ones(3)
+    with strict_cupy.sync_budget(1):
+        float(a.sum())
+    with pytest.raises(AssertionError, match=r"2 device→host syncs, the budget is 1:\n.*test_strict_cupy.py:\d+ \(float\)"):
+        with strict_cupy.sync_budget(1):
+            float(a.sum())
+            bool(a.all())
+
+
 # --------------------------------------------------------------------------- kernels
 def _softmax_kernel(cp, dtype="f"):
     return cp.RawKernel(fused_cuda.row_kernel_source(dtype), "softmax_forward", options=("--fmad=false",))

@@ -33,6 +33,8 @@ functions call NumPy's. The rules, each as strict as CuPy (or stricter, where no
       with strict_cupy.count_syncs() as syncs:
           train_step()
       assert syncs == [], syncs          # [(file, line, kind), ...]
+      with strict_cupy.sync_budget(1, "an fp16 step"):   # or: fail listing the syncs past 1
+          train_step()
 
 Activate it with ``MINIVIT_STRICT_CUPY=1`` in the environment before ``minivit`` is imported
 (``minivit.backend`` then calls :func:`install`); the test suite does so by itself where no
@@ -90,12 +92,29 @@ def _sync(kind: str):
 def count_syncs():
     """Record every device→host sync inside the block: yields a list of (file, line, kind), the line
     the first frame outside the stand-in and minivit/backend.py (whose helpers wrap the transfers)."""
+    if not installed():
+        raise RuntimeError("count_syncs counts the strict CuPy stand-in's syncs, and it is not installed "
+                           "(MINIVIT_STRICT_CUPY=1 before importing minivit); skip such a test otherwise")
     log = []
     _sync_logs.append(log)
     try:
         yield log
     finally:
         _sync_logs.remove(log)
+
+
+@contextlib.contextmanager
+def sync_budget(limit: int, what: str = "the block"):
+    """Fail (AssertionError listing each sync's file:line) if the block syncs more than ``limit`` times::
+
+        with strict_cupy.sync_budget(0, "an fp32 training step"):
+            trainer.train_step(x, target, labels)
+    """
+    with count_syncs() as syncs:
+        yield syncs
+    if len(syncs) > limit:
+        lines = "\n".join(f"  {f}:{n} ({k})" for f, n, k in syncs)
+        raise AssertionError(f"{what}: {len(syncs)} device→host syncs, the budget is {limit}:\n{lines}")
 
 
 def sync_count() -> int:
