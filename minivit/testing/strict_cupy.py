@@ -1040,11 +1040,10 @@ def install():
                 linalg=linalg, fft=fft, _core=core, __version__=real.__version__,
                 get_default_memory_pool=lambda: _memory_pool,
                 get_default_pinned_memory_pool=lambda: _pinned_pool, is_available=lambda: True, **kern_over)
+    # Routines whose output size depends on the data: CuPy reads it back from the device.
     for name, npf in (("nonzero", np.nonzero), ("argwhere", np.argwhere), ("flatnonzero", np.flatnonzero),
-                      ("unique", np.unique), ("extract", np.extract), ("compress", np.compress),
-                      ("count_nonzero", None)):
-        if npf is not None:
-            over[name] = _syncing(name, npf)
+                      ("unique", np.unique), ("extract", np.extract), ("compress", np.compress)):
+        over[name] = _syncing(name, npf)
     cupy = _Module("cupy", real, np, over)
     special = _Module("cupyx.scipy.special", real_special, scipy.special, {})
     cupyx_scipy = _Module("cupyx.scipy", real_x.scipy, None, {"special": special})
