@@ -94,6 +94,15 @@ def test_only_cupys_names_and_keywords(cp):
     assert a.sum(axis=0, keepdims=True).shape == (1, 3)            # real keywords pass
 
 
+def test_array_attributes_are_cupys(cp):
+    import operator
+    a = cp.arange(3)
+    with pytest.raises(TypeError):
+        operator.index(a[0])                  # CuPy 14's ndarray has no __index__
+    from minivit import Tensor
+    assert type(a * Tensor(cp.ones(3, dtype=np.int64))) is Tensor     # Tensor's __array_priority__ wins, as on CuPy
+
+
 def test_reductions_and_integer_indexing_give_0d_device_arrays(cp):
     a = cp.arange(6.0).reshape(2, 3)
     for r in (a.sum(), a.max(), a.mean(), cp.all(a), a.any(), cp.linalg.norm(a), a[0, 1], a[1][2], a.argmax()):
