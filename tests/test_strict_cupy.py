@@ -92,6 +92,9 @@ def test_only_cupys_names_and_keywords(cp):
     with pytest.raises(TypeError, match="unexpected keyword argument 'where'"):
         cp.exp(a, where=a > 0)
     assert a.sum(axis=0, keepdims=True).shape == (1, 3)            # real keywords pass
+    np.indices((2, 3), int, True)                                   # NumPy's sparse, positionally ...
+    with pytest.raises(TypeError, match="at most 2 positional arguments"):
+        cp.indices((2, 3), int, True)                               # ... CuPy has no such parameter
 
 
 def test_array_attributes_are_cupys(cp):

@@ -206,15 +206,34 @@ def _params(obj):
     return frozenset(p.name for p in ps if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
 
 
+def _max_positional(obj):
+    """How many positional arguments a real CuPy function takes (None: unknown, or *args)."""
+    try:
+        ps = inspect.signature(obj).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is p.VAR_POSITIONAL for p in ps):
+        return None
+    return sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in ps)
+
+
+def _check_positional(where, n, most):
+    if most is not None and n > most:
+        raise TypeError(f"{where}() takes at most {most} positional arguments in the installed CuPy "
+                        f"{_real.get('version', '?')}, {n} were given")
+
+
 # NumPy functions that give a Python bool/int where CuPy gives a 0-d device array (reading it syncs).
 _DEVICE_SCALAR_RESULT = frozenset({"array_equal", "array_equiv", "allclose", "count_nonzero"})
 
 
-def _function(where, npf, allowed):
-    """A CuPy function computed by NumPy's ``npf``: keywords checked, host arrays refused."""
+def _function(where, npf, allowed, most=None):
+    """A CuPy function computed by NumPy's ``npf``: keywords and the number of positional
+    arguments checked against the real one's, host arrays refused."""
     if where.rsplit(".", 1)[-1] in _DEVICE_SCALAR_RESULT:
         def g(*args, **kwargs):
             _check_kwargs(where, kwargs, allowed)
+            _check_positional(where, len(args), most)
             with np.errstate(all="ignore"):
                 r = npf(*_in(args, where), **_in_kw(kwargs, where))
             return _wrap(np.asarray(r)) if isinstance(r, (bool, int, float, np.generic)) else _out(r)
@@ -223,11 +242,14 @@ def _function(where, npf, allowed):
     if where.rsplit(".", 1)[-1] in _SHAPE_ARGS:
         def f(a, *args, **kwargs):
             _check_kwargs(where, kwargs, allowed)
+            _check_positional(where, 1 + len(args), most)
             return _out(npf(_in(a, where), *_in_shape(args, where), **{k: _in_shape(v, where) for k, v in kwargs.items()}))
         f.__name__ = f.__qualname__ = where.rsplit(".", 1)[-1]
         return f
 
     def f(*args, **kwargs):
+        if most is not None and len(args) > most:
+            _check_positional(where, len(args), most)
         with np.errstate(all="ignore"):         # a GPU has no floating-point warnings
             if kwargs:
                 _check_kwargs(where, kwargs, allowed)
@@ -944,7 +966,7 @@ class _Module(types.ModuleType):
         elif n is not None and callable(n) and type(r).__name__ in ("ufunc", "_GUFunc") and isinstance(n, np.ufunc):
             v = ufunc(name, n, _params(r))
         elif n is not None and callable(n) and callable(r) and not isinstance(r, type):
-            v = _function(f"{self.__name__}.{name}", n, _params(r))
+            v = _function(f"{self.__name__}.{name}", n, _params(r), _max_positional(r))
         else:
             raise StandinError(f"{self.__name__}.{name} exists in CuPy but the strict stand-in does not emulate it: "
                                f"add it to minivit/testing/strict_cupy.py")
