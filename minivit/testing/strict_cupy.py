@@ -374,7 +374,7 @@ class ndarray:
     T = property(lambda self: _wrap(self._a.T))
     mT = property(lambda self: _wrap(self._a.mT))
     base = property(lambda self: None if self._a.base is None else _wrap(self._a.base))
-    device = property(lambda self: _cuda.Device(0))
+    device = property(lambda self: sys.modules["cupy"].cuda.Device(0))
     data = property(lambda self: _MemoryPointer(self._a))
     __cuda_array_interface__ = property(lambda self: {**self._a.__array_interface__, "version": 3})
 
@@ -749,198 +749,6 @@ def as_strided(x, shape=None, strides=None):
     return _wrap(np.lib.stride_tricks.as_strided(_in(x, "cupy.lib.stride_tricks.as_strided"), shape, strides))
 
 
-# =========================================================================== cupy.cuda, cupy.random
-class _Stream:
-    null = None
-
-    def synchronize(self):
-        _sync("stream.synchronize")
-
-    def use(self):
-        return self
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
-class _Event:
-    def __init__(self, block=True, disable_timing=False, interprocess=False):
-        import time
-        self._t, self._clock = None, time.perf_counter
-
-    def record(self, stream=None):
-        self._t = self._clock()
-
-    def synchronize(self):
-        _sync("event.synchronize")
-
-
-class _Device:
-    def __init__(self, device=None):
-        if device not in (None, 0):
-            raise ValueError(f"the strict stand-in has one device (0), not {device!r}")
-        self.id = 0
-        self.compute_capability = "90"
-
-    def synchronize(self):
-        _sync("device.synchronize")
-
-    def use(self):
-        return self
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    @property
-    def mem_info(self):
-        return (64 << 30, 80 << 30)
-
-    def __eq__(self, other):
-        return isinstance(other, _Device) and other.id == self.id
-
-    __hash__ = object.__hash__
-
-    def __repr__(self):
-        return "<CUDA Device 0 (strict stand-in)>"
-
-
-class _MemoryPool:
-    def used_bytes(self):
-        return 0
-
-    def total_bytes(self):
-        return 0
-
-    def free_all_blocks(self):
-        pass
-
-    def n_free_blocks(self):
-        return 0
-
-    def set_limit(self, size=None, fraction=None):
-        pass
-
-    def get_limit(self):
-        return 0
-
-
-_memory_pool, _pinned_pool = _MemoryPool(), _MemoryPool()
-
-
-def _elapsed(start, end):
-    _sync("get_elapsed_time")
-    return 1000.0 * (end._t - start._t)
-
-
-def _runtime_module():
-    m = types.ModuleType("cupy.cuda.runtime")
-    m.getDeviceCount = lambda: 1
-    m.getDevice = lambda: 0
-    m.getDeviceProperties = lambda i: {"name": b"strict CuPy stand-in (NumPy)", "totalGlobalMem": 80 << 30,
-                                       "major": 9, "minor": 0, "multiProcessorCount": 132}
-    m.runtimeGetVersion = lambda: 12080
-    m.driverGetVersion = lambda: 12080
-    m.deviceSynchronize = lambda: _sync("deviceSynchronize")
-    m.is_hip = False
-    m.CUDARuntimeError = RuntimeError
-    return m
-
-
-_cuda = types.SimpleNamespace(Device=_Device)
-
-
-class _RandomState:
-    """cupy.random.RandomState on NumPy's Generator (Philox), float32 draws made as float32."""
-
-    def __init__(self, seed=None, method=None):
-        self.method = method if method is not None else _CURAND["CURAND_RNG_PSEUDO_DEFAULT"]
-        self.seed(seed)
-
-    def seed(self, seed=None):
-        if seed is not None and not 0 <= int(seed) < 2**64:
-            raise ValueError(f"seed must be in [0, 2**64), got {seed}")
-        self._g = np.random.Generator(np.random.Philox(seed))
-
-    @staticmethod
-    def _float(dtype):
-        dtype = np.dtype(dtype)
-        if dtype.char not in "fd":           # cuRAND draws float32 or float64 only
-            raise TypeError(f"cupy.random only supports float32 and float64, got {dtype}")
-        return dtype.type
-
-    def standard_normal(self, size=None, dtype=float):
-        return _wrap(np.asarray(self._g.standard_normal(size, dtype=self._float(dtype))))
-
-    def normal(self, loc=0.0, scale=1.0, size=None, dtype=float):
-        t = self._float(dtype)
-        return _wrap(np.asarray(self._g.normal(_in(loc, "normal"), _in(scale, "normal"), size)).astype(t))
-
-    def uniform(self, low=0.0, high=1.0, size=None, dtype=float):
-        t = self._float(dtype)
-        return _wrap(np.asarray(self._g.uniform(_in(low, "uniform"), _in(high, "uniform"), size)).astype(t))
-
-    def random_sample(self, size=None, dtype=float):
-        return _wrap(np.asarray(self._g.random(size, dtype=self._float(dtype))))
-
-    random = random_sample
-
-    def rand(self, *size, dtype=float):
-        return self.random_sample(size or None, dtype)
-
-    def randn(self, *size, dtype=float):
-        return self.standard_normal(size or None, dtype)
-
-    def randint(self, low, high=None, size=None, dtype=int):
-        return _wrap(np.asarray(self._g.integers(low, high, size, dtype=dtype)))
-
-    def permutation(self, num):
-        return _wrap(self._g.permutation(_in(num, "permutation")))
-
-    def shuffle(self, a):
-        self._g.shuffle(a._a)
-
-    def choice(self, a, size=None, replace=True, p=None):
-        return _out(self._g.choice(_in(a, "choice"), size, replace, _in(p, "choice")))
-
-    def __getattr__(self, name):
-        if name in _real.get("RandomState", ()):
-            raise StandinError(f"cupy.random.RandomState.{name} is not emulated: add it to strict_cupy.py")
-        raise AttributeError(f"'RandomState' object has no attribute {name!r}")
-
-
-_CURAND = {"CURAND_RNG_PSEUDO_DEFAULT": 100, "CURAND_RNG_PSEUDO_XORWOW": 101, "CURAND_RNG_PSEUDO_MRG32K3A": 121,
-           "CURAND_RNG_PSEUDO_MTGP32": 141, "CURAND_RNG_PSEUDO_MT19937": 142, "CURAND_RNG_PSEUDO_PHILOX4_32_10": 161}
-_random_state = {"rs": None}
-
-
-def _get_random_state():
-    if _random_state["rs"] is None:
-        _random_state["rs"] = _RandomState()
-    return _random_state["rs"]
-
-
-def _set_random_state(rs):
-    if not isinstance(rs, _RandomState):
-        raise TypeError(f"set_random_state needs a cupy.random.RandomState, got {type(rs)}")
-    _random_state["rs"] = rs
-
-
-def _random_module(real):
-    over = {"RandomState": _RandomState, "get_random_state": _get_random_state,
-            "set_random_state": _set_random_state,
-            "seed": lambda seed=None: _get_random_state().seed(seed)}
-    for name in ("standard_normal", "normal", "uniform", "random_sample", "random", "rand", "randn",
-                 "randint", "permutation", "shuffle", "choice"):
-        over[name] = (lambda n: lambda *a, **k: getattr(_get_random_state(), n)(*a, **k))(name)
-    return _Module("cupy.random", real, None, over)
-
-
 # =========================================================================== modules
 class _Module(types.ModuleType):
     """A stand-in module: its names are the real CuPy module's, made on first use from
@@ -1026,32 +834,15 @@ def install():
     from minivit.testing import kernel_emulation as kern
     _OWN_FILES.add(kern.__file__.replace(".pyc", ".py"))
 
-    # cupy.cuda
-    cuda = _Module("cupy.cuda", real.cuda, None, {})
-    runtime = _runtime_module()
-    curand = types.ModuleType("cupy.cuda.curand")      # (the real one needs libcurand: its constants, from curand.h)
-    curand.__dict__.update(_CURAND)
-    stream = _Stream()
-    cuda.__dict__.update(runtime=runtime, curand=curand, Device=_Device, Stream=_Stream, Event=_Event,
-                         get_current_stream=lambda device_id=None: stream, get_elapsed_time=_elapsed,
-                         is_available=lambda: True, get_device_id=lambda: 0, MemoryPool=_MemoryPool)
-    _cuda.Device = _Device
-
-    # cupy._core._routines_linalg: the compute types (TF32)
-    compute = {"type": {}}
-    linalg_mod = types.ModuleType("cupy._core._routines_linalg")
-    for n in dir(real_linalg):
-        if n.startswith("COMPUTE_TYPE_"):
-            setattr(linalg_mod, n, getattr(real_linalg, n))
-    linalg_mod.set_compute_type = lambda dtype, ct: compute["type"].__setitem__(np.dtype(dtype), ct)
-    linalg_mod.get_compute_type = lambda dtype: compute["type"].get(np.dtype(dtype), real_linalg.COMPUTE_TYPE_DEFAULT)
-    core = types.ModuleType("cupy._core")
-    core._routines_linalg = linalg_mod
+    from minivit.testing import strict_cupy_cuda as rt
+    _OWN_FILES.add(rt.__file__.replace(".pyc", ".py"))
+    cuda, runtime, curand = rt.cuda_modules(real)
+    core, linalg_mod = rt.core_modules(real_linalg)
 
     stride_tricks = _Module("cupy.lib.stride_tricks", real.lib.stride_tricks, np.lib.stride_tricks,
                             {"as_strided": as_strided})
     lib = _Module("cupy.lib", real.lib, None, {"stride_tricks": stride_tricks})
-    random = _random_module(real.random)
+    random = rt.random_module(real.random)
     linalg = _Module("cupy.linalg", real.linalg, np.linalg, {})
     fft = _Module("cupy.fft", real.fft, np.fft, {})
     kern_over = {"RawKernel": kern.RawKernel, "ElementwiseKernel": kern.ElementwiseKernel,
@@ -1060,8 +851,8 @@ def install():
                 asanyarray=asanyarray, asnumpy=asnumpy, get_array_module=get_array_module, take=take,
                 take_along_axis=take_along_axis, where=where, fuse=fuse, cuda=cuda, random=random, lib=lib,
                 linalg=linalg, fft=fft, _core=core, __version__=real.__version__,
-                get_default_memory_pool=lambda: _memory_pool,
-                get_default_pinned_memory_pool=lambda: _pinned_pool, is_available=lambda: True, **kern_over)
+                get_default_memory_pool=lambda: rt.memory_pool,
+                get_default_pinned_memory_pool=lambda: rt.pinned_pool, is_available=lambda: True, **kern_over)
     # Routines whose output size depends on the data: CuPy reads it back from the device.
     for name, npf in (("nonzero", np.nonzero), ("argwhere", np.argwhere), ("flatnonzero", np.flatnonzero),
                       ("unique", np.unique), ("extract", np.extract), ("compress", np.compress)):
