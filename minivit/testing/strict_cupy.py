@@ -13,7 +13,8 @@ functions call NumPy's. The rules, each as strict as CuPy (or stricter, where no
 * implicit conversion to NumPy (``np.asarray(dev)``, a NumPy function or ufunc on a device
   array) raises CuPy's ``TypeError``; ``cupy.asnumpy`` / ``.get()`` are the explicit way.
   (Real CuPy dispatches ``np.exp(dev)`` to ``cupy.exp`` through NEP 13/18; minivit's rule is
-  ``xp = get_array_module(x)``, so the stand-in refuses it.)
+  ``xp = get_array_module(x)``, so the stand-in refuses it; a NumPy scalar on the left,
+  ``np.float32(2) * dev``, computes on the device as in CuPy.)
 * a host NumPy array (or a list) mixed into a device op raises ``TypeError``; Python and
   NumPy scalars are fine, and ``cupy.asarray`` / ``cupy.array`` take host data (a copy).
 * only the names, array attributes and keyword arguments of the installed real CuPy exist:
@@ -27,7 +28,11 @@ functions call NumPy's. The rules, each as strict as CuPy (or stricter, where no
 * ``RawKernel`` / ``ElementwiseKernel`` calls are checked against the kernel's C signature
   and launch geometry, then computed by a NumPy emulation of the kernel
   (:mod:`minivit.testing.kernel_emulation`).
-* every device→host synchronisation is counted with the file:line that caused it::
+* every device→host synchronisation (``bool``/``float``/``int``, ``.item()``, ``.get()``,
+  ``.tolist()``, ``asnumpy``, boolean-mask indexing, ``nonzero``/``argwhere``/``unique``/
+  ``where(cond)``, ``repr``/``str``/``format``, stream/device synchronize) is counted with the
+  file:line that caused it, the first frame outside the stand-in and minivit/backend.py
+  (iterating is not a sync: as in CuPy it yields device rows)::
 
       from minivit.testing import strict_cupy
       with strict_cupy.count_syncs() as syncs:
@@ -35,6 +40,10 @@ functions call NumPy's. The rules, each as strict as CuPy (or stricter, where no
       assert syncs == [], syncs          # [(file, line, kind), ...]
       with strict_cupy.sync_budget(1, "an fp16 step"):   # or: fail listing the syncs past 1
           train_step()
+
+cupy.cuda (one device, compute capability 9.0), cupy.random and the TF32 compute types are in
+:mod:`minivit.testing.strict_cupy_cuda`. ``backend.is_strict_standin()`` tells minivit it runs on it
+(``default_device()`` stays "cpu": it is no GPU to pick by itself; ``device="cuda"`` uses it).
 
 Activate it with ``MINIVIT_STRICT_CUPY=1`` in the environment before ``minivit`` is imported
 (``minivit.backend`` then calls :func:`install`); the test suite does so by itself where no
