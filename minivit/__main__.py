@@ -82,7 +82,7 @@ def main(argv=None) -> float:
     device = backend.check_device(args.device or backend.default_device())
 
     print(f"minivit {mv.__version__}  numpy {np.__version__}  device {device}"
-          f"  (CuPy with a GPU: {'yes' if backend.cupy_available() else 'no'})")
+          f"  (CuPy with a GPU: {'no: the strict CuPy stand-in' if backend.is_strict_standin() else 'yes' if backend.cupy_available() else 'no'})")
     print(f"1. gradient self-check (float64 finite differences): ok in {self_check():.2f}s")
     print(f"2. training an MLP on three spirals ({args.steps} steps, AdamW + warmup/cosine):")
     t0 = time.perf_counter()

@@ -41,7 +41,7 @@ DEVICES = ("cpu", "cuda")
 
 # --------------------------------------------------------------------------- devices
 def cupy_available() -> bool:
-    """True when CuPy imports and can see at least one GPU."""
+    """True when CuPy imports and can see at least one GPU (always, under the strict stand-in)."""
     if _cupy is None:
         return False
     try:

@@ -54,6 +54,21 @@ def pytest_report_header(config):
     return f"cupy: none ({strict_cupy.available() or 'no GPU, and MINIVIT_STRICT_CUPY=0'}): the cupy runs skip"
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "strict_cupy: a CuPy run on the strict stand-in (NumPy underneath), "
+                                       "not on a GPU; set on such runs by tests/conftest.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark the CuPy runs as stand-in runs when they are (select them with -m strict_cupy)."""
+    if not backend.is_strict_standin():
+        return
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if params.get("xp") == "cupy" or item.path.name in ("test_fused_cuda.py", "test_strict_cupy.py"):
+            item.add_marker("strict_cupy")
+
+
 def _cupy_or_skip():
     if not backend.cupy_available():
         pytest.skip(strict_cupy.available() or "CuPy with a GPU is not available (and MINIVIT_STRICT_CUPY=0)")

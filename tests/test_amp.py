@@ -168,8 +168,10 @@ def test_an_overflowed_gradient_skips_the_step_and_halves_the_scale(xp, bad):
 
 
 def test_step_and_update_read_found_inf_from_the_device_once(xp):
-    if xp is np or not backend.is_strict_standin():
-        pytest.skip("counts device syncs: needs the strict CuPy stand-in")
+    if xp is np:
+        pytest.skip("device syncs: the CuPy run only")
+    if not backend.is_strict_standin():
+        pytest.skip("counts device syncs: needs the strict CuPy stand-in (not a real GPU)")
     from minivit.testing import strict_cupy
     p = _param(xp, 1.0)
     opt = optim.SGD([p], lr=0.1)

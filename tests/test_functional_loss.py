@@ -326,8 +326,10 @@ def test_loss_errors(xp):
 def test_bad_class_indices_on_the_device_cost_no_sync(xp):
     """On CuPy the label check stays on the device (no sync in the step): a bad label's row
     of the loss and of the gradient is NaN, and reading the loss raises, naming the label."""
-    if xp is np or not backend.is_strict_standin():
-        pytest.skip("counts device syncs: needs the strict CuPy stand-in")
+    if xp is np:
+        pytest.skip("device syncs: the CuPy run only")
+    if not backend.is_strict_standin():
+        pytest.skip("counts device syncs: needs the strict CuPy stand-in (not a real GPU)")
     x = t64(xp, np.random.default_rng(0).standard_normal((4, 3)))
     with strict_cupy.count_syncs() as syncs:
         good = cross_entropy(x, xp.asarray([0, 1, 2, -100]))

@@ -4,8 +4,10 @@ them switched off (``fused_cuda.use_fused(False)``: the readable reference code,
 the two must agree to rounding: values and every gradient, float32 and float64, row lengths from
 1 to 9000 (a warp per row up to 1024, a block of 256 or 1024 threads beyond), with batch dims.
 
-These need CuPy and a GPU and skip without them; the checks at the end (switches, CPU arrays
-never taking a kernel) run everywhere.
+These need CuPy: a GPU, or else the strict CuPy stand-in (tests/conftest.py), where each kernel
+call is checked against its C signature and launch geometry and computed by a NumPy emulation
+written from its CUDA C (minivit/testing/kernel_emulation.py); they skip without cupy-cuda12x.
+The checks at the end (switches, CPU arrays never taking a kernel) run everywhere.
 """
 import os
 import subprocess

@@ -66,6 +66,10 @@ def test_host_array_mixed_into_device_op_raises(cp):
               lambda: cp.concatenate([a, h]), lambda: cp.maximum(a, [1.0, 2.0, 3.0]), lambda: a.dot(h)):
         with pytest.raises(TypeError, match="host numpy.ndarray|host builtins.list|Implicit"):
             f()
+    with pytest.raises(TypeError, match="Unsupported type"):
+        a + object()                                   # no __array_priority__ above CuPy's: refused
+    with pytest.raises(AttributeError):
+        a.flags.writeable                              # CuPy's flags: c_contiguous, f_contiguous, owndata
     # scalars are fine, as in CuPy; cupy.asarray is the explicit transfer, and it copies
     assert float((a + 1.0 + np.float32(2)).sum()) == 12.0
     d = cp.asarray(h)
@@ -88,6 +92,18 @@ def test_only_cupys_names_and_keywords(cp):
     with pytest.raises(TypeError, match="unexpected keyword argument 'where'"):
         cp.exp(a, where=a > 0)
     assert a.sum(axis=0, keepdims=True).shape == (1, 3)            # real keywords pass
+    np.indices((2, 3), int, True)                                   # NumPy's sparse, positionally ...
+    with pytest.raises(TypeError, match="at most 2 positional arguments"):
+        cp.indices((2, 3), int, True)                               # ... CuPy has no such parameter
+
+
+def test_array_attributes_are_cupys(cp):
+    import operator
+    a = cp.arange(3)
+    with pytest.raises(TypeError):
+        operator.index(a[0])                  # CuPy 14's ndarray has no __index__
+    from minivit import Tensor
+    assert type(a * Tensor(cp.ones(3, dtype=np.int64))) is Tensor     # Tensor's __array_priority__ wins, as on CuPy
 
 
 def test_reductions_and_integer_indexing_give_0d_device_arrays(cp):
@@ -112,6 +128,14 @@ def test_out_of_range_integer_indices_wrap_around(cp):
     assert cp.take_along_axis(b, cp.asarray([[4], [3]]), axis=1).tolist() == [[1], [3]]
     with pytest.raises(IndexError):
         a[5]                                         # a Python int is checked on the host, as in CuPy
+
+
+def test_random_draws_float32_or_float64_only(cp):
+    assert cp.random.standard_normal(3, dtype=np.float32).dtype == np.float32
+    with pytest.raises(TypeError, match="float32 and float64"):
+        cp.random.standard_normal(3, dtype=np.float16)
+    with pytest.raises(TypeError, match="float32 and float64"):
+        cp.random.RandomState(0).uniform(size=3, dtype=np.float16)
 
 
 def test_pickling_raises_but_deepcopy_copies_on_the_device(cp):
@@ -141,6 +165,16 @@ def test_syncs_are_counted_with_the_line_that_caused_them(cp):
         cp.where(a > 1, a, 0.0)
         a[cp.asarray([0, 1])] = y
     assert none == []
+
+
+def test_sync_budget_lists_the_syncs_past_it(cp):
+    a = cp.ones(3)
+    with strict_cupy.sync_budget(1):
+        float(a.sum())
+    with pytest.raises(AssertionError, match=r"2 device→host syncs, the budget is 1:\n.*test_strict_cupy.py:\d+ \(float\)"):
+        with strict_cupy.sync_budget(1):
+            float(a.sum())
+            bool(a.all())
 
 
 # --------------------------------------------------------------------------- kernels

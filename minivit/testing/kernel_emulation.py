@@ -32,8 +32,9 @@ _C_TYPES = {
     "int8_t": np.int8, "int16_t": np.int16, "int32_t": np.int32, "int64_t": np.int64, "uint8_t": np.uint8,
     "uint32_t": np.uint32, "uint64_t": np.uint64, "size_t": np.uint64, "ptrdiff_t": np.int64,
 }
-# What CuPy passes for a Python scalar argument (CuPy's docs: int → long long, float → double).
-_PY_SCALARS = {bool: np.bool_, int: np.int64, float: np.float64, complex: np.complex128}
+# What CuPy passes for a Python scalar argument (cupy/cuda/function.pyx, _pointer: a Python int,
+# and so a bool too, becomes numpy.int64; a float numpy.float64; a complex numpy.complex128).
+_PY_SCALARS = {bool: np.int64, int: np.int64, float: np.float64, complex: np.complex128}
 
 _RAW: dict = {}
 _ELEMENTWISE: dict = {}
@@ -178,13 +179,16 @@ def _parse_params(spec: str):
 
 
 def _named_dtype(t):
-    """A concrete parameter type (float32, int32, float, ...) as a dtype; None for a placeholder."""
+    """A concrete parameter type (float32, int32, float, ...) as a dtype; None for a type
+    placeholder (CuPy: a one-character type specifier, such as T)."""
+    if len(t) == 1:
+        return None
     if t in _C_TYPES:
         return np.dtype(_C_TYPES[t])
     try:
-        return np.dtype(t) if t[0].islower() else None
+        return np.dtype(t)
     except TypeError:
-        return None
+        raise TypeError(f"ElementwiseKernel: unknown type specifier {t!r}") from None
 
 
 class ElementwiseKernel:

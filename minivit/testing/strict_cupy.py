@@ -13,7 +13,8 @@ functions call NumPy's. The rules, each as strict as CuPy (or stricter, where no
 * implicit conversion to NumPy (``np.asarray(dev)``, a NumPy function or ufunc on a device
   array) raises CuPy's ``TypeError``; ``cupy.asnumpy`` / ``.get()`` are the explicit way.
   (Real CuPy dispatches ``np.exp(dev)`` to ``cupy.exp`` through NEP 13/18; minivit's rule is
-  ``xp = get_array_module(x)``, so the stand-in refuses it.)
+  ``xp = get_array_module(x)``, so the stand-in refuses it; a NumPy scalar on the left,
+  ``np.float32(2) * dev``, computes on the device as in CuPy.)
 * a host NumPy array (or a list) mixed into a device op raises ``TypeError``; Python and
   NumPy scalars are fine, and ``cupy.asarray`` / ``cupy.array`` take host data (a copy).
 * only the names, array attributes and keyword arguments of the installed real CuPy exist:
@@ -27,12 +28,22 @@ functions call NumPy's. The rules, each as strict as CuPy (or stricter, where no
 * ``RawKernel`` / ``ElementwiseKernel`` calls are checked against the kernel's C signature
   and launch geometry, then computed by a NumPy emulation of the kernel
   (:mod:`minivit.testing.kernel_emulation`).
-* every device→host synchronisation is counted with the file:line that caused it::
+* every device→host synchronisation (``bool``/``float``/``int``, ``.item()``, ``.get()``,
+  ``.tolist()``, ``asnumpy``, boolean-mask indexing, ``nonzero``/``argwhere``/``unique``/
+  ``where(cond)``, ``repr``/``str``/``format``, stream/device synchronize) is counted with the
+  file:line that caused it, the first frame outside the stand-in and minivit/backend.py
+  (iterating is not a sync: as in CuPy it yields device rows)::
 
       from minivit.testing import strict_cupy
       with strict_cupy.count_syncs() as syncs:
           train_step()
       assert syncs == [], syncs          # [(file, line, kind), ...]
+      with strict_cupy.sync_budget(1, "an fp16 step"):   # or: fail listing the syncs past 1
+          train_step()
+
+cupy.cuda (one device, compute capability 9.0), cupy.random and the TF32 compute types are in
+:mod:`minivit.testing.strict_cupy_cuda`. ``backend.is_strict_standin()`` tells minivit it runs on it
+(``default_device()`` stays "cpu": it is no GPU to pick by itself; ``device="cuda"`` uses it).
 
 Activate it with ``MINIVIT_STRICT_CUPY=1`` in the environment before ``minivit`` is imported
 (``minivit.backend`` then calls :func:`install`); the test suite does so by itself where no
@@ -53,7 +64,10 @@ import numpy as np
 NOT_INSTALLED = "cupy-cuda12x not installed (pip install 'minivit[gpucheck]')"
 IMPLICIT = ("Implicit conversion to a NumPy array is not allowed. "
             "Please use `.get()` to construct a NumPy array explicitly.")
-_OWN_FILES = {__file__.replace(".pyc", ".py")}
+# Frames skipped when a sync is attributed to a line: the stand-in's own, and minivit.backend's
+# (its to_numpy / synchronize are the wrappers every caller goes through: the caller is the news).
+_OWN_FILES = {__file__.replace(".pyc", ".py"),
+              __file__.replace(".pyc", ".py").rsplit("testing", 1)[0] + "backend.py"}
 _real = {}                      # what install() read from the real CuPy
 _sync_logs: list[list] = []     # the open count_syncs() lists
 _sync_total = [0]
@@ -95,7 +109,11 @@ def _remove(logs: list, log: list):
 
 @contextlib.contextmanager
 def count_syncs():
-    """Record every device→host sync inside the block: yields a list of (file, line, kind)."""
+    """Record every device→host sync inside the block: yields a list of (file, line, kind), the line
+    the first frame outside the stand-in and minivit/backend.py (whose helpers wrap the transfers)."""
+    if not installed():
+        raise RuntimeError("count_syncs counts the strict CuPy stand-in's syncs, and it is not installed "
+                           "(MINIVIT_STRICT_CUPY=1 before importing minivit); skip such a test otherwise")
     log = []
     _sync_logs.append(log)
     try:
@@ -143,6 +161,20 @@ def _one_launch(kind: str):
         yield
     finally:
         _muted[0] -= 1
+
+
+@contextlib.contextmanager
+def sync_budget(limit: int, what: str = "the block"):
+    """Fail (AssertionError listing each sync's file:line) if the block syncs more than ``limit`` times::
+
+        with strict_cupy.sync_budget(0, "an fp32 training step"):
+            trainer.train_step(x, target, labels)
+    """
+    with count_syncs() as syncs:
+        yield syncs
+    if len(syncs) > limit:
+        lines = "\n".join(f"  {f}:{n} ({k})" for f, n, k in syncs)
+        raise AssertionError(f"{what}: {len(syncs)} device→host syncs, the budget is {limit}:\n{lines}")
 
 
 def sync_count() -> int:
@@ -237,16 +269,50 @@ def _params(obj):
     return frozenset(p.name for p in ps if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
 
 
-def _function(where, npf, allowed):
-    """A CuPy function computed by NumPy's ``npf``: keywords checked, host arrays refused."""
+def _max_positional(obj):
+    """How many positional arguments a real CuPy function takes (None: unknown, or *args)."""
+    try:
+        ps = inspect.signature(obj).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is p.VAR_POSITIONAL for p in ps):
+        return None
+    return sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in ps)
+
+
+def _check_positional(where, n, most):
+    if most is not None and n > most:
+        raise TypeError(f"{where}() takes at most {most} positional arguments in the installed CuPy "
+                        f"{_real.get('version', '?')}, {n} were given")
+
+
+# NumPy functions that give a Python bool/int where CuPy gives a 0-d device array (reading it syncs).
+_DEVICE_SCALAR_RESULT = frozenset({"array_equal", "array_equiv", "allclose", "count_nonzero"})
+
+
+def _function(where, npf, allowed, most=None):
+    """A CuPy function computed by NumPy's ``npf``: keywords and the number of positional
+    arguments checked against the real one's, host arrays refused."""
+    if where.rsplit(".", 1)[-1] in _DEVICE_SCALAR_RESULT:
+        def g(*args, **kwargs):
+            _check_kwargs(where, kwargs, allowed)
+            _check_positional(where, len(args), most)
+            with np.errstate(all="ignore"):
+                r = npf(*_in(args, where), **_in_kw(kwargs, where))
+            return _wrap(np.asarray(r)) if isinstance(r, (bool, int, float, np.generic)) else _out(r)
+        g.__name__ = where.rsplit(".", 1)[-1]
+        return g
     if where.rsplit(".", 1)[-1] in _SHAPE_ARGS:
         def f(a, *args, **kwargs):
             _check_kwargs(where, kwargs, allowed)
+            _check_positional(where, 1 + len(args), most)
             return _out(npf(_in(a, where), *_in_shape(args, where), **{k: _in_shape(v, where) for k, v in kwargs.items()}))
         f.__name__ = f.__qualname__ = where.rsplit(".", 1)[-1]
         return f
 
     def f(*args, **kwargs):
+        if most is not None and len(args) > most:
+            _check_positional(where, len(args), most)
         with np.errstate(all="ignore"):         # a GPU has no floating-point warnings
             if kwargs:
                 _check_kwargs(where, kwargs, allowed)
@@ -369,11 +435,11 @@ class ndarray:
     strides = property(lambda self: self._a.strides)
     itemsize = property(lambda self: self._a.itemsize)
     nbytes = property(lambda self: self._a.nbytes)
-    flags = property(lambda self: self._a.flags)
+    flags = property(lambda self: _Flags(self._a.flags))
     T = property(lambda self: _wrap(self._a.T))
     mT = property(lambda self: _wrap(self._a.mT))
     base = property(lambda self: None if self._a.base is None else _wrap(self._a.base))
-    device = property(lambda self: _cuda.Device(0))
+    device = property(lambda self: sys.modules["cupy"].cuda.Device(0))
     data = property(lambda self: _MemoryPointer(self._a))
     __cuda_array_interface__ = property(lambda self: {**self._a.__array_interface__, "version": 3})
 
@@ -555,7 +621,15 @@ def _method(name):
     return m
 
 
-def _binary(op, reflected=False):
+def _other(op, other, compare):
+    """What CuPy does with an operand of another type: defer to one of higher __array_priority__
+    (minivit's Tensor), refuse the rest (comparisons fall back to Python's identity rules)."""
+    if compare or getattr(other, "__array_priority__", -1) > ndarray.__array_priority__:
+        return NotImplemented
+    raise TypeError(f"cupy.ndarray {op.__name__}: Unsupported type {type(other)!r}")
+
+
+def _binary(op, reflected=False, compare=False):
     def m(self, other):
         t = type(other)
         if t is ndarray:
@@ -565,7 +639,7 @@ def _binary(op, reflected=False):
         elif t is np.ndarray or t is list or t is tuple:
             raise _host_mixed(f"cupy.ndarray {op.__name__}", other)
         else:
-            return NotImplemented
+            return _other(op, other, compare)
         with np.errstate(all="ignore"):         # a GPU has no floating-point warnings
             return _out(op(o, self._a) if reflected else op(self._a, o))
     return m
@@ -579,7 +653,7 @@ def _inplace(op):
         elif t is np.ndarray or t is list or t is tuple:
             raise _host_mixed(f"cupy.ndarray {op.__name__}", other)
         elif not isinstance(other, (int, float, complex, np.generic)):
-            return NotImplemented
+            return _other(op, other, False)
         with np.errstate(all="ignore"):
             op(self._a, other)
         _launch_logs and _launch()
@@ -594,10 +668,23 @@ for _name in ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "matmul"
     setattr(ndarray, f"__r{_name}__", _binary(_op, reflected=True))
     setattr(ndarray, f"__i{_name}__", _inplace(getattr(operator, f"i{_name}")))
 for _name in ("eq", "ne", "lt", "le", "gt", "ge"):
-    setattr(ndarray, f"__{_name}__", _binary(getattr(operator, _name)))
+    setattr(ndarray, f"__{_name}__", _binary(getattr(operator, _name), compare=True))
 for _name in ("neg", "pos", "abs", "invert"):
     setattr(ndarray, f"__{_name}__", (lambda op: lambda self: _out(np.asarray(op(self._a))))(getattr(operator, _name)))
 ndarray.__divmod__ = _binary(divmod)
+
+
+class _Flags:
+    """CuPy's array flags: c_contiguous, f_contiguous and owndata only."""
+
+    __slots__ = ("c_contiguous", "f_contiguous", "owndata")
+
+    def __init__(self, f):
+        self.c_contiguous, self.f_contiguous, self.owndata = f.c_contiguous, f.f_contiguous, f.owndata
+
+    def __getitem__(self, name):
+        return {"C_CONTIGUOUS": self.c_contiguous, "F_CONTIGUOUS": self.f_contiguous,
+                "OWNDATA": self.owndata}[name]
 
 
 class _MemoryPointer:
@@ -734,192 +821,6 @@ def as_strided(x, shape=None, strides=None):
     return _wrap(np.lib.stride_tricks.as_strided(_in(x, "cupy.lib.stride_tricks.as_strided"), shape, strides))
 
 
-# =========================================================================== cupy.cuda, cupy.random
-class _Stream:
-    null = None
-
-    def synchronize(self):
-        _sync("stream.synchronize")
-
-    def use(self):
-        return self
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
-class _Event:
-    def __init__(self, block=True, disable_timing=False, interprocess=False):
-        import time
-        self._t, self._clock = None, time.perf_counter
-
-    def record(self, stream=None):
-        self._t = self._clock()
-
-    def synchronize(self):
-        _sync("event.synchronize")
-
-
-class _Device:
-    def __init__(self, device=None):
-        if device not in (None, 0):
-            raise ValueError(f"the strict stand-in has one device (0), not {device!r}")
-        self.id = 0
-        self.compute_capability = "90"
-
-    def synchronize(self):
-        _sync("device.synchronize")
-
-    def use(self):
-        return self
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    @property
-    def mem_info(self):
-        return (64 << 30, 80 << 30)
-
-    def __eq__(self, other):
-        return isinstance(other, _Device) and other.id == self.id
-
-    __hash__ = object.__hash__
-
-    def __repr__(self):
-        return "<CUDA Device 0 (strict stand-in)>"
-
-
-class _MemoryPool:
-    def used_bytes(self):
-        return 0
-
-    def total_bytes(self):
-        return 0
-
-    def free_all_blocks(self):
-        pass
-
-    def n_free_blocks(self):
-        return 0
-
-    def set_limit(self, size=None, fraction=None):
-        pass
-
-    def get_limit(self):
-        return 0
-
-
-_memory_pool, _pinned_pool = _MemoryPool(), _MemoryPool()
-
-
-def _elapsed(start, end):
-    _sync("get_elapsed_time")
-    return 1000.0 * (end._t - start._t)
-
-
-def _runtime_module():
-    m = types.ModuleType("cupy.cuda.runtime")
-    m.getDeviceCount = lambda: 1
-    m.getDevice = lambda: 0
-    m.getDeviceProperties = lambda i: {"name": b"strict CuPy stand-in (NumPy)", "totalGlobalMem": 80 << 30,
-                                       "major": 9, "minor": 0, "multiProcessorCount": 132}
-    m.runtimeGetVersion = lambda: 12080
-    m.driverGetVersion = lambda: 12080
-    m.deviceSynchronize = lambda: _sync("deviceSynchronize")
-    m.is_hip = False
-    m.CUDARuntimeError = RuntimeError
-    return m
-
-
-_cuda = types.SimpleNamespace(Device=_Device)
-
-
-class _RandomState:
-    """cupy.random.RandomState on NumPy's Generator (Philox), float32 draws made as float32."""
-
-    def __init__(self, seed=None, method=None):
-        self.method = method if method is not None else _CURAND["CURAND_RNG_PSEUDO_DEFAULT"]
-        self.seed(seed)
-
-    def seed(self, seed=None):
-        if seed is not None and not 0 <= int(seed) < 2**64:
-            raise ValueError(f"seed must be in [0, 2**64), got {seed}")
-        self._g = np.random.Generator(np.random.Philox(seed))
-
-    def _f(self, x, dtype):
-        return _wrap(np.asarray(x).astype(dtype, copy=False))
-
-    def standard_normal(self, size=None, dtype=float):
-        return _wrap(np.asarray(self._g.standard_normal(size, dtype=np.dtype(dtype).type)))
-
-    def normal(self, loc=0.0, scale=1.0, size=None, dtype=float):
-        return self._f(self._g.normal(_in(loc, "normal"), _in(scale, "normal"), size), dtype)
-
-    def uniform(self, low=0.0, high=1.0, size=None, dtype=float):
-        return self._f(self._g.uniform(_in(low, "uniform"), _in(high, "uniform"), size), dtype)
-
-    def random_sample(self, size=None, dtype=float):
-        return _wrap(np.asarray(self._g.random(size, dtype=np.dtype(dtype).type)))
-
-    random = random_sample
-
-    def rand(self, *size, dtype=float):
-        return self.random_sample(size or None, dtype)
-
-    def randn(self, *size, dtype=float):
-        return self.standard_normal(size or None, dtype)
-
-    def randint(self, low, high=None, size=None, dtype=int):
-        return _wrap(np.asarray(self._g.integers(low, high, size, dtype=dtype)))
-
-    def permutation(self, num):
-        return _wrap(self._g.permutation(_in(num, "permutation")))
-
-    def shuffle(self, a):
-        self._g.shuffle(a._a)
-
-    def choice(self, a, size=None, replace=True, p=None):
-        return _out(self._g.choice(_in(a, "choice"), size, replace, _in(p, "choice")))
-
-    def __getattr__(self, name):
-        if name in _real.get("RandomState", ()):
-            raise StandinError(f"cupy.random.RandomState.{name} is not emulated: add it to strict_cupy.py")
-        raise AttributeError(f"'RandomState' object has no attribute {name!r}")
-
-
-_CURAND = {"CURAND_RNG_PSEUDO_DEFAULT": 100, "CURAND_RNG_PSEUDO_XORWOW": 101, "CURAND_RNG_PSEUDO_MRG32K3A": 121,
-           "CURAND_RNG_PSEUDO_MTGP32": 141, "CURAND_RNG_PSEUDO_MT19937": 142, "CURAND_RNG_PSEUDO_PHILOX4_32_10": 161}
-_random_state = {"rs": None}
-
-
-def _get_random_state():
-    if _random_state["rs"] is None:
-        _random_state["rs"] = _RandomState()
-    return _random_state["rs"]
-
-
-def _set_random_state(rs):
-    if not isinstance(rs, _RandomState):
-        raise TypeError(f"set_random_state needs a cupy.random.RandomState, got {type(rs)}")
-    _random_state["rs"] = rs
-
-
-def _random_module(real):
-    over = {"RandomState": _RandomState, "get_random_state": _get_random_state,
-            "set_random_state": _set_random_state,
-            "seed": lambda seed=None: _get_random_state().seed(seed)}
-    for name in ("standard_normal", "normal", "uniform", "random_sample", "random", "rand", "randn",
-                 "randint", "permutation", "shuffle", "choice"):
-        over[name] = (lambda n: lambda *a, **k: getattr(_get_random_state(), n)(*a, **k))(name)
-    return _Module("cupy.random", real, None, over)
-
-
 # =========================================================================== modules
 class _Module(types.ModuleType):
     """A stand-in module: its names are the real CuPy module's, made on first use from
@@ -945,7 +846,7 @@ class _Module(types.ModuleType):
         elif n is not None and callable(n) and type(r).__name__ in ("ufunc", "_GUFunc") and isinstance(n, np.ufunc):
             v = ufunc(name, n, _params(r))
         elif n is not None and callable(n) and callable(r) and not isinstance(r, type):
-            v = _function(f"{self.__name__}.{name}", n, _params(r))
+            v = _function(f"{self.__name__}.{name}", n, _params(r), _max_positional(r))
         else:
             raise StandinError(f"{self.__name__}.{name} exists in CuPy but the strict stand-in does not emulate it: "
                                f"add it to minivit/testing/strict_cupy.py")
@@ -991,6 +892,13 @@ def install():
                                if not n.startswith("__")}
     _real["kwargs"] = {n: _params(getattr(real, n)) for n in dir(real) if callable(getattr(real, n, None))}
     _real["RandomState"] = frozenset(dir(real.random.RandomState))
+    # The stand-in's own array attributes and operators, less those this CuPy lacks (e.g. __index__:
+    # operator.index(dev) raises on CuPy; __imatmul__: `a @= b` makes a new array there).
+    keep = {"_a", "__slots__", "__weakref__", "__module__", "__doc__", "__qualname__", "__getattr__",
+            "__init__", "__hash__", "__dict__", "__firstlineno__", "__static_attributes__"}
+    for name in list(vars(ndarray)):
+        if name not in keep and name not in _real["ndarray"]:
+            delattr(ndarray, name)
     real_modules = {k: v for k, v in sys.modules.items() if k.split(".")[0] in ("cupy", "cupyx")}
     for k in real_modules:
         del sys.modules[k]
@@ -998,37 +906,15 @@ def install():
     from minivit.testing import kernel_emulation as kern
     _OWN_FILES.add(kern.__file__.replace(".pyc", ".py"))
 
-    # cupy.cuda
-    cuda = _Module("cupy.cuda", real.cuda, None, {})
-    runtime = _runtime_module()
-    curand = types.ModuleType("cupy.cuda.curand")      # (the real one needs libcurand: its constants, from curand.h)
-    curand.__dict__.update(_CURAND)
-    # The libraries backend.check_device loads up front: the stand-in's matrix products are
-    # NumPy's and its kernels are emulated, so there is nothing to load; they only exist.
-    cublas = types.ModuleType("cupy.cuda.cublas")
-    nvrtc = types.ModuleType("cupy.cuda.nvrtc")
-    nvrtc.getVersion = lambda: (12, 0)
-    stream = _Stream()
-    cuda.__dict__.update(runtime=runtime, curand=curand, cublas=cublas, nvrtc=nvrtc, Device=_Device, Stream=_Stream, Event=_Event,
-                         get_current_stream=lambda device_id=None: stream, get_elapsed_time=_elapsed,
-                         is_available=lambda: True, get_device_id=lambda: 0, MemoryPool=_MemoryPool)
-    _cuda.Device = _Device
-
-    # cupy._core._routines_linalg: the compute types (TF32)
-    compute = {"type": {}}
-    linalg_mod = types.ModuleType("cupy._core._routines_linalg")
-    for n in dir(real_linalg):
-        if n.startswith("COMPUTE_TYPE_"):
-            setattr(linalg_mod, n, getattr(real_linalg, n))
-    linalg_mod.set_compute_type = lambda dtype, ct: compute["type"].__setitem__(np.dtype(dtype), ct)
-    linalg_mod.get_compute_type = lambda dtype: compute["type"].get(np.dtype(dtype), real_linalg.COMPUTE_TYPE_DEFAULT)
-    core = types.ModuleType("cupy._core")
-    core._routines_linalg = linalg_mod
+    from minivit.testing import strict_cupy_cuda as rt
+    _OWN_FILES.add(rt.__file__.replace(".pyc", ".py"))
+    cuda, runtime, curand = rt.cuda_modules(real)
+    core, linalg_mod = rt.core_modules(real_linalg)
 
     stride_tricks = _Module("cupy.lib.stride_tricks", real.lib.stride_tricks, np.lib.stride_tricks,
                             {"as_strided": as_strided})
     lib = _Module("cupy.lib", real.lib, None, {"stride_tricks": stride_tricks})
-    random = _random_module(real.random)
+    random = rt.random_module(real.random)
     linalg = _Module("cupy.linalg", real.linalg, np.linalg, {})
     fft = _Module("cupy.fft", real.fft, np.fft, {})
     kern_over = {"RawKernel": kern.RawKernel, "ElementwiseKernel": kern.ElementwiseKernel,
@@ -1037,13 +923,12 @@ def install():
                 asanyarray=asanyarray, asnumpy=asnumpy, get_array_module=get_array_module, take=take,
                 take_along_axis=take_along_axis, where=where, fuse=fuse, cuda=cuda, random=random, lib=lib,
                 linalg=linalg, fft=fft, _core=core, __version__=real.__version__,
-                get_default_memory_pool=lambda: _memory_pool,
-                get_default_pinned_memory_pool=lambda: _pinned_pool, is_available=lambda: True, **kern_over)
+                get_default_memory_pool=lambda: rt.memory_pool,
+                get_default_pinned_memory_pool=lambda: rt.pinned_pool, is_available=lambda: True, **kern_over)
+    # Routines whose output size depends on the data: CuPy reads it back from the device.
     for name, npf in (("nonzero", np.nonzero), ("argwhere", np.argwhere), ("flatnonzero", np.flatnonzero),
-                      ("unique", np.unique), ("extract", np.extract), ("compress", np.compress),
-                      ("count_nonzero", None)):
-        if npf is not None:
-            over[name] = _syncing(name, npf)
+                      ("unique", np.unique), ("extract", np.extract), ("compress", np.compress)):
+        over[name] = _syncing(name, npf)
     cupy = _Module("cupy", real, np, over)
     special = _Module("cupyx.scipy.special", real_special, scipy.special, {})
     cupyx_scipy = _Module("cupyx.scipy", real_x.scipy, None, {"special": special})
@@ -1051,7 +936,7 @@ def install():
                                              "scatter_min": scatter_min, "scipy": cupyx_scipy})
     sys.modules.update({
         "cupy": cupy, "cupy.cuda": cuda, "cupy.cuda.runtime": runtime, "cupy.cuda.curand": curand,
-        "cupy.cuda.cublas": cublas, "cupy.cuda.nvrtc": nvrtc,
+        "cupy.cuda.cublas": cuda.cublas, "cupy.cuda.nvrtc": cuda.nvrtc,
         "cupy._core": core, "cupy._core._routines_linalg": linalg_mod, "cupy.lib": lib,
         "cupy.lib.stride_tricks": stride_tricks, "cupy.random": random, "cupy.linalg": linalg,
         "cupy.fft": fft, "cupyx": cupyx, "cupyx.scipy": cupyx_scipy, "cupyx.scipy.special": special})
