@@ -26,7 +26,7 @@ pytestmark = pytest.mark.skipif(not backend.cupy_available(),
 
 CIFAR_MODELS = ["vit_tiny", "deit_tiny", "pvt_tiny", "pvt_v2_tiny", "swin_tiny", "cvt_tiny", "pit_tiny",
                 "resnet_teacher"]
-SHORT = ["--dataset", "synthetic", "--device", "cuda", "--subset", "64", "--test-subset", "32",
+SHORT = ["--dataset", "synthetic", "--device", "cuda", "--subset", "32", "--test-subset", "32",
          "--epochs", "1", "--batch-size", "32", "--no-progress"]
 AUGMENT = ["--randaugment", "2,9", "--random-erasing", "0.25", "--mixup", "0.8", "--cutmix", "1.0",
            "--clip-grad", "1.0"]
@@ -76,7 +76,7 @@ def test_interrupted_cuda_run_resumes_where_it_stopped(tmp_path, monkeypatch):
     metrics match an uninterrupted run's. (On a real GPU cuRAND and the reduction order may
     differ between runs, so the comparison is to float tolerance, not bitwise.)"""
     args = SHORT + AUGMENT + ["--model", "pvt_v2_tiny", "--model-kwargs", "depths=[1,1,1,1]",
-                              "--epochs", "2", "--precision", "fp16", "--drop-path", "0.1"]
+                              "--epochs", "2", "--subset", "64", "--precision", "fp16", "--drop-path", "0.1"]
     straight, _ = quiet_run(args + ["--out-dir", str(tmp_path / "a")])
     calls, step = {"n": 0}, Trainer.train_step
 
