@@ -47,7 +47,7 @@ import numpy as np
 import minivit
 import minivit.functional as F
 import minivit.models  # registers every architecture, resnet_teacher included
-from minivit import amp, backend, data, nn, optim
+from minivit import amp, backend, cli, data, nn, optim
 from minivit.autograd import Tensor, no_grad
 from minivit.data.io import atomic_write, safe_load_pickle
 from minivit.models.registry import parse_model_kwargs
@@ -166,9 +166,11 @@ def load_model_from_checkpoint(path, device: str = "cpu"):
 
 
 # =========================================================================== evaluation
-def evaluate(model, loader, precision: str = "fp32") -> dict:
+def evaluate(model, loader, precision: str = "fp32", progress: bool = False, desc: str = "test") -> dict:
     """Loss, accuracy and predictions over a whole split, batched on the device; one sync at the end.
-    ``precision="fp16"`` evaluates under autocast, as the model was trained."""
+    ``precision="fp16"`` evaluates under autocast, as the model was trained. ``progress=True``
+    shows a tqdm bar on stderr (images done; the numbers stay on the device until the end)."""
+    from tqdm import tqdm
     was_training = model.training
     model.eval()
     xp = loader.xp
@@ -176,12 +178,16 @@ def evaluate(model, loader, precision: str = "fp32") -> dict:
     correct = xp.zeros((), dtype=np.int64)
     preds = []
     with no_grad(), amp.autocast(enabled=precision == "fp16"):
+        bar = tqdm(total=loader.n, unit="img", unit_scale=True, desc=desc, leave=False, disable=not progress,
+                   dynamic_ncols=True)
         for x, _, labels in loader.batches():
             logits = merge_heads(model(Tensor(x)))                        # (B, num_classes)
             loss_sum += F.cross_entropy(logits, labels, reduction="sum").data
             pred = logits.data.argmax(axis=1)
             correct += (pred == labels).sum()
             preds.append(pred)
+            bar.update(len(labels))
+        bar.close()
     model.train(was_training)
     n = loader.n
     return {"loss": float(loss_sum) / n, "acc": int(correct) / n,
@@ -214,7 +220,7 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 def build_parser() -> argparse.ArgumentParser:
     models = ", ".join(minivit.models.list_models()) or "(none registered)"
-    p = argparse.ArgumentParser(
+    p = cli.ArgumentParser(
         prog="python -m minivit.train", formatter_class=_HelpFormatter,
         description="Train a model on CIFAR-10 (or the synthetic set), with checkpoints, resume and "
                     "DeiT distillation.\n\n" + __doc__.split("\n\n", 1)[1].split("\nA checkpoint")[0],
@@ -302,9 +308,13 @@ def resolve_config(args: argparse.Namespace) -> dict:
         raise ValueError(f"--distillation {cfg['distillation']} needs --teacher CHECKPOINT")
     if cfg["teacher"] and cfg["distillation"] == "none":
         raise ValueError("--teacher was given with --distillation none: choose soft or hard, or drop --teacher")
-    if cfg["epochs"] < 1 or cfg["batch_size"] < 1 or cfg["eval_every"] < 1 or cfg["log_every"] < 1:
-        raise ValueError("--epochs, --batch-size, --eval-every and --log-every must be positive")
-    cfg["device"] = backend.check_device(cfg["device"] or backend.default_device())
+    cli.check_positive(cfg, "epochs", "batch_size", "eval_batch_size", "eval_every", "log_every",
+                       "subset", "test_subset")
+    try:                                     # before the data loads: a typo should not wait for it
+        minivit.models.registry.model_entrypoint(cfg["model"])
+    except ValueError as e:
+        raise cli.UsageError(f"--model {cfg['model']}: {e}") from None
+    cfg["device"] = cli.check_device(cfg["device"] or backend.default_device())
     return cfg
 
 
@@ -630,7 +640,8 @@ def run(argv=None, log=print) -> dict:
         for key in ("device", "progress", "log_every"):
             if key in explicit:
                 cfg[key] = getattr(args, key)
-        cfg["device"] = backend.check_device(cfg["device"])
+        cfg["device"] = cli.check_device(cfg["device"], "--device" if "device" in explicit else
+                                         "this run was trained with --device (choose another with --device)")
         log(f"resuming {run_dir} at epoch {ckpt['epoch'] + 1}, step {ckpt.get('step_in_epoch', 0)} "
             f"of {cfg['epochs']} epochs")
         trainer = Trainer(cfg, run_dir, resume=ckpt, log=log)
@@ -672,8 +683,7 @@ def main(argv=None) -> dict:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(1) from None
     except (data.DatasetError, CheckpointError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+        cli.fail(e)
     except KeyboardInterrupt:
         print("\ninterrupted: stopped without saving a checkpoint (any earlier one in the run directory "
               "is intact)", file=sys.stderr)
