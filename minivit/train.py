@@ -94,6 +94,17 @@ def save_checkpoint(path, state: dict | None = None, *, blob: bytes | None = Non
         f.write(blob)
 
 
+def _damaged_hint(path: Path) -> str:
+    """What to do about a damaged checkpoint: the run's other one, by the path the commands take.
+    (``--resume RUN_DIR`` reads RUN_DIR/last.ckpt; given a .ckpt file, it continues from that one.)"""
+    other = path.with_name({"last.ckpt": "best.ckpt", "best.ckpt": "last.ckpt"}.get(path.name, "last.ckpt"))
+    if other == path or not other.is_file():
+        return "The file is truncated or corrupt; retrain, or pass a checkpoint that is intact."
+    return (f"The file is truncated or corrupt. {other} holds the run's whole state at its "
+            f"{'best' if other.name == 'best.ckpt' else 'last'} epoch: continue from it with "
+            f"python -m minivit.train --resume {other}, or evaluate it with python -m minivit.evaluate {other}.")
+
+
 def load_checkpoint(path) -> dict:
     """Read and check a checkpoint; any problem raises CheckpointError naming the file."""
     path = Path(path)
@@ -107,7 +118,7 @@ def load_checkpoint(path) -> dict:
                                   "made by python -m minivit.train, or a .ckpt file")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
-    hint = "The file is truncated or corrupt; use another checkpoint (best.ckpt / last.ckpt) or retrain."
+    hint = _damaged_hint(path)
     try:
         with open(path, "rb") as f:
             outer = safe_load_pickle(f)
@@ -637,13 +648,15 @@ def run(argv=None, log=print) -> dict:
         if ignored:
             log("note: a resumed run keeps its saved configuration; ignoring "
                 + ", ".join("--" + k.replace("_", "-") for k in ignored))
+        if ckpt["epoch"] >= cfg["epochs"] and not ckpt.get("step_in_epoch"):
+            return _already_finished(ckpt, run_dir, log)
         for key in ("device", "progress", "log_every"):
             if key in explicit:
                 cfg[key] = getattr(args, key)
         cfg["device"] = cli.check_device(cfg["device"], "--device" if "device" in explicit else
                                          "this run was trained with --device (choose another with --device)")
         log(f"resuming {run_dir} at epoch {ckpt['epoch'] + 1}, step {ckpt.get('step_in_epoch', 0)} "
-            f"of {cfg['epochs']} epochs")
+            f"of {_plural(cfg['epochs'], 'epoch')}")
         trainer = Trainer(cfg, run_dir, resume=ckpt, log=log)
     else:
         cfg = resolve_config(args)
@@ -657,12 +670,12 @@ def run(argv=None, log=print) -> dict:
         c = trainer.cfg
         log(f"run {run_dir}: {c['model']} ({c['num_params']:,} parameters) on {c['dataset']} "
             f"({c['n_train']} train / {c['n_test']} test from {c['data_source']}), device {c['device']}, "
-            f"{c['epochs']} epochs × {c['steps_per_epoch']} steps of {c['batch_size']}")
+            f"{_plural(c['epochs'], 'epoch')} × {_plural(c['steps_per_epoch'], 'step')} of {c['batch_size']}")
     trainer.write_metrics()
     status = trainer.fit()
     from minivit.plotting import plot_curves
     if trainer.metrics:
-        plot_curves(trainer.metrics, run_dir / "curves.png", title=f"{cfg['model']} on {cfg['dataset']}")
+        plot_curves(trainer.metrics, run_dir / "curves.png", title=_curves_title(trainer.cfg))
     summary = {"status": status, "run_dir": str(run_dir), "epoch": trainer.epoch,
                "step_in_epoch": trainer.step_in_epoch, "best_acc": trainer.best_acc,
                "best_epoch": trainer.best_epoch, "metrics": trainer.metrics}
@@ -673,6 +686,29 @@ def run(argv=None, log=print) -> dict:
         log(f"done: test acc {trainer.metrics[-1]['test_acc']:.2%} (best {trainer.best_acc:.2%} at epoch "
             f"{trainer.best_epoch}); run directory {run_dir}")
     return summary
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
+
+
+def _already_finished(ckpt: dict, run_dir: Path, log) -> dict:
+    """--resume of a run that has done all its epochs: say so, and how to train longer."""
+    epochs, best = ckpt["config"]["epochs"], ckpt.get("best_epoch")
+    acc = f"; best test accuracy {ckpt.get('best_acc', 0):.2%} at epoch {best}" if best is not None else ""
+    log(f"{run_dir} already finished its {_plural(epochs, 'epoch')}{acc}: nothing to resume. To train longer, "
+        f"start a new run with a larger --epochs (the learning-rate schedule is laid out over --epochs, so a "
+        f"finished run is not extended)")
+    return {"status": "done", "run_dir": str(run_dir), "epoch": ckpt["epoch"], "step_in_epoch": 0,
+            "best_acc": ckpt.get("best_acc", -1.0), "best_epoch": best, "metrics": list(ckpt.get("metrics", []))}
+
+
+def _curves_title(cfg: dict) -> str:
+    """The model and the data behind the curves: dataset, image counts, the file they came from."""
+    source = str(cfg.get("data_source", "")).split(" (")[0]          # without "(decoded cache ...)"
+    subset = " (--subset)" if cfg.get("subset") else ""
+    return (f"{cfg['model']} on {cfg['dataset']}: {cfg['n_train']:,} train images{subset}, {cfg['n_test']:,} test"
+            + (f", from {Path(source).name}" if source and cfg["dataset"] != "synthetic" else ""))
 
 
 def main(argv=None) -> dict:
