@@ -111,7 +111,8 @@ def test_resumed_cuda_run_on_a_machine_without_one_names_the_flag_to_change(tmp_
                "--subset", "64", "--test-subset", "32", "--epochs", "1", "--batch-size", "32",
                "--out-dir", str(run_dir)], log=lambda *a: None)
     ck = train.load_checkpoint(run_dir / "last.ckpt")
-    ck["config"]["device"] = "cuda"                        # as if it had been trained on a GPU
+    ck["config"]["device"] = "cuda"                        # as if it had been trained on a GPU,
+    ck["config"]["epochs"] = 2                             # and had an epoch to go
     train.save_checkpoint(run_dir / "last.ckpt", {k: v for k, v in ck.items() if k != "path"})
     monkeypatch.setattr(backend, "_cupy", None)
     refused(capsys, "train", ["--resume", str(run_dir)], "trained with --device", "cuda", "--device cpu")
