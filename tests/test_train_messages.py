@@ -93,3 +93,14 @@ def test_default_run_dirs_are_ignored_by_git_but_named_ones_are_not(monkeypatch,
                           text=True)
     ignored = set(proc.stdout.split())
     assert {p for p, want in paths.items() if want} == ignored, proc.stdout
+
+
+def test_evaluate_shows_its_progress(finished, capsys):
+    """python -m minivit.evaluate takes most of a minute on a CPU: a bar on stderr shows it going
+    (the trainer's evaluate(), shared, with progress=True)."""
+    run_dir = finished[0]
+    evaluate.main([str(run_dir), "--device", "cpu", "--test-subset", "64", "--batch-size", "16", "--progress"])
+    err = capsys.readouterr().err
+    assert "evaluating resnet_teacher" in err and "100%" in err and "img/s" in err
+    evaluate.main([str(run_dir), "--device", "cpu", "--test-subset", "64", "--no-progress"])
+    assert "evaluating" not in capsys.readouterr().err
