@@ -325,6 +325,8 @@ def resolve_config(args: argparse.Namespace) -> dict:
         minivit.models.registry.model_entrypoint(cfg["model"])
     except ValueError as e:
         raise cli.UsageError(f"--model {cfg['model']}: {e}") from None
+    if cfg["teacher"] and not Path(cfg["teacher"]).exists():
+        raise cli.UsageError(f"--teacher {cfg['teacher']}: no such run directory or .ckpt file")
     cfg["device"] = cli.check_device(cfg["device"] or backend.default_device())
     return cfg
 
@@ -640,7 +642,10 @@ def run(argv=None, log=print) -> dict:
     args = parser.parse_args(argv)
     if args.resume:
         run_dir = Path(args.resume)
-        ckpt = load_checkpoint(run_dir / "last.ckpt") if run_dir.is_dir() else load_checkpoint(run_dir)
+        try:
+            ckpt = load_checkpoint(run_dir / "last.ckpt") if run_dir.is_dir() else load_checkpoint(run_dir)
+        except CheckpointError as e:
+            raise CheckpointError(f"--resume {args.resume}: {e}") from None
         run_dir = Path(ckpt["path"]).parent
         cfg = dict(ckpt["config"])
         explicit = _explicit_args(parser, argv)

@@ -39,6 +39,8 @@ BAD_INPUTS = [
     ("train", SYNTH + ["--model", "vit_tinyy"], "--model"),
     ("train", SYNTH + ["--device", "gpu"], "--device"),
     ("train", SYNTH + ["--randaugment", "2"], "--randaugment"),
+    ("train", ["--resume", "no/such/run"], "--resume"),
+    ("train", SYNTH + ["--teacher", "no/such/run"], "--teacher"),
     ("evaluate", ["nowhere", "--batch-size", "0"], "--batch-size"),
     ("evaluate", ["nowhere", "--test-subset", "0"], "--test-subset"),
     ("evaluate", ["nowhere/last.ckpt", "--device", "cpu"], "nowhere/last.ckpt"),
