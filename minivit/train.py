@@ -659,7 +659,7 @@ def run(argv=None, log=print) -> dict:
             if key in explicit:
                 cfg[key] = getattr(args, key)
         cfg["device"] = cli.check_device(cfg["device"], "--device" if "device" in explicit else
-                                         "this run was trained with --device (choose another with --device)")
+                                         "this run was trained with --device")
         log(f"resuming {run_dir} at epoch {ckpt['epoch'] + 1}, step {ckpt.get('step_in_epoch', 0)} "
             f"of {_plural(cfg['epochs'], 'epoch')}")
         trainer = Trainer(cfg, run_dir, resume=ckpt, log=log)
