@@ -51,7 +51,8 @@ def curves_figure(metrics: list[dict], title: str = ""):
             ax.plot(*zip(*test), "s-" if len(test) < 30 else "-", label="test", ms=3)
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+        ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)   # one epoch alone still gets a whole tick
         ax.grid(alpha=0.3)
         ax.legend()
     ax_acc.set_ylim(0, 100)
