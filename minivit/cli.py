@@ -17,6 +17,7 @@ This module sits just above ``backend`` in the layering and imports nothing else
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from typing import NoReturn
 
@@ -52,7 +53,10 @@ def check_device(device: str, flag: str = "--device") -> str:
     try:
         return backend.check_device(device)
     except (RuntimeError, ValueError) as e:   # backend.DeviceError is a RuntimeError
-        message = str(e).replace("use device='cpu'", f"use {flag} cpu" if flag.startswith("--") else "use --device cpu")
+        # backend speaks Python (device='cpu'); a command line's reader needs the flag
+        message = re.sub(r"device\s*=\s*['\"]cpu['\"]", "--device cpu", str(e))
+        if device != "cpu" and "--device cpu" not in message:
+            message = f"{message.rstrip('.')}; or run on the CPU with --device cpu"
         raise UsageError(f"{flag} {device}: {message}") from None
 
 

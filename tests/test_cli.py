@@ -142,3 +142,15 @@ def test_complexity_table_json_check_happens_before_the_counting(monkeypatch, ca
     import minivit.complexity.table as table
     monkeypatch.setattr(table, "paper_table", lambda **kw: pytest.fail("counted before checking --json"))
     refused(capsys, "complexity", ["table", "--json", "no/such/folder/t.json"], "--json")
+
+
+def test_check_device_speaks_in_flags_whatever_backends_wording(monkeypatch):
+    """backend's errors say device='cpu' (Python); the command line's say --device cpu. Any
+    RuntimeError of backend.check_device (backend.DeviceError is one) becomes a UsageError."""
+    def missing_library(device):
+        raise RuntimeError("CuPy cannot load libnvrtc.so.12: install nvidia-cuda-nvrtc-cu12.")
+    monkeypatch.setattr(backend, "check_device", missing_library)
+    with pytest.raises(cli.UsageError) as e:
+        cli.check_device("cuda")
+    assert str(e.value) == ("--device cuda: CuPy cannot load libnvrtc.so.12: install nvidia-cuda-nvrtc-cu12; "
+                            "or run on the CPU with --device cpu")
