@@ -15,7 +15,7 @@ import numpy as np
 
 import minivit as mv
 import minivit.functional as F
-from minivit import backend, nn, optim
+from minivit import backend, cli, nn, optim
 from minivit.testing import gradcheck
 
 
@@ -72,14 +72,19 @@ def train(device: str, steps: int, seed: int, log_every: int = 100, verbose: boo
 
 
 def main(argv=None) -> float:
-    p = argparse.ArgumentParser(prog="python -m minivit", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(prog="python -m minivit", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", choices=backend.DEVICES, default=None,
                    help="cpu (NumPy) or cuda (CuPy); default: cuda when CuPy sees a GPU")
     p.add_argument("--steps", type=int, default=600, help="training steps (default 600)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    device = backend.check_device(args.device or backend.default_device())
+    return cli.run_cli(_main, args)
+
+
+def _main(args) -> float:
+    cli.check_positive(args, "steps")
+    device = cli.check_device(args.device or backend.default_device())
 
     print(f"minivit {mv.__version__}  numpy {np.__version__}  device {device}"
           f"  (CuPy with a GPU: {'no: the strict CuPy stand-in' if backend.is_strict_standin() else 'yes' if backend.cupy_available() else 'no'})")

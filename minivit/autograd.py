@@ -143,10 +143,18 @@ class Function:
     ``self``. Non-tensor arguments (a dim, a stride) go to ``__init__``.
     ``self.needs_grad[i]`` (set before forward runs) says whether input i wants
     a gradient, so forward and backward can skip work nobody asked for.
+
+    Call an op on tensors as ``Exp()(x)``, or as in PyTorch ``Exp.apply(x)``; keyword
+    arguments of ``apply`` go to ``__init__`` (``Op.apply(x, y, k=v)`` is ``Op(k=v)(x, y)``).
     """
 
     inputs: tuple
     needs_grad: tuple
+
+    @classmethod
+    def apply(cls, *inputs, **options) -> "Tensor":
+        """PyTorch's spelling: a fresh ``cls(**options)`` called on ``inputs`` (each call its own node)."""
+        return cls(**options)(*inputs)
 
     def __call__(self, *inputs) -> "Tensor":
         ref = next(x for x in inputs if isinstance(x, Tensor))

@@ -65,7 +65,7 @@ import minivit.autograd
 import minivit.functional as F
 import minivit.models
 from minivit.models.registry import parse_model_kwargs
-from minivit import amp, backend
+from minivit import amp, backend, cli
 from minivit.autograd import Tensor, no_grad
 from minivit.optim import AdamW
 
@@ -509,8 +509,8 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescrip
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m minivit.bench", description=__doc__.replace("``", ""),
-                                formatter_class=_HelpFormatter)
+    p = cli.ArgumentParser(prog="python -m minivit.bench", description=__doc__.replace("``", ""),
+                           formatter_class=_HelpFormatter)
     p.add_argument("--model", default="vit_tiny", help="a registry model (minivit.models.list_models())")
     p.add_argument("--model-kwargs", type=parse_model_kwargs, default={},
                    help="constructor overrides for both sides, KEY=VALUE,... with JSON values, e.g. depth=1")
@@ -574,15 +574,22 @@ def _cpu_model() -> str | None:
     return platform.processor() or None
 
 
+def _read_records(path: Path) -> dict:
+    """The JSON file's content ({"records": [...]}, empty if the file does not exist yet)."""
+    if not path.exists():
+        return {"records": []}
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise cli.UsageError(f"--json {path} exists but is not JSON; move it away or pick another --json path") from None
+    if not isinstance(data, dict) or not isinstance(data.get("records"), list):
+        raise cli.UsageError(f"--json {path} is not a minivit.bench file (no 'records' list); "
+                             "pick another --json path")
+    return data
+
+
 def _write_json(path: Path, record: dict):
-    data = {"records": []}
-    if path.exists():
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError:
-            raise SystemExit(f"{path} exists but is not JSON; move it away or pick another --json path")
-        if not isinstance(data, dict) or not isinstance(data.get("records"), list):
-            raise SystemExit(f"{path} is not a minivit.bench file (no 'records' list); pick another --json path")
+    data = _read_records(path)
     label = record.get("label")
     data["records"] = [r for r in data["records"] if label is None or r.get("label") != label] + [record]
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -597,11 +604,11 @@ def _ms(s):
 
 def run(args, log=print) -> dict:
     """Run the benchmark described by parsed ``args``; returns the record (also written with --json)."""
-    device = backend.check_device(args.device)
+    device = cli.check_device(args.device)
     dtype = PRECISIONS[args.precision]
     fp16 = args.precision == "fp16"
     if args.precision == "tf32" and device != "cuda":
-        raise SystemExit("--precision tf32 needs --device cuda: TF32 is a tensor-core mode of NVIDIA GPUs "
+        raise cli.UsageError("--precision tf32 needs --device cuda: TF32 is a tensor-core mode of NVIDIA GPUs "
                          "(Ampere and later); on the CPU it would be plain fp32, so use --precision fp32")
     if fp16 and device == "cpu":
         log("note: --precision fp16 on the CPU is slow on both sides (no float16 BLAS); it checks the "
@@ -630,7 +637,10 @@ def run(args, log=print) -> dict:
     # ---- the models and the batch
     backend.manual_seed(args.seed)
     kwargs = dict(args.model_kwargs)
-    model = minivit.models.create_model(args.model, **kwargs).to(dtype=dtype)
+    try:
+        model = minivit.models.create_model(args.model, **kwargs).to(dtype=dtype)
+    except TypeError as e:                 # a keyword the model's constructor does not take
+        raise cli.UsageError(f"--model-kwargs {args.model}: {e}") from None
     H, W = _image_size(model)
     num_classes = getattr(model, "num_classes", 10) or 10
     in_chans = getattr(model, "in_chans", 3) or 3
@@ -811,14 +821,22 @@ def run(args, log=print) -> dict:
 
 
 def main(argv=None, log=print) -> dict:
+    """The command line; a mistake in it (or a device that is not there) is one ``error:`` line, exit 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
-    for name in ("steps", "batch_size", "profile_steps", "rounds"):
-        if getattr(args, name) < 1:
-            raise SystemExit(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    if args.warmup < 0:
-        raise SystemExit(f"--warmup must be 0 or more, got {args.warmup}")
+    return cli.run_cli(_checked_run, args, log)
+
+
+def _checked_run(args, log) -> dict:
+    cli.check_positive(args, "steps", "batch_size", "profile_steps", "rounds", "threads")
+    cli.check_positive(args, "warmup", minimum=0)
+    try:                                     # a typo in --model: the registry's suggestions, before any work
+        minivit.models.registry.model_entrypoint(args.model)
+    except ValueError as e:
+        raise cli.UsageError(f"--model {args.model}: {e}") from None
+    if args.json is not None:
+        _read_records(args.json)             # a --json that cannot take the record: say so now, not after the run
     return run(args, log=log)
 
 

@@ -16,15 +16,16 @@ from pathlib import Path
 
 import numpy as np
 
-from minivit import backend, data
+from minivit import backend, cli, data
 from minivit.plotting import confusion_matrix, plot_confusion
 from minivit.train import CheckpointError, evaluate, load_model_from_checkpoint
 
 
 def evaluate_checkpoint(path, *, device=None, data_dir=None, test_subset=None, batch_size=500,
-                        figure=None, log=print) -> dict:
-    """Evaluate a checkpoint; returns accuracy, loss, per-class accuracy and the confusion matrix."""
-    device = backend.check_device(device or backend.default_device())
+                        figure=None, log=print, progress=False) -> dict:
+    """Evaluate a checkpoint; returns accuracy, loss, per-class accuracy and the confusion matrix.
+    ``progress=True`` shows a progress bar on stderr while the test split runs."""
+    device = cli.check_device(device or backend.default_device())
     model, ckpt = load_model_from_checkpoint(path, device)
     cfg = ckpt["config"]
     ds = data.load_dataset(cfg["dataset"], data_dir if data_dir is not None else cfg.get("data_dir"),
@@ -35,7 +36,7 @@ def evaluate_checkpoint(path, *, device=None, data_dir=None, test_subset=None, b
     # A run trained with --precision fp16 is evaluated under autocast on the GPU, as the trainer
     # did (the same numbers as its metrics.jsonl); on the CPU in fp32 (no float16 BLAS there).
     precision = cfg.get("precision", "fp32") if device == "cuda" else "fp32"
-    ev = evaluate(model, loader, precision)
+    ev = evaluate(model, loader, precision, progress=progress, desc=f"evaluating {cfg['model']}")
     labels = ds.test.labels
     cm = confusion_matrix(labels, ev["preds"], ds.num_classes)
     per_class = cm.diagonal() / np.maximum(cm.sum(axis=1), 1)
@@ -57,8 +58,8 @@ def evaluate_checkpoint(path, *, device=None, data_dir=None, test_subset=None, b
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(prog="python -m minivit.evaluate", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = cli.ArgumentParser(prog="python -m minivit.evaluate", description=__doc__.split("\n\n")[0],
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("checkpoint", metavar="RUN_DIR_OR_CHECKPOINT",
                    help="a run directory (its best.ckpt, else last.ckpt) or a .ckpt file")
     p.add_argument("--device", choices=backend.DEVICES, default=None, help="default: cuda if CuPy sees a GPU")
@@ -67,13 +68,18 @@ def main(argv=None) -> dict:
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--figure", default=None, help="where to save the confusion matrix; default RUN_DIR/confusion.png")
     p.add_argument("--json", action="store_true", help="also print the results as one JSON line")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bar on stderr; default: when stderr is a terminal")
     args = p.parse_args(argv)
-    try:
-        out = evaluate_checkpoint(args.checkpoint, device=args.device, data_dir=args.data_dir,
-                                  test_subset=args.test_subset, batch_size=args.batch_size, figure=args.figure)
-    except (CheckpointError, data.DatasetError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+    progress = args.progress if args.progress is not None else sys.stderr.isatty()
+
+    def checked():
+        cli.check_positive(args, "test_subset", "batch_size")
+        return evaluate_checkpoint(args.checkpoint, device=args.device, data_dir=args.data_dir,
+                                   test_subset=args.test_subset, batch_size=args.batch_size, figure=args.figure,
+                                   progress=progress)
+
+    out = cli.run_cli(checked, errors=(CheckpointError, data.DatasetError))
     if args.json:
         print(json.dumps({k: v for k, v in out.items() if k != "confusion"}))
     return out

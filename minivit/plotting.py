@@ -29,25 +29,36 @@ def _save(fig, path):
 
 
 def plot_curves(metrics: list[dict], path, title: str = "") -> Path:
-    """Train/test loss and accuracy per epoch (from metrics.jsonl records) → a two-panel figure."""
+    """Train/test loss and accuracy per epoch (from metrics.jsonl records) → a two-panel figure.
+
+    Accuracy is drawn in percent, as the console prints it (metrics.jsonl keeps fractions);
+    the epoch axis has whole-epoch ticks only."""
+    _save(curves_figure(metrics, title), path)
+    return Path(path)
+
+
+def curves_figure(metrics: list[dict], title: str = ""):
+    """The matplotlib Figure that ``plot_curves`` saves."""
+    from matplotlib.ticker import MaxNLocator
     epochs = [m["epoch"] for m in metrics]
     fig = _figure((10, 4))
     ax_loss, ax_acc = fig.subplots(1, 2)
-    for ax, key, label in ((ax_loss, "loss", "loss"), (ax_acc, "acc", "accuracy")):
-        train = [m[f"train_{key}"] for m in metrics]
-        test = [(m["epoch"], m[f"test_{key}"]) for m in metrics if m.get(f"test_{key}") is not None]
+    for ax, key, label, scale in ((ax_loss, "loss", "loss", 1), (ax_acc, "acc", "accuracy (%)", 100)):
+        train = [scale * m[f"train_{key}"] for m in metrics]
+        test = [(m["epoch"], scale * m[f"test_{key}"]) for m in metrics if m.get(f"test_{key}") is not None]
         ax.plot(epochs, train, "o-" if len(epochs) < 30 else "-", label="train", ms=3)
         if test:
             ax.plot(*zip(*test), "s-" if len(test) < 30 else "-", label="test", ms=3)
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+        ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)   # one epoch alone still gets a whole tick
         ax.grid(alpha=0.3)
         ax.legend()
-    ax_acc.set_ylim(0, 1)
+    ax_acc.set_ylim(0, 100)
     if title:
         fig.suptitle(title)
-    _save(fig, path)
-    return Path(path)
+    return fig
 
 
 def confusion_matrix(labels, preds, num_classes: int) -> np.ndarray:

@@ -47,7 +47,7 @@ import numpy as np
 import minivit
 import minivit.functional as F
 import minivit.models  # registers every architecture, resnet_teacher included
-from minivit import amp, backend, data, nn, optim
+from minivit import amp, backend, cli, data, nn, optim
 from minivit.autograd import Tensor, no_grad
 from minivit.data.io import atomic_write, safe_load_pickle
 from minivit.models.registry import parse_model_kwargs
@@ -94,6 +94,17 @@ def save_checkpoint(path, state: dict | None = None, *, blob: bytes | None = Non
         f.write(blob)
 
 
+def _damaged_hint(path: Path) -> str:
+    """What to do about a damaged checkpoint: the run's other one, by the path the commands take.
+    (``--resume RUN_DIR`` reads RUN_DIR/last.ckpt; given a .ckpt file, it continues from that one.)"""
+    other = path.with_name({"last.ckpt": "best.ckpt", "best.ckpt": "last.ckpt"}.get(path.name, "last.ckpt"))
+    if other == path or not other.is_file():
+        return "The file is truncated or corrupt; retrain, or pass a checkpoint that is intact."
+    return (f"The file is truncated or corrupt. {other} holds the run's whole state at its "
+            f"{'best' if other.name == 'best.ckpt' else 'last'} epoch: continue from it with "
+            f"python -m minivit.train --resume {other}, or evaluate it with python -m minivit.evaluate {other}.")
+
+
 def load_checkpoint(path) -> dict:
     """Read and check a checkpoint; any problem raises CheckpointError naming the file."""
     path = Path(path)
@@ -107,7 +118,7 @@ def load_checkpoint(path) -> dict:
                                   "made by python -m minivit.train, or a .ckpt file")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
-    hint = "The file is truncated or corrupt; use another checkpoint (best.ckpt / last.ckpt) or retrain."
+    hint = _damaged_hint(path)
     try:
         with open(path, "rb") as f:
             outer = safe_load_pickle(f)
@@ -166,9 +177,11 @@ def load_model_from_checkpoint(path, device: str = "cpu"):
 
 
 # =========================================================================== evaluation
-def evaluate(model, loader, precision: str = "fp32") -> dict:
+def evaluate(model, loader, precision: str = "fp32", progress: bool = False, desc: str = "test") -> dict:
     """Loss, accuracy and predictions over a whole split, batched on the device; one sync at the end.
-    ``precision="fp16"`` evaluates under autocast, as the model was trained."""
+    ``precision="fp16"`` evaluates under autocast, as the model was trained. ``progress=True``
+    shows a tqdm bar on stderr (images done; the numbers stay on the device until the end)."""
+    from tqdm import tqdm
     was_training = model.training
     model.eval()
     xp = loader.xp
@@ -176,12 +189,16 @@ def evaluate(model, loader, precision: str = "fp32") -> dict:
     correct = xp.zeros((), dtype=np.int64)
     preds = []
     with no_grad(), amp.autocast(enabled=precision == "fp16"):
+        bar = tqdm(total=loader.n, unit="img", unit_scale=True, desc=desc, leave=False, disable=not progress,
+                   dynamic_ncols=True)
         for x, _, labels in loader.batches():
             logits = merge_heads(model(Tensor(x)))                        # (B, num_classes)
             loss_sum += F.cross_entropy(logits, labels, reduction="sum").data
             pred = logits.data.argmax(axis=1)
             correct += (pred == labels).sum()
             preds.append(pred)
+            bar.update(len(labels))
+        bar.close()
     model.train(was_training)
     n = loader.n
     loss_sum, correct, preds = read_on_host(loss_sum, correct, xp.concatenate(preds) if preds else xp.zeros(0, np.int64))
@@ -227,7 +244,7 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 def build_parser() -> argparse.ArgumentParser:
     models = ", ".join(minivit.models.list_models()) or "(none registered)"
-    p = argparse.ArgumentParser(
+    p = cli.ArgumentParser(
         prog="python -m minivit.train", formatter_class=_HelpFormatter,
         description="Train a model on CIFAR-10 (or the synthetic set), with checkpoints, resume and "
                     "DeiT distillation.\n\n" + __doc__.split("\n\n", 1)[1].split("\nA checkpoint")[0],
@@ -315,9 +332,15 @@ def resolve_config(args: argparse.Namespace) -> dict:
         raise ValueError(f"--distillation {cfg['distillation']} needs --teacher CHECKPOINT")
     if cfg["teacher"] and cfg["distillation"] == "none":
         raise ValueError("--teacher was given with --distillation none: choose soft or hard, or drop --teacher")
-    if cfg["epochs"] < 1 or cfg["batch_size"] < 1 or cfg["eval_every"] < 1 or cfg["log_every"] < 1:
-        raise ValueError("--epochs, --batch-size, --eval-every and --log-every must be positive")
-    cfg["device"] = backend.check_device(cfg["device"] or backend.default_device())
+    cli.check_positive(cfg, "epochs", "batch_size", "eval_batch_size", "eval_every", "log_every",
+                       "subset", "test_subset")
+    try:                                     # before the data loads: a typo should not wait for it
+        minivit.models.registry.model_entrypoint(cfg["model"])
+    except ValueError as e:
+        raise cli.UsageError(f"--model {cfg['model']}: {e}") from None
+    if cfg["teacher"] and not Path(cfg["teacher"]).exists():
+        raise cli.UsageError(f"--teacher {cfg['teacher']}: no such run directory or .ckpt file")
+    cfg["device"] = cli.check_device(cfg["device"] or backend.default_device())
     return cfg
 
 
@@ -635,7 +658,10 @@ def run(argv=None, log=print) -> dict:
     args = parser.parse_args(argv)
     if args.resume:
         run_dir = Path(args.resume)
-        ckpt = load_checkpoint(run_dir / "last.ckpt") if run_dir.is_dir() else load_checkpoint(run_dir)
+        try:
+            ckpt = load_checkpoint(run_dir / "last.ckpt") if run_dir.is_dir() else load_checkpoint(run_dir)
+        except CheckpointError as e:
+            raise CheckpointError(f"--resume {args.resume}: {e}") from None
         run_dir = Path(ckpt["path"]).parent
         cfg = dict(ckpt["config"])
         explicit = _explicit_args(parser, argv)
@@ -643,12 +669,15 @@ def run(argv=None, log=print) -> dict:
         if ignored:
             log("note: a resumed run keeps its saved configuration; ignoring "
                 + ", ".join("--" + k.replace("_", "-") for k in ignored))
+        if ckpt["epoch"] >= cfg["epochs"] and not ckpt.get("step_in_epoch"):
+            return _already_finished(ckpt, run_dir, log)
         for key in ("device", "progress", "log_every"):
             if key in explicit:
                 cfg[key] = getattr(args, key)
-        cfg["device"] = backend.check_device(cfg["device"])
+        cfg["device"] = cli.check_device(cfg["device"], "--device" if "device" in explicit else
+                                         "this run was trained with --device")
         log(f"resuming {run_dir} at epoch {ckpt['epoch'] + 1}, step {ckpt.get('step_in_epoch', 0)} "
-            f"of {cfg['epochs']} epochs")
+            f"of {_plural(cfg['epochs'], 'epoch')}")
         trainer = Trainer(cfg, run_dir, resume=ckpt, log=log)
     else:
         cfg = resolve_config(args)
@@ -662,12 +691,12 @@ def run(argv=None, log=print) -> dict:
         c = trainer.cfg
         log(f"run {run_dir}: {c['model']} ({c['num_params']:,} parameters) on {c['dataset']} "
             f"({c['n_train']} train / {c['n_test']} test from {c['data_source']}), device {c['device']}, "
-            f"{c['epochs']} epochs × {c['steps_per_epoch']} steps of {c['batch_size']}")
+            f"{_plural(c['epochs'], 'epoch')} × {_plural(c['steps_per_epoch'], 'step')} of {c['batch_size']}")
     trainer.write_metrics()
     status = trainer.fit()
     from minivit.plotting import plot_curves
     if trainer.metrics:
-        plot_curves(trainer.metrics, run_dir / "curves.png", title=f"{cfg['model']} on {cfg['dataset']}")
+        plot_curves(trainer.metrics, run_dir / "curves.png", title=_curves_title(trainer.cfg))
     summary = {"status": status, "run_dir": str(run_dir), "epoch": trainer.epoch,
                "step_in_epoch": trainer.step_in_epoch, "best_acc": trainer.best_acc,
                "best_epoch": trainer.best_epoch, "metrics": trainer.metrics}
@@ -680,6 +709,29 @@ def run(argv=None, log=print) -> dict:
     return summary
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
+
+
+def _already_finished(ckpt: dict, run_dir: Path, log) -> dict:
+    """--resume of a run that has done all its epochs: say so, and how to train longer."""
+    epochs, best = ckpt["config"]["epochs"], ckpt.get("best_epoch")
+    acc = f"; best test accuracy {ckpt.get('best_acc', 0):.2%} at epoch {best}" if best is not None else ""
+    log(f"{run_dir} already finished its {_plural(epochs, 'epoch')}{acc}: nothing to resume. To train longer, "
+        f"start a new run with a larger --epochs (the learning-rate schedule is laid out over --epochs, so a "
+        f"finished run is not extended)")
+    return {"status": "done", "run_dir": str(run_dir), "epoch": ckpt["epoch"], "step_in_epoch": 0,
+            "best_acc": ckpt.get("best_acc", -1.0), "best_epoch": best, "metrics": list(ckpt.get("metrics", []))}
+
+
+def _curves_title(cfg: dict) -> str:
+    """The model and the data behind the curves: dataset, image counts, the file they came from."""
+    source = str(cfg.get("data_source", "")).split(" (")[0]          # without "(decoded cache ...)"
+    subset = " (--subset)" if cfg.get("subset") else ""
+    return (f"{cfg['model']} on {cfg['dataset']}: {cfg['n_train']:,} train images{subset}, {cfg['n_test']:,} test"
+            + (f", from {Path(source).name}" if source and cfg["dataset"] != "synthetic" else ""))
+
+
 def main(argv=None) -> dict:
     """The command line: like ``run``, but errors become a message and a non-zero exit."""
     try:
@@ -688,8 +740,7 @@ def main(argv=None) -> dict:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(1) from None
     except (data.DatasetError, CheckpointError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+        cli.fail(e)
     except KeyboardInterrupt:
         print("\ninterrupted: stopped without saving a checkpoint (any earlier one in the run directory "
               "is intact)", file=sys.stderr)

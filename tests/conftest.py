@@ -94,3 +94,23 @@ def _seed():
 def torch_or_skip():
     """Import torch for a parity test, or skip it (users need not install torch)."""
     return pytest.importorskip("torch")
+
+
+def _skip_reason(report) -> str:
+    """A skip's reason, with importorskip's per-module message shortened to "X not installed"."""
+    import re
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    reason = reason.removeprefix("Skipped: ")
+    m = re.match(r"could not import '([\w.]+)'", reason)
+    return f"{m.group(1)} not installed" if m else reason
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """At the end of the session, the skips counted by reason (pytest's summary gives only the total):
+    e.g. "746 skipped: CuPy with a GPU is not available", "120 skipped: torch not installed"."""
+    from collections import Counter
+    counts = Counter(_skip_reason(r) for r in terminalreporter.stats.get("skipped", []))
+    if counts:
+        terminalreporter.write_sep("-", f"{sum(counts.values())} skipped, by reason")
+        for reason, n in counts.most_common():
+            terminalreporter.write_line(f"{n:6d} skipped: {reason}")

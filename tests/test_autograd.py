@@ -193,3 +193,38 @@ def test_to_dtype_is_differentiable(xp):
     (y * 2).sum().backward()
     assert x.grad.dtype == np.float64
     np.testing.assert_allclose(host(x.grad), 2.0)
+
+
+def test_function_apply_is_pytorchs_spelling_of_calling_a_fresh_op(xp):
+    """``Op.apply(x, ...)`` == ``Op()(x, ...)`` (PyTorch's habit), keywords going to ``__init__``."""
+    from minivit.autograd import Function
+    from minivit.backend import get_array_module
+
+    class Exp(Function):
+        def forward(self, x):
+            self.y = get_array_module(x).exp(x)
+            return self.y
+
+        def backward(self, gy):
+            return gy * self.y
+
+    class Scale(Function):
+        def __init__(self, factor=1.0):
+            self.factor = factor
+
+        def forward(self, x, y):
+            return self.factor * x * y
+
+        def backward(self, gy):
+            return self.factor * gy, self.factor * gy
+
+    a = Tensor(xp.asarray([0.0, 1.0, -2.0]), requires_grad=True)
+    b = Tensor(xp.asarray([0.0, 1.0, -2.0]), requires_grad=True)
+    ya, yb = Exp.apply(a), Exp()(b)
+    assert isinstance(ya, Tensor) and xp.array_equal(ya.data, yb.data)
+    assert type(ya._ctx) is Exp and ya._ctx is not Exp.apply(a)._ctx     # a fresh node per call
+    ya.sum().backward()
+    yb.sum().backward()
+    assert xp.array_equal(a.grad, b.grad) and xp.allclose(a.grad, xp.exp(a.data))
+    z = Scale.apply(a, b, factor=3.0)
+    assert xp.array_equal(z.data, 3.0 * a.data * b.data)

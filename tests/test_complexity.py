@@ -136,3 +136,18 @@ def test_224_gmacs_match_papers_within_5_percent(name):
         assert round(gmacs, 1) == entry.gmacs and entry.note
     else:
         assert abs(gmacs / entry.gmacs - 1) <= 0.05, (name, gmacs, entry.gmacs)
+
+
+def test_table_cli_prints_a_line_per_model_as_it_goes(monkeypatch, capsys):
+    """`python -m minivit.complexity table` takes minutes: each model's line on stderr as it is
+    counted, the table alone on stdout (so --markdown > file still works)."""
+    import minivit.complexity.table as table_mod
+    import minivit.models.papers as papers
+    from minivit.complexity.__main__ import main
+    few = {name: papers.PAPERS[name] for name in ("pvt_v2_b0_224", "pit_ti_224")}
+    monkeypatch.setattr(papers, "PAPERS", few)
+    monkeypatch.setattr(table_mod, "PAPERS", few)
+    main(["table", "--markdown"])
+    out, err = capsys.readouterr()
+    assert "[1/2] pvt_v2_b0_224" in err and "[2/2] pit_ti_224" in err and "GMACs" in err
+    assert out.startswith("| model |") and "pvt_v2_b0_224" in out and "[1/2]" not in out

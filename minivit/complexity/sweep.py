@@ -151,6 +151,7 @@ def run(device="cpu", max_side=None, C=32, heads=2, repeats=3, layers=None, out_
               f"(grids {r['rows'][0]['side']}² … {r['rows'][-1]['side']}², fit over the last {FIT_POINTS})", flush=True)
         results.append(r)
     record = dict(device=device, device_name=backend.device_name(device), C=C, heads=heads, batch=1, repeats=repeats,
+                  max_side=max_side,
                   numpy=np.__version__, results=results)
     if out_json:
         with open(out_json, "w") as f:

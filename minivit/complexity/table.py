@@ -9,10 +9,11 @@ from minivit.models import create_model
 from minivit.models.papers import PAPERS
 
 
-def paper_table(names=None) -> list[dict]:
-    """One row per configuration: our counts (from the ops that ran) beside the paper's."""
+def paper_table(names=None, progress=None) -> list[dict]:
+    """One row per configuration: our counts (from the ops that ran) beside the paper's.
+    ``progress(i, row)``, if given, is called as each row is done (the models take seconds each)."""
     rows = []
-    for name in names or PAPERS:
+    for i, name in enumerate(names or PAPERS, 1):
         entry = PAPERS[name]
         model = create_model(name).eval()
         params = count_params(model)
@@ -23,6 +24,8 @@ def paper_table(names=None) -> list[dict]:
                          params_dev=params / 1e6 / target_params - 1,
                          gmacs=macs / 1e9, paper_gmacs=entry.gmacs, gmacs_dev=macs / 1e9 / entry.gmacs - 1,
                          note=entry.note))
+        if progress is not None:
+            progress(i, rows[-1])
         del model
         gc.collect()
     return rows
