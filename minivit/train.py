@@ -230,9 +230,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dataset", choices=data.DATASETS, default="cifar10",
                    help="cifar10, or synthetic: generated shapes, no download (10,000 train / 2,000 test)")
     g.add_argument("--data-dir", default=None,
-                   help="cifar-10-python.tar.gz, cifar-10-batches-py/, an ImageFolder folder or .tar.gz, or a "
-                        "folder to cache/download into; default: the cache (~/.cache/minivit or $MINIVIT_CACHE), "
-                        "then ../shared/data/cifar10-jpeg.tar.gz, then the download")
+                   help="cifar-10-python.tar.gz, cifar-10-batches-py/, or an ImageFolder folder or .tar.gz (a path "
+                        "without one is an error, unless --download); default: the cache (~/.cache/minivit or "
+                        "$MINIVIT_CACHE), then ../shared/data/cifar10-jpeg.tar.gz, then the download into the cache")
+    g.add_argument("--download", action="store_true",
+                   help="download the official archive (MD5-checked) into --data-dir if it is not there yet")
     g.add_argument("--subset", type=int, default=None, metavar="N", help="train on the first N training images")
     g.add_argument("--test-subset", type=int, default=None, metavar="N", help="test on the first N test images")
     g = p.add_argument_group("optimisation")
@@ -333,7 +335,7 @@ class Trainer:
         device = cfg["device"]
         backend.manual_seed(cfg["seed"])
         ds = data.load_dataset(cfg["dataset"], cfg["data_dir"], subset=cfg["subset"],
-                               test_subset=cfg["test_subset"], verbose=True)
+                               test_subset=cfg["test_subset"], verbose=True, download=cfg.get("download", False))
         self.dataset = ds
         for note in ds.notes:
             log(f"note: {note}")

@@ -184,10 +184,28 @@ def test_download_checks_md5_and_fills_the_cache(tmp_path, isolated, monkeypatch
     # ... and the next load reads the cache without downloading.
     monkeypatch.setattr(C, "fetch", lambda *a, **k: pytest.fail("downloaded again"))
     check_official(load_cifar10(), batches)
-    # --data-dir as the download target.
+    # --data-dir as the download target, with --download only (a new folder is made for it).
     monkeypatch.setattr(C, "fetch", lambda url, f, **k: f.write(served.read_bytes()))
-    check_official(load_cifar10(tmp_path / "dl"), batches)
-    assert (tmp_path / "dl" / "cifar-10-python.tar.gz").is_file()
+    check_official(load_cifar10(tmp_path / "dl" / "new", download=True), batches)
+    assert (tmp_path / "dl" / "new" / "cifar-10-python.tar.gz").is_file()
+
+
+def test_a_data_dir_without_the_dataset_is_an_error_not_a_new_cache(tmp_path, isolated, monkeypatch):
+    """A mistyped --data-dir is neither created nor filled, and no other copy is used instead
+    (here a shared archive that would be found without --data-dir)."""
+    files, _ = imagefolder_files()
+    shared = write_tar(tmp_path / "shared.tar.gz", files)
+    monkeypatch.setattr(C, "shared_archive_candidates", lambda: [shared])
+    monkeypatch.setattr(C, "fetch", lambda *a, **k: pytest.fail("downloaded without --download"))
+    assert str(shared) in load_cifar10().source                    # found when --data-dir is left out
+    before = sorted(tmp_path.rglob("*"))
+    for missing in (tmp_path / "nonexistent", tmp_path / "typo" / "data", tmp_path / "missing.tar.gz"):
+        with pytest.raises(DatasetError, match="does not exist.*--download"):
+            load_cifar10(missing)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match="holds no cifar-10-python.tar.gz.*--download"):
+        load_cifar10(tmp_path / "empty")
+    assert sorted(tmp_path.rglob("*")) == sorted(before + [tmp_path / "empty"])     # nothing made or written
 
 
 def test_nothing_found_says_where_it_looked(tmp_path, isolated):

@@ -29,7 +29,7 @@ SYNTHETIC_SIZES = (10000, 2000)   # train, test
 
 
 def load_dataset(name: str, data_dir=None, *, subset: int | None = None, test_subset: int | None = None,
-                 verbose: bool = False, need_train: bool = True) -> ImageDataset:
+                 verbose: bool = False, need_train: bool = True, download: bool = False) -> ImageDataset:
     """Load a dataset by name and keep the first ``subset`` train / ``test_subset`` test images.
 
     The synthetic set is generated only as far as needed (its first k images do not
@@ -40,7 +40,7 @@ def load_dataset(name: str, data_dir=None, *, subset: int | None = None, test_su
         n_test = min(test_subset or SYNTHETIC_SIZES[1], SYNTHETIC_SIZES[1])
         ds = load_synthetic(n_train, n_test)
     elif name == "cifar10":
-        ds = load_cifar10(data_dir, verbose=verbose)
+        ds = load_cifar10(data_dir, download=download, verbose=verbose)
     else:
         raise ValueError(f"unknown dataset {name!r}: choose one of {DATASETS}")
     ds.train, ds.test = ds.train.subset(subset), ds.test.subset(test_subset)
