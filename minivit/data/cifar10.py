@@ -92,6 +92,22 @@ class ImageSplit:
             raise ValueError(f"subset size must be positive, got {n}")
         return ImageSplit(self.images[:n], self.labels[:n], self.classes)
 
+    def stratified(self, n: int) -> "ImageSplit":
+        """``n`` examples, each class in proportion to its share of the split: the first ones of
+        each class, in the split's order (a fixed choice: the same ``n`` gives the same images)."""
+        if n >= len(self):
+            return self
+        if n <= 0:
+            raise ValueError(f"subset size must be positive, got {n}")
+        counts = np.bincount(self.labels, minlength=self.num_classes)          # (C,)
+        rank = np.empty(len(self), dtype=np.int64)                            # place within its class
+        for c in range(self.num_classes):
+            rank[self.labels == c] = np.arange(counts[c])
+        # Fraction of its class that comes before an example: take the n smallest (class-balanced
+        # round robin when the classes are equal), then restore the split's order.
+        keep = np.sort(np.lexsort((self.labels, rank / counts[self.labels]))[:n])
+        return ImageSplit(self.images[keep], self.labels[keep], self.classes)
+
 
 @dataclass
 class ImageDataset:
@@ -101,6 +117,7 @@ class ImageDataset:
     name: str
     source: str
     notes: list = field(default_factory=list)
+    test_selection: str = "the whole test split"     # or how a part of it was chosen (for logs and configs)
 
     @property
     def classes(self) -> tuple:
