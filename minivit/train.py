@@ -671,7 +671,8 @@ def estimate_message(cfg: dict, step_s: float, forward_s: float, steps_timed: in
     msg = (f"estimate: {cfg['epochs']} epoch{'s' if cfg['epochs'] > 1 else ''} take about {duration(train_s + test_s)} (training "
            f"{duration(train_s)}, testing {duration(test_s)}), from the speed of {steps_timed} steps "
            f"({step_s:.2f} s a step)")
-    if cfg["device"] == "cpu" and train_s + test_s > LONG_CPU_RUN_S:
+    shorter = cfg["epochs"] > SHORT_RUN["epochs"] or cfg["n_train"] > SHORT_RUN["subset"]
+    if cfg["device"] == "cpu" and train_s + test_s > LONG_CPU_RUN_S and shorter:
         n_train = min(cfg["n_train"], SHORT_RUN["subset"])
         n_test = cfg["n_test"] if cfg["test_subset"] else max(1, round(cfg["n_test"] * n_train / cfg["n_train"]))
         short = sum(estimate_run_seconds(cfg, step_s, forward_s, SHORT_RUN["epochs"], n_train, n_test))

@@ -144,3 +144,8 @@ def test_a_long_default_cpu_run_says_how_to_make_it_shorter(tmp_path, clock):
     assert lines[-1].startswith(f"estimate: 100 epochs take about {train.duration(full)} (training ")
     assert lines[-1].endswith(f"add --epochs 3 --subset 10000 (about {train.duration(short)}), or use a GPU "
                               "(--device cuda)")
+    # A run that is already that short is not told to become it, however slow its steps.
+    cfg = {"epochs": 3, "n_train": 10000, "n_test": 2000, "test_subset": None, "eval_every": 1,
+           "batch_size": 128, "device": "cpu"}
+    assert "--subset" not in train.estimate_message(cfg, 30.0, 0.1, 5)
+    assert "--subset 10000" in train.estimate_message(dict(cfg, epochs=4), 30.0, 0.1, 5)
