@@ -65,7 +65,7 @@ import minivit.autograd
 import minivit.functional as F
 import minivit.models
 from minivit.models.registry import parse_model_kwargs
-from minivit import amp, backend, cli
+from minivit import amp, backend, blas, cli
 from minivit.autograd import Tensor, no_grad
 from minivit.optim import AdamW
 
@@ -111,66 +111,11 @@ class TwinUnavailable(RuntimeError):
 
 
 # =========================================================================== threads
-def _openblas():
-    """NumPy's own OpenBLAS (found among the loaded libraries): (get_num_threads, set_num_threads,
-    get_config or None, the ctypes library), or None."""
-    try:
-        with open("/proc/self/maps") as f:
-            paths = {line.split()[-1] for line in f if "openblas" in line.lower() and "numpy" in line}
-    except OSError:
-        return None
-    for path in sorted(paths):
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for prefix in ("scipy_openblas", "openblas"):
-            for suffix in ("64_", ""):
-                get = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
-                put = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
-                cfg = getattr(lib, f"{prefix}_get_config{suffix}", None)
-                if get is not None and put is not None:
-                    if cfg is not None:
-                        cfg.restype = ctypes.c_char_p
-                    return get, put, cfg, lib
-    return None
+# NumPy's OpenBLAS: found and driven by minivit.blas (minivit's import uses it too).
+_openblas, _blas_config = blas.openblas, blas.blas_config
+blas_threads, blas_thread_timeout = blas.blas_threads, blas.blas_thread_timeout
 
 
-def blas_threads(n: int | None = None) -> int | None:
-    """NumPy's BLAS thread count; set it first when ``n`` is given (None: unknown, e.g. not OpenBLAS).
-
-    OpenBLAS reads OPENBLAS_NUM_THREADS once, when NumPy loads it; its
-    ``openblas_set_num_threads`` changes the count at run time."""
-    lib = _openblas()
-    if lib is None:
-        return None
-    get, put = lib[:2]
-    if n is not None:
-        put(int(n))
-    return int(get())
-
-
-def blas_thread_timeout() -> int | None:
-    """log2 of how long OpenBLAS's idle threads spin after a product before they sleep
-    (OPENBLAS_THREAD_TIMEOUT as OpenBLAS read it when it loaded; 0: unset, OpenBLAS's built-in
-    default, about 2^28), or None when NumPy's BLAS is not OpenBLAS."""
-    lib = _openblas()
-    if lib is None:
-        return None
-    get = getattr(lib[3], "openblas_thread_timeout", None)
-    if get is None:
-        return None
-    return int(get())
-
-
-def _blas_config() -> str | None:
-    lib = _openblas()
-    if lib is None or lib[2] is None:
-        return None
-    return lib[2]().decode(errors="replace")
-
-
-# =========================================================================== memory
 def _proc_status(key: str) -> int | None:
     """A kB field of /proc/self/status (VmRSS, VmHWM) in bytes, or None off Linux."""
     try:

@@ -1,6 +1,8 @@
 """``python -m minivit.train``: train a model on CIFAR-10 (or the synthetic set), with checkpoints.
 
     python -m minivit.train --model pvt_tiny --device cuda
+    python -m minivit.train --model pvt_tiny --epochs 3 --subset 10000     # a few minutes on a CPU
+    python -m minivit.train --model vit_tiny --dataset synthetic --subset 1024 --batch-size 64 --epochs 3
     python -m minivit.train --model vit_tiny --device cuda --precision fp16
     python -m minivit.train --model resnet_teacher --epochs 100 --out-dir runs/teacher
     python -m minivit.train --model deit_tiny --teacher runs/teacher --distillation hard
@@ -177,10 +179,13 @@ def load_model_from_checkpoint(path, device: str = "cpu"):
 
 
 # =========================================================================== evaluation
-def evaluate(model, loader, precision: str = "fp32", progress: bool = False, desc: str = "test") -> dict:
+def evaluate(model, loader, precision: str = "fp32", *, progress: bool = False, log=None,
+             desc: str = "test") -> dict:
     """Loss, accuracy and predictions over a whole split, batched on the device; one sync at the end.
-    ``precision="fp16"`` evaluates under autocast, as the model was trained. ``progress=True``
-    shows a tqdm bar on stderr (images done; the numbers stay on the device until the end)."""
+    ``precision="fp16"`` evaluates under autocast, as the model was trained.
+
+    A test pass takes tens of seconds on the CPU: ``progress=True`` shows a tqdm bar; else,
+    with ``log``, a line after each quarter of the batches (none for a single batch)."""
     from tqdm import tqdm
     was_training = model.training
     model.eval()
@@ -188,17 +193,22 @@ def evaluate(model, loader, precision: str = "fp32", progress: bool = False, des
     loss_sum = xp.zeros((), dtype=np.float64)
     correct = xp.zeros((), dtype=np.int64)
     preds = []
+    n_batches, seen, t0 = len(loader), 0, time.perf_counter()
+    every = -(-n_batches // 4)
+    bar = tqdm(total=loader.n, unit="img", unit_scale=True, desc=desc, leave=False, disable=not progress,
+               dynamic_ncols=True)
     with no_grad(), amp.autocast(enabled=precision == "fp16"):
-        bar = tqdm(total=loader.n, unit="img", unit_scale=True, desc=desc, leave=False, disable=not progress,
-                   dynamic_ncols=True)
-        for x, _, labels in loader.batches():
+        for i, (x, _, labels) in enumerate(loader.batches()):
             logits = merge_heads(model(Tensor(x)))                        # (B, num_classes)
             loss_sum += F.cross_entropy(logits, labels, reduction="sum").data
             pred = logits.data.argmax(axis=1)
             correct += (pred == labels).sum()
             preds.append(pred)
+            seen += len(labels)
             bar.update(len(labels))
-        bar.close()
+            if log is not None and not progress and (i + 1) % every == 0 and i + 1 < n_batches:
+                log(f"  {desc}: {seen}/{loader.n} images, {time.perf_counter() - t0:.0f}s")
+    bar.close()
     model.train(was_training)
     n = loader.n
     loss_sum, correct, preds = read_on_host(loss_sum, correct, xp.concatenate(preds) if preds else xp.zeros(0, np.int64))
@@ -260,11 +270,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dataset", choices=data.DATASETS, default="cifar10",
                    help="cifar10, or synthetic: generated shapes, no download (10,000 train / 2,000 test)")
     g.add_argument("--data-dir", default=None,
-                   help="cifar-10-python.tar.gz, cifar-10-batches-py/, an ImageFolder folder or .tar.gz, or a "
-                        "folder to cache/download into; default: the cache (~/.cache/minivit or $MINIVIT_CACHE), "
-                        "then ../shared/data/cifar10-jpeg.tar.gz, then the download")
-    g.add_argument("--subset", type=int, default=None, metavar="N", help="train on the first N training images")
-    g.add_argument("--test-subset", type=int, default=None, metavar="N", help="test on the first N test images")
+                   help="cifar-10-python.tar.gz, cifar-10-batches-py/, or an ImageFolder folder or .tar.gz (a path "
+                        "without one is an error, unless --download); default: the cache (~/.cache/minivit or "
+                        "$MINIVIT_CACHE), then ../shared/data/cifar10-jpeg.tar.gz, then the download into the cache")
+    g.add_argument("--download", action="store_true",
+                   help="download the official archive (MD5-checked) into --data-dir if it is not there yet")
+    g.add_argument("--subset", type=int, default=None, metavar="N",
+                   help="train on the first N training images, and test on the same fraction of the test images "
+                        "(stratified by class: --subset 10000 of CIFAR-10's 50,000 tests on 2,000 of 10,000)")
+    g.add_argument("--test-subset", type=int, default=None, metavar="N",
+                   help="test on the first N test images (default: all, or the --subset fraction)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=100, help="passes over the training split")
     g.add_argument("--batch-size", type=int, default=128, help="training batch (the last partial one is dropped)")
@@ -369,10 +384,12 @@ class Trainer:
         device = cfg["device"]
         backend.manual_seed(cfg["seed"])
         ds = data.load_dataset(cfg["dataset"], cfg["data_dir"], subset=cfg["subset"],
-                               test_subset=cfg["test_subset"], verbose=True)
+                               test_subset=cfg["test_subset"], verbose=True, download=cfg.get("download", False))
         self.dataset = ds
         for note in ds.notes:
             log(f"note: {note}")
+        if cfg["subset"] is not None or cfg["test_subset"] is not None:
+            log(f"test pass: {ds.test_selection}")
         xp = backend.xp_for(device)
         aug_cfg = data.AugmentConfig(
             crop_padding=cfg["crop_padding"], hflip=cfg["hflip"],
@@ -423,7 +440,8 @@ class Trainer:
         self.criterion = DistillationLoss(teacher, cfg["distillation"], cfg["alpha"], cfg["tau"],
                                           cfg["label_smoothing"])
         self.cfg.update({"num_classes": ds.num_classes, "classes": list(ds.classes), "data_source": ds.source,
-                         "n_train": len(ds.train), "n_test": len(ds.test), "steps_per_epoch": self.steps_per_epoch,
+                         "n_train": len(ds.train), "n_test": len(ds.test), "test_selection": ds.test_selection,
+                         "steps_per_epoch": self.steps_per_epoch,
                          "total_steps": total, "warmup_steps": warmup,
                          "num_params": self.model.num_parameters(), "versions": _versions()})
         self.xp = xp
@@ -539,6 +557,36 @@ class Trainer:
                     return "interrupted"
         return "done"
 
+    # ------------------------------------------------------------------ the time estimate
+    clock = staticmethod(time.perf_counter)      # tests inject a fake one
+
+    @property
+    def _estimate_after(self) -> int:
+        """The step after which the run's length is estimated (the first one is a warm-up)."""
+        return min(ESTIMATE_STEPS, self.steps_per_epoch - 1)
+
+    def _time_first_steps(self, step: int, x):
+        """Time steps 2.. of the first epoch and one test-mode forward pass of a batch, then
+        print how long the whole run will take."""
+        backend.synchronize(self.cfg["device"])
+        if step == 0:
+            self._t_step0 = self.clock()
+            return
+        step_s = (self.clock() - self._t_step0) / step
+        was_training = self.model.training
+        self.model.eval()
+        t0 = self.clock()
+        with no_grad(), amp.autocast(enabled=self.fp16):
+            self.model(Tensor(x))
+        backend.synchronize(self.cfg["device"])
+        forward_s = (self.clock() - t0) / len(x)          # per test image
+        self.model.train(was_training)
+        self.log(estimate_message(self.cfg, step_s, forward_s, step))
+
+    def _progress(self) -> bool:
+        """Progress bars: --progress / --no-progress, by default when stderr is a terminal."""
+        return self.cfg["progress"] if self.cfg["progress"] is not None else sys.stderr.isatty()
+
     def _train_epoch(self):
         """The steps of one epoch (from ``step_in_epoch`` on, after a resume).
 
@@ -554,7 +602,7 @@ class Trainer:
         correct = xp.asarray(p.get("correct", 0), dtype=np.int64)
         elapsed = p.get("elapsed", 0.0)
         self._skipped = p.get("skipped_steps", 0)
-        progress = cfg["progress"] if cfg["progress"] is not None else sys.stderr.isatty()
+        progress = self._progress()
         bar = tqdm(total=self.steps_per_epoch * bs, initial=start * bs, unit="img", unit_scale=True,
                    desc=f"epoch {epoch + 1}/{cfg['epochs']}", leave=False, disable=not progress, dynamic_ncols=True)
         self.model.train()
@@ -566,6 +614,8 @@ class Trainer:
                 # so dropout/drop-path draws replay exactly after a resume.
                 backend.seed_device((cfg["seed"] * 1_000_003 + epoch) * 1_000_003 + step)
             loss, n_correct = self.train_step(x, target, labels)
+            if epoch == 0 and start == 0 and step in (0, self._estimate_after):
+                self._time_first_steps(step, x)
             loss_sum += loss.astype(np.float64) * bs
             correct += n_correct
             self.step_in_epoch = step + 1
@@ -607,7 +657,9 @@ class Trainer:
         t0 = time.perf_counter()
         is_best = False
         if (epoch + 1) % cfg["eval_every"] == 0 or epoch + 1 == cfg["epochs"]:
-            ev = evaluate(self.model, self.test_loader, cfg.get("precision", "fp32"))
+            progress = self._progress()
+            ev = evaluate(self.model, self.test_loader, cfg.get("precision", "fp32"), progress=progress,
+                          log=None if progress else self.log, desc=f"epoch {epoch + 1}/{cfg['epochs']} test")
             record["test_loss"], record["test_acc"] = ev["loss"], ev["acc"]
             if ev["acc"] > self.best_acc:
                 self.best_acc, self.best_epoch, is_best = ev["acc"], epoch + 1, True
@@ -618,6 +670,48 @@ class Trainer:
         self.save(best=is_best)
         self.write_metrics()
         self.log(_epoch_line(record, cfg["epochs"]))
+
+
+ESTIMATE_STEPS = 5                 # estimate the run's length from the speed of steps 2..6
+LONG_CPU_RUN_S = 3600              # past this, a CPU run is told how to make it shorter
+SHORT_RUN = {"epochs": 3, "subset": 10000}
+
+
+def duration(seconds: float) -> str:
+    """'2 d 7 h', '3 h 20 min', '12 min 5 s', '45 s'."""
+    s = int(round(seconds))
+    for unit, size, sub, sub_size in (("d", 86400, "h", 3600), ("h", 3600, "min", 60), ("min", 60, "s", 1)):
+        if s >= size:
+            return f"{s // size} {unit} {(s % size) // sub_size} {sub}"
+    return f"{s} s"
+
+
+def estimate_run_seconds(cfg: dict, step_s: float, forward_s: float, epochs=None, n_train=None,
+                         n_test=None) -> tuple:
+    """(training, testing) seconds of a run with cfg's settings (or the given epochs and split
+    sizes), from one training step's and one test image's forward pass's time."""
+    epochs = cfg["epochs"] if epochs is None else epochs
+    n_train = cfg["n_train"] if n_train is None else n_train
+    n_test = cfg["n_test"] if n_test is None else n_test
+    passes = sum(1 for e in range(1, epochs + 1) if e % cfg["eval_every"] == 0 or e == epochs)
+    return step_s * (n_train // cfg["batch_size"]) * epochs, forward_s * n_test * passes
+
+
+def estimate_message(cfg: dict, step_s: float, forward_s: float, steps_timed: int) -> str:
+    """What the trainer prints after its first steps: the whole run's estimated time and, for a
+    long CPU run, a shorter command."""
+    train_s, test_s = estimate_run_seconds(cfg, step_s, forward_s)
+    msg = (f"estimate: {cfg['epochs']} epoch{'s' if cfg['epochs'] > 1 else ''} take about {duration(train_s + test_s)} (training "
+           f"{duration(train_s)}, testing {duration(test_s)}), from the speed of {steps_timed} steps "
+           f"({step_s:.2f} s a step)")
+    shorter = cfg["epochs"] > SHORT_RUN["epochs"] or cfg["n_train"] > SHORT_RUN["subset"]
+    if cfg["device"] == "cpu" and train_s + test_s > LONG_CPU_RUN_S and shorter:
+        n_train = min(cfg["n_train"], SHORT_RUN["subset"])
+        n_test = cfg["n_test"] if cfg["test_subset"] else max(1, round(cfg["n_test"] * n_train / cfg["n_train"]))
+        short = sum(estimate_run_seconds(cfg, step_s, forward_s, SHORT_RUN["epochs"], n_train, n_test))
+        msg += (f". That is long for the CPU: for a first run add --epochs {SHORT_RUN['epochs']} --subset "
+                f"{SHORT_RUN['subset']} (about {duration(short)}), or use a GPU (--device cuda)")
+    return msg
 
 
 def _epoch_line(r: dict, epochs: int) -> str:

@@ -102,6 +102,35 @@ def test_openblas_threads_sleep_at_once_unless_the_user_says_otherwise():
     assert theirs.stdout.strip() == "12"
 
 
+def test_numpy_imported_before_minivit_still_gets_the_short_timeout():
+    """Importing NumPy first (so OpenBLAS has read its environment already) must not leave its idle
+    threads spinning: the timeout reads back as 4 and, after a product, the process burns next to
+    no CPU time while it sleeps (OpenBLAS's default spin burns about all of a 50 ms sleep)."""
+    code = """if True:
+        import time, warnings
+        import numpy as np
+        warnings.simplefilter("error")          # a fallback warning would fail the test
+        import minivit
+        from minivit import blas
+        a = np.ones((600, 600), np.float32)
+        burnt = []
+        for _ in range(10):
+            a @ a
+            t0 = time.process_time(); time.sleep(0.05); burnt.append(time.process_time() - t0)
+        print(blas.blas_thread_timeout(), blas.blas_threads(), sorted(burnt)[5])
+    """
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_THREAD_TIMEOUT", "OPENBLAS_NUM_THREADS",
+                                                            "OMP_NUM_THREADS")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    timeout, threads, burnt = out.stdout.split()
+    if timeout == "None":
+        pytest.skip("NumPy's BLAS is not an OpenBLAS this module can reach")
+    assert timeout == "4"
+    if int(threads) > 1:                        # with one thread there is no idle thread to spin
+        assert float(burnt) < 0.01, f"OpenBLAS's idle threads burnt {float(burnt) * 1e3:.0f} ms in a 50 ms sleep"
+
+
 def test_blas_threads_can_be_read_and_set():
     n = bench.blas_threads()
     if n is None:

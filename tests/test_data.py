@@ -184,10 +184,28 @@ def test_download_checks_md5_and_fills_the_cache(tmp_path, isolated, monkeypatch
     # ... and the next load reads the cache without downloading.
     monkeypatch.setattr(C, "fetch", lambda *a, **k: pytest.fail("downloaded again"))
     check_official(load_cifar10(), batches)
-    # --data-dir as the download target.
+    # --data-dir as the download target, with --download only (a new folder is made for it).
     monkeypatch.setattr(C, "fetch", lambda url, f, **k: f.write(served.read_bytes()))
-    check_official(load_cifar10(tmp_path / "dl"), batches)
-    assert (tmp_path / "dl" / "cifar-10-python.tar.gz").is_file()
+    check_official(load_cifar10(tmp_path / "dl" / "new", download=True), batches)
+    assert (tmp_path / "dl" / "new" / "cifar-10-python.tar.gz").is_file()
+
+
+def test_a_data_dir_without_the_dataset_is_an_error_not_a_new_cache(tmp_path, isolated, monkeypatch):
+    """A mistyped --data-dir is neither created nor filled, and no other copy is used instead
+    (here a shared archive that would be found without --data-dir)."""
+    files, _ = imagefolder_files()
+    shared = write_tar(tmp_path / "shared.tar.gz", files)
+    monkeypatch.setattr(C, "shared_archive_candidates", lambda: [shared])
+    monkeypatch.setattr(C, "fetch", lambda *a, **k: pytest.fail("downloaded without --download"))
+    assert str(shared) in load_cifar10().source                    # found when --data-dir is left out
+    before = sorted(tmp_path.rglob("*"))
+    for missing in (tmp_path / "nonexistent", tmp_path / "typo" / "data", tmp_path / "missing.tar.gz"):
+        with pytest.raises(DatasetError, match="does not exist.*--download"):
+            load_cifar10(missing)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match="holds no cifar-10-python.tar.gz.*--download"):
+        load_cifar10(tmp_path / "empty")
+    assert sorted(tmp_path.rglob("*")) == sorted(before + [tmp_path / "empty"])     # nothing made or written
 
 
 def test_nothing_found_says_where_it_looked(tmp_path, isolated):
@@ -352,15 +370,21 @@ def test_synthetic_is_deterministic_balanced_and_prefix_stable():
     np.testing.assert_array_equal(synthetic_split(300, [3, 0]).images, a.train.images[:300])
 
 
-def test_synthetic_images_carry_the_class_not_noise():
-    """Not noise: the images have structure (neighbouring pixels agree) and the class is in the
-    shape, not the colour (per-class mean colours are all close to grey)."""
+def test_synthetic_images_carry_the_class_in_shape_and_colour():
+    """Not noise: the images have structure (neighbouring pixels agree). The object's colour leans
+    to its class but does not give it away: a nearest-mean classifier on the colour of each image's
+    most saturated pixels gets well above chance (10 %) on held-out images, and far below 100 %."""
     ds = synthetic_split(2000, 0)
-    x = ds.images.astype(np.float64)
+    x = ds.images.astype(np.float64) / 255
     neighbours = np.corrcoef(x[:, :, :, :-1].ravel(), x[:, :, :, 1:].ravel())[0, 1]
     assert neighbours > 0.8
-    means = np.stack([x[ds.labels == k].mean(axis=(0, 2, 3)) for k in range(10)]) / 255
-    assert np.abs(means - 0.5).max() < 0.08
+    sat = (x.max(axis=1) - x.min(axis=1)).reshape(len(x), -1)                   # (N, H*W)
+    top = sat >= np.quantile(sat, 0.7, axis=1, keepdims=True)
+    colour = (x.reshape(len(x), 3, -1) * top[:, None]).sum(-1) / top.sum(-1)[:, None]   # (N, 3)
+    y, fit, held = ds.labels, slice(0, 1000), slice(1000, 2000)
+    means = np.stack([colour[fit][y[fit] == k].mean(axis=0) for k in range(10)])
+    acc = np.mean(((colour[held][:, None] - means[None]) ** 2).sum(-1).argmin(1) == y[held])
+    assert 0.25 < acc < 0.7, f"colour alone classifies {acc:.0%}"
 
 
 # =========================================================================== augmentation

@@ -29,19 +29,35 @@ SYNTHETIC_SIZES = (10000, 2000)   # train, test
 
 
 def load_dataset(name: str, data_dir=None, *, subset: int | None = None, test_subset: int | None = None,
-                 verbose: bool = False, need_train: bool = True) -> ImageDataset:
+                 verbose: bool = False, need_train: bool = True, download: bool = False) -> ImageDataset:
     """Load a dataset by name and keep the first ``subset`` train / ``test_subset`` test images.
+
+    Without ``test_subset``, a ``subset`` of the training split scales the test split by the
+    same fraction, stratified by class (``ImageSplit.stratified``): ``--subset 10000`` of
+    CIFAR-10's 50,000 tests on 2,000 of its 10,000 images, 200 a class, so a short run does not
+    spend most of its time testing. ``ds.test_selection`` says which was done.
 
     The synthetic set is generated only as far as needed (its first k images do not
     depend on how many are made); ``need_train=False`` (evaluation) skips most of its train split.
     """
     if name == "synthetic":
-        n_train = min(subset or SYNTHETIC_SIZES[0], SYNTHETIC_SIZES[0]) if need_train else 1
+        full_train, full_test = SYNTHETIC_SIZES
+        n_train = min(subset or full_train, full_train) if need_train else 1
         n_test = min(test_subset or SYNTHETIC_SIZES[1], SYNTHETIC_SIZES[1])
         ds = load_synthetic(n_train, n_test)
     elif name == "cifar10":
-        ds = load_cifar10(data_dir, verbose=verbose)
+        ds = load_cifar10(data_dir, download=download, verbose=verbose)
+        full_train, full_test = len(ds.train), len(ds.test)
     else:
         raise ValueError(f"unknown dataset {name!r}: choose one of {DATASETS}")
-    ds.train, ds.test = ds.train.subset(subset), ds.test.subset(test_subset)
+    ds.train = ds.train.subset(subset)
+    if test_subset is not None:
+        ds.test = ds.test.subset(test_subset)
+        if len(ds.test) < full_test:
+            ds.test_selection = f"the first {len(ds.test)} of {full_test} test images (--test-subset)"
+    elif subset is not None and subset < full_train:
+        n = max(1, round(full_test * subset / full_train))
+        ds.test = ds.test.stratified(n)
+        ds.test_selection = (f"{len(ds.test)} of {full_test} test images, stratified by class: the --subset "
+                             f"fraction ({subset}/{full_train}); --test-subset N to choose")
     return ds

@@ -13,8 +13,9 @@ Two on-disk layouts are read:
 
 ``load_cifar10(data_dir)`` looks, in this order:
 
-1. ``data_dir``, when given: either kind of archive or folder, or else the
-   folder to use as the cache (and to download into);
+1. ``data_dir``, when given: either kind of archive or folder, and nothing
+   else (a path without the dataset is an error, unless ``download=True``
+   asks to download the official archive into that folder);
 2. the cache (``~/.cache/minivit``, or ``$MINIVIT_CACHE``): a downloaded archive;
 3. ``../shared/data/cifar10-jpeg.tar.gz`` next to the current folder or the
    package's repository, so development and CI machines work offline;
@@ -91,6 +92,22 @@ class ImageSplit:
             raise ValueError(f"subset size must be positive, got {n}")
         return ImageSplit(self.images[:n], self.labels[:n], self.classes)
 
+    def stratified(self, n: int) -> "ImageSplit":
+        """``n`` examples, each class in proportion to its share of the split: the first ones of
+        each class, in the split's order (a fixed choice: the same ``n`` gives the same images)."""
+        if n >= len(self):
+            return self
+        if n <= 0:
+            raise ValueError(f"subset size must be positive, got {n}")
+        counts = np.bincount(self.labels, minlength=self.num_classes)          # (C,)
+        rank = np.empty(len(self), dtype=np.int64)                            # place within its class
+        for c in range(self.num_classes):
+            rank[self.labels == c] = np.arange(counts[c])
+        # Fraction of its class that comes before an example: take the n smallest (class-balanced
+        # round robin when the classes are equal), then restore the split's order.
+        keep = np.sort(np.lexsort((self.labels, rank / counts[self.labels]))[:n])
+        return ImageSplit(self.images[keep], self.labels[keep], self.classes)
+
 
 @dataclass
 class ImageDataset:
@@ -100,6 +117,7 @@ class ImageDataset:
     name: str
     source: str
     notes: list = field(default_factory=list)
+    test_selection: str = "the whole test split"     # or how a part of it was chosen (for logs and configs)
 
     @property
     def classes(self) -> tuple:
@@ -490,44 +508,60 @@ def _load_path(path: Path, cache_dir: Path, verbose: bool) -> ImageDataset | Non
     return None
 
 
-def load_cifar10(data_dir=None, *, download_ok: bool = True, verbose: bool = False) -> ImageDataset:
+def load_cifar10(data_dir=None, *, download: bool = False, download_ok: bool = True,
+                 verbose: bool = False) -> ImageDataset:
     """CIFAR-10, from the first place that has it (see the module docstring for the order).
 
-    Decoded ImageFolder arrays are cached in the cache folder: ``data_dir`` when it is a
-    folder without a dataset in it (the place to download into), else the default one.
+    A ``data_dir`` that is given must hold the dataset: a mistyped path is an error, never a
+    folder created and filled while another copy is used. With ``download=True`` (the
+    trainer's ``--download``) a ``data_dir`` without the dataset is created if needed and
+    the official archive is downloaded into it. Decoded ImageFolder arrays are cached in
+    the default cache folder.
     """
     looked = []
     cache_dir = default_cache_dir()
     if data_dir is not None:
         p = Path(data_dir).expanduser()
-        if not p.exists() and p.suffix.lower() in (".gz", ".tar", ".tgz"):
-            raise DatasetError(f"--data-dir {p} does not exist. Point it at cifar-10-python.tar.gz, the "
-                               "extracted cifar-10-batches-py/ folder, or an ImageFolder folder/.tar.gz")
         if p.exists():
             ds = _load_path(p, cache_dir, verbose)
             if ds is not None:                  # every file is read as an archive (or raises)
                 return ds
-        looked.append(f"--data-dir {p} (no cifar-10-python.tar.gz, cifar-10-batches-py/ or train/ + test/ there)")
-        cache_dir = p                       # an empty or new folder: the cache, and where to download to
-    else:
-        ds = _load_path(cache_dir, cache_dir, verbose) if cache_dir.is_dir() else None
-        if ds is not None:
-            return ds
-        looked.append(f"the cache {cache_dir}")
+        if not download or p.suffix.lower() in (".gz", ".tar", ".tgz") or p.is_file():
+            what = "does not exist" if not p.exists() else \
+                "holds no cifar-10-python.tar.gz, cifar-10-batches-py/ or train/ + test/"
+            raise DatasetError(
+                f"--data-dir {p} {what}. Point it at cifar-10-python.tar.gz, the extracted "
+                "cifar-10-batches-py/ folder, or an ImageFolder folder/.tar.gz; add --download to download "
+                f"the official archive into the folder {p}; or leave --data-dir out to use the cache "
+                f"({cache_dir}) or ../shared/data/cifar10-jpeg.tar.gz")
+        return _download_to(p, verbose, looked)
+    ds = _load_path(cache_dir, cache_dir, verbose) if cache_dir.is_dir() else None
+    if ds is not None:
+        return ds
+    looked.append(f"the cache {cache_dir}")
     for cand in shared_archive_candidates():
         if cand.is_file():
             return load_imagefolder_cached(cand, cache_dir, verbose)
         looked.append(str(cand))
     if download_ok:
-        dest = cache_dir / CIFAR10_ARCHIVE
-        try:
-            if verbose:
-                print(f"downloading {CIFAR10_URL} to {dest} ...", flush=True)
-            download(CIFAR10_URL, dest, CIFAR10_MD5, progress=verbose)
-        except OSError as e:   # URLError, timeouts, no network, a read-only cache folder
-            looked.append(f"the download from {CIFAR10_URL} ({type(e).__name__}: {e})")
-        else:
-            return load_official_archive(dest)
+        return _download_to(cache_dir, verbose, looked)
+    _not_found(looked)
+
+
+def _download_to(folder: Path, verbose: bool, looked: list) -> ImageDataset:
+    """Download the official archive into ``folder`` (MD5-checked) and load it."""
+    dest = folder / CIFAR10_ARCHIVE
+    try:
+        if verbose:
+            print(f"downloading {CIFAR10_URL} to {dest} ...", flush=True)
+        download(CIFAR10_URL, dest, CIFAR10_MD5, progress=verbose)
+    except OSError as e:   # URLError, timeouts, no network, a read-only cache folder
+        looked.append(f"the download from {CIFAR10_URL} into {folder} ({type(e).__name__}: {e})")
+        _not_found(looked)
+    return load_official_archive(dest)
+
+
+def _not_found(looked: list):
     raise DatasetError(
         "CIFAR-10 was not found. Looked in:\n  - " + "\n  - ".join(looked) + "\n"
         "Fix: pass --data-dir PATH with PATH the official cifar-10-python.tar.gz (or its extracted "

@@ -1,23 +1,26 @@
 """A synthetic stand-in for CIFAR-10: ten classes of drawn shapes and textures, made in memory.
 
-Each 32×32 RGB image shows one object on a noisy background. The class says
-*what* is drawn; everything else is random per image, so no single pixel,
-colour or position gives the class away:
+Each 32×32 RGB image shows one object on a noisy, greyish background. The class says
+*what* is drawn and leans the object's colour; everything else is random per image:
 
     0 disk      1 ring        2 square     3 triangle     4 plus
     5 h-stripes 6 v-stripes   7 checker    8 polka dots   9 target (concentric rings)
 
-- position (centre anywhere in the middle 14×14 pixels) and size (radius 6–12 px);
+- position (centre within the middle 6×6 pixels: near the centre, as in CIFAR-10's photos)
+  and size (radius 8–12 px);
 - rotation, for the shapes whose identity does not depend on it (not the stripes);
-- foreground and background colours, drawn independently (with a minimum contrast);
+- the object's hue: class k's is drawn around k/10 of the colour wheel with a spread
+  (``HUE_SPREAD``) that overlaps its neighbours', so colour alone tells about half the
+  images apart (a nearest-mean colour classifier: about 45 %) and the shape the rest;
+  its saturation and brightness, and the background's brightness, are random;
 - a smooth background gradient, Gaussian pixel noise and a soft (anti-aliased) edge;
-- in 30 % of the images a small distractor blob of a third colour, anywhere.
+- in 30 % of the images a small distractor blob of any colour, anywhere.
 
 Stripes are horizontal vs vertical (a horizontal flip, the standard augmentation,
-keeps every class what it is). Textures (stripes, checks, dots, targets) are
-learnt first; telling the solid shapes apart regardless of colour takes longer.
-A ResNet-8 of width 8 gets about 35 % after two epochs on 1,000 images (chance:
-10 %), so the set shows learning within seconds but is far from solved by then.
+keeps every class what it is). The set exists to show that training works without
+data, in minutes on a CPU: every CIFAR model of the registry passes 30 % test accuracy
+after 3 epochs on 1,024 images (batch 64, the trainer's default recipe; see
+tests/test_synthetic_learns.py), and none is near 100 % by then.
 
 Everything is vectorised NumPy over the batch (one pass per class, no loop over
 images), deterministic from the seed: 12,000 images take about a second.
@@ -28,6 +31,7 @@ import numpy as np
 
 from minivit.data.cifar10 import ImageDataset, ImageSplit
 
+HUE_SPREAD = 0.07   # std of an object's hue around its class's, in turns (classes are 0.1 apart)
 SYNTHETIC_CLASSES = ("disk", "ring", "square", "triangle", "plus",
                      "h-stripes", "v-stripes", "checker", "dots", "target")
 
@@ -68,13 +72,20 @@ def _masks(label: int, u, v, freq):
     raise ValueError(f"no synthetic class {label}")
 
 
+def _hsv_to_rgb(h, s, v):
+    """(n,) hue in turns, saturation, value in [0, 1] → (n, 3, 1, 1) RGB in [0, 1]."""
+    k = (np.array([5.0, 3.0, 1.0], dtype=np.float32)[None] + h[:, None] * 6) % 6     # (n, 3)
+    rgb = v[:, None] - v[:, None] * s[:, None] * np.clip(np.minimum(k, 4 - k), 0, 1)
+    return rgb[:, :, None, None].astype(np.float32)
+
+
 def make_synthetic_images(labels: np.ndarray, rng: np.random.Generator, size: int = 32,
-                          noise: float = 0.06) -> np.ndarray:
+                          noise: float = 0.06, hue_spread: float = HUE_SPREAD) -> np.ndarray:
     """Draw one image per label; returns (N, 3, size, size) uint8."""
     n = len(labels)
     yy, xx = np.meshgrid(np.arange(size, dtype=np.float32), np.arange(size, dtype=np.float32), indexing="ij")
-    centre = rng.uniform(size / 2 - 7, size / 2 + 7, size=(n, 2)).astype(np.float32)
-    radius = rng.uniform(6.0, 12.0, size=n).astype(np.float32)
+    centre = rng.uniform(size / 2 - 3, size / 2 + 3, size=(n, 2)).astype(np.float32)
+    radius = rng.uniform(8.0, 12.0, size=n).astype(np.float32)
     angle = rng.uniform(0, 2 * np.pi, size=n).astype(np.float32)
     jitter = rng.uniform(-0.25, 0.25, size=n).astype(np.float32)       # stripes: ±15° only
     freq = rng.uniform(2.6, 4.0, size=n).astype(np.float32) * np.pi    # stripe frequency (per radius)
@@ -95,16 +106,21 @@ def make_synthetic_images(labels: np.ndarray, rng: np.random.Generator, size: in
     # Soft edge about one pixel wide: distance in pixels through a clipped ramp.
     alpha = np.clip(0.5 - dist * radius[:, None, None], 0.0, 1.0)[:, None]   # (n, 1, H, W)
 
-    bg = rng.uniform(0.0, 1.0, size=(n, 3, 1, 1)).astype(np.float32)
-    fg = rng.uniform(0.0, 1.0, size=(n, 3, 1, 1)).astype(np.float32)
+    # The object's hue leans to its class (class k around k/10 of the colour wheel, with a
+    # spread that overlaps the neighbours); the background is greyish, of any brightness.
+    hue = (labels / 10 + rng.normal(0, hue_spread, size=n)).astype(np.float32) % 1
+    fg = _hsv_to_rgb(hue, rng.uniform(0.55, 1.0, size=n).astype(np.float32),
+                     rng.uniform(0.55, 1.0, size=n).astype(np.float32))
+    bg = _hsv_to_rgb(rng.uniform(0, 1, size=n).astype(np.float32), rng.uniform(0, 0.25, size=n).astype(np.float32),
+                     rng.uniform(0.0, 1.0, size=n).astype(np.float32))
     # Enforce contrast: push fg away from bg where they are too close in brightness.
     diff = fg.mean(axis=1, keepdims=True) - bg.mean(axis=1, keepdims=True)
-    push = np.where(diff >= 0, 1.0, -1.0) * np.maximum(0.0, 0.35 - np.abs(diff))
-    fg = np.clip(fg + push, 0.0, 1.0)
+    push = np.where(diff >= 0, 1.0, -1.0) * np.maximum(0.0, 0.3 - np.abs(diff))
+    bg = np.clip(bg - push, 0.0, 1.0)
     grad_dir = rng.normal(size=(n, 2)).astype(np.float32) * 0.15 / size
     gradient = (grad_dir[:, 0, None, None] * (yy - size / 2) + grad_dir[:, 1, None, None] * (xx - size / 2))[:, None]
     img = bg + gradient + alpha * (fg - bg)
-    # A distractor in half of the images: a small blob of a third colour, anywhere.
+    # A distractor in 30 % of the images: a small blob of any colour, anywhere.
     blob_c = rng.uniform(2, size - 2, size=(n, 2)).astype(np.float32)
     blob_r = rng.uniform(1.5, 3.5, size=n).astype(np.float32)
     blob_d = np.sqrt((yy[None] - blob_c[:, 0, None, None]) ** 2 + (xx[None] - blob_c[:, 1, None, None]) ** 2)
