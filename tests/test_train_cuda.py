@@ -11,7 +11,8 @@ device and reads them only for the log line every ``--log-every`` steps:
 * inside an fp32 or tf32 training step: no sync;
 * inside an fp16 step: one (the GradScaler's ``found_inf``, which decides whether to step);
 * an evaluation: one (the loss sum, the number correct and the predictions, read together);
-* a log line: one.
+* a log line: one;
+* once a run, two steps and a forward pass timed for the estimate of the run's length.
 """
 import signal
 
@@ -131,8 +132,9 @@ def _counting(monkeypatch, strict_cupy, owner, name, log):
 
 @pytest.mark.parametrize("precision,per_step", [("fp32", 0), ("tf32", 0), ("fp16", 1)])
 def test_sync_budget(precision, per_step, strict_cupy, monkeypatch, tmp_path):
-    steps, evals, epochs = [], [], []
+    steps, evals, epochs, estimate = [], [], [], []
     _counting(monkeypatch, strict_cupy, Trainer, "train_step", steps)
+    _counting(monkeypatch, strict_cupy, Trainer, "_time_first_steps", estimate)
     _counting(monkeypatch, strict_cupy, train, "evaluate", evals)
     _counting(monkeypatch, strict_cupy, Trainer, "_train_epoch", epochs)
     # 4 steps an epoch, a log line every 2: lines after steps 2 and 4 (the last step of an epoch
@@ -146,5 +148,10 @@ def test_sync_budget(precision, per_step, strict_cupy, monkeypatch, tmp_path):
         assert len(syncs) == per_step, [f"{f}:{line} {kind}" for f, line, kind in syncs]
     for syncs in evals:
         assert len(syncs) == 1, [f"{f}:{line} {kind}" for f, line, kind in syncs]
+    # Once a run, the first epoch's first steps are timed for the estimate of the run's length
+    # (the clock is read after a synchronize: two steps and one forward pass).
+    assert len(estimate) == 2 and sum(map(len, estimate)) <= 3, estimate
+    once = {rec for syncs in estimate for rec in syncs}
     for syncs in epochs:                      # the steps' own, and one per log line
-        assert len(syncs) == 4 * per_step + 2, [f"{f}:{line} {kind}" for f, line, kind in syncs]
+        rest = [r for r in syncs if r not in once]
+        assert len(rest) == 4 * per_step + 2, [f"{f}:{line} {kind}" for f, line, kind in rest]
