@@ -7,6 +7,7 @@
 Importing an architecture's module registers its configurations.
 """
 from minivit.models.registry import create_model, list_models, register_model  # noqa: F401
+from minivit.models.pretrained import load_pretrained, pretrained_models, save_pretrained  # noqa: F401
 from minivit.models.vit import VisionTransformer  # noqa: F401
 from minivit.models.deit import VisionTransformerDistilled  # noqa: F401
 from minivit.models.pvt import PyramidVisionTransformer  # noqa: F401

@@ -29,13 +29,21 @@ def model_entrypoint(name: str):
     return _MODELS[name]
 
 
-def create_model(name: str, **overrides):
-    """Build a registered model; keyword overrides go to its constructor (timm's names)."""
+def create_model(name: str, pretrained: bool = False, **overrides):
+    """Build a registered model; keyword overrides go to its constructor (timm's names).
+
+    ``pretrained=True`` loads the trained weights that ship with the package, offline
+    (``minivit.models.pretrained``); the model's ``pretrained_cfg`` then says how they were
+    trained and what they scored."""
     if name not in _MODELS:
         close = difflib.get_close_matches(name, _MODELS, n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise ValueError(f"unknown model {name!r}.{hint} Available: {', '.join(list_models())}")
-    return _MODELS[name](**overrides)
+    model = _MODELS[name](**overrides)
+    if pretrained:
+        from minivit.models.pretrained import load_shipped
+        load_shipped(model, name)
+    return model
 
 
 # The command-line form of constructor overrides, shared by train and bench: --model-kwargs K=V,...

@@ -1,0 +1,124 @@
+"""Weight files (safetensors): minivit → file → minivit, minivit → file → timm, timm → file → minivit,
+float16 files, and ``create_model(name, pretrained=True)`` with the weights that ship."""
+import json
+
+import numpy as np
+import pytest
+
+import minivit
+import minivit.convert
+from minivit import Tensor, no_grad
+from minivit.models import create_model, load_pretrained, pretrained, save_pretrained
+
+
+def _logits(model, x):
+    model.eval()
+    with no_grad():
+        return minivit.backend.to_numpy(model(Tensor(x)).data)
+
+
+def _perturb(model, seed=1):
+    """New random values in every parameter, so a test cannot pass on shared initial weights."""
+    rng = np.random.default_rng(seed)
+    for p in model.parameters():
+        p.data[...] = rng.standard_normal(p.shape).astype(p.data.dtype) * 0.05
+
+
+def test_round_trip_same_logits(tmp_path):
+    a = create_model("vit_tiny", depth=2, embed_dim=64, num_heads=2, mlp_ratio=2.0)
+    _perturb(a)
+    path = save_pretrained(a, tmp_path / "vit.safetensors", metadata={"note": "test"})
+    b = create_model("vit_tiny", depth=2, embed_dim=64, num_heads=2, mlp_ratio=2.0)
+    load_pretrained(b, path)
+    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    np.testing.assert_array_equal(_logits(a, x), _logits(b, x))
+    import safetensors
+    with safetensors.safe_open(str(path), "np") as f:
+        assert f.metadata() == {"format": "pt", "note": "test"}
+
+
+def test_float16_file_is_half_the_size_and_rounds_once(tmp_path):
+    a = create_model("pvt_v2_tiny")
+    _perturb(a)
+    full = save_pretrained(a, tmp_path / "full.safetensors")
+    half = save_pretrained(a, tmp_path / "half.safetensors", dtype=np.float16)
+    assert 0.45 < half.stat().st_size / full.stat().st_size < 0.55
+    b = load_pretrained(create_model("pvt_v2_tiny"), half)
+    for (k, pa), (k2, pb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert k == k2 and pb.dtype == pa.dtype                      # cast back to the model's dtype
+        expected = pa.astype(np.float16).astype(pa.dtype) if pa.dtype.kind == "f" else pa
+        np.testing.assert_array_equal(pb, expected, err_msg=k)
+
+
+def test_missing_or_wrong_file_is_a_clear_error(tmp_path):
+    m = create_model("vit_tiny", depth=1, embed_dim=32, num_heads=2)
+    with pytest.raises(FileNotFoundError, match="no file"):
+        load_pretrained(m, tmp_path / "nope.safetensors")
+    other = save_pretrained(create_model("pvt_v2_tiny"), tmp_path / "pvt.safetensors")
+    before = {k: v.copy() for k, v in m.state_dict().items()}
+    with pytest.raises(Exception, match="Missing key"):
+        load_pretrained(m, other)
+    for k, v in m.state_dict().items():                         # a failed load changes nothing
+        np.testing.assert_array_equal(v, before[k])
+
+
+@pytest.mark.parametrize("name,kwargs", [
+    ("vit_tiny_patch16_224", dict(img_size=32, patch_size=4, num_classes=10, depth=2, embed_dim=64, num_heads=2)),
+    ("swin_tiny_patch4_window7_224", dict(img_size=32, patch_size=2, window_size=4, num_classes=10,
+                                          embed_dim=32, depths=(1, 1), num_heads=(2, 4))),
+])
+def test_files_move_between_minivit_and_timm(tmp_path, name, kwargs):
+    timm = pytest.importorskip("timm")
+    torch = pytest.importorskip("torch")
+    import safetensors.torch
+    tm = timm.create_model(name, **kwargs).eval()
+    ours = minivit.convert.from_timm(tm)
+    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+
+    _perturb(ours)                                              # minivit → file → timm
+    path = save_pretrained(ours, tmp_path / "ours.safetensors")
+    tm.load_state_dict(safetensors.torch.load_file(str(path)))
+    with torch.no_grad():
+        theirs = tm(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(_logits(ours, x), theirs, rtol=1e-5, atol=1e-5)
+
+    with torch.no_grad():                                       # timm → file → minivit
+        for p in tm.parameters():
+            p.mul_(-0.5)
+        theirs = tm(torch.from_numpy(x)).numpy()
+    safetensors.torch.save_file({k: v.contiguous() for k, v in tm.state_dict().items()},
+                                str(tmp_path / "timm.safetensors"))
+    load_pretrained(ours, tmp_path / "timm.safetensors")
+    np.testing.assert_allclose(_logits(ours, x), theirs, rtol=1e-5, atol=1e-5)
+
+
+def test_pretrained_true_loads_the_shipped_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(pretrained, "WEIGHTS_DIR", tmp_path)
+    with pytest.raises(ValueError, match="no trained weights ship for 'pvt_v2_tiny'"):
+        create_model("pvt_v2_tiny", pretrained=True)
+    trained = create_model("pvt_v2_tiny")
+    _perturb(trained)
+    save_pretrained(trained, tmp_path / "pvt_v2_tiny.safetensors", dtype=np.float16)
+    (tmp_path / "pvt_v2_tiny.json").write_text(json.dumps({"test_accuracy_1000": 0.5}))
+    assert pretrained.pretrained_models() == ["pvt_v2_tiny"]
+    m = create_model("pvt_v2_tiny", pretrained=True)
+    assert m.pretrained_cfg["test_accuracy_1000"] == 0.5
+    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    np.testing.assert_allclose(_logits(m, x), _logits(trained, x), rtol=0.05, atol=0.05)   # float16 weights
+    assert not np.allclose(_logits(m, x), _logits(create_model("pvt_v2_tiny"), x), atol=0.05)
+
+
+@pytest.mark.parametrize("name", pretrained.pretrained_models() or
+                         [pytest.param("none", marks=pytest.mark.skip(reason="no trained weights ship yet"))])
+def test_shipped_weights_score_what_their_record_says(name):
+    """Each shipped model, evaluated on the first 1,000 images of the CIFAR-10 test split (the JPEG
+    q75 copy), within 1 point of the accuracy recorded beside its weights."""
+    from minivit import data
+    from minivit.train import evaluate
+    try:
+        ds = data.load_dataset("cifar10", None, test_subset=1000, need_train=False)
+    except Exception as e:                                       # no copy of CIFAR-10 on this machine
+        pytest.skip(f"CIFAR-10 not found: {e}")
+    model = create_model(name, pretrained=True)
+    acc = evaluate(model, data.DeviceLoader(ds.test, "cpu", 250))["acc"]
+    assert abs(acc - model.pretrained_cfg["test_accuracy_1000"]) <= 0.01, (acc, model.pretrained_cfg)
