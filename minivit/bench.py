@@ -332,6 +332,23 @@ def _tuples(v):
     return tuple(v) if isinstance(v, list) else v
 
 
+def timm_vit_nano(stem_channels=(32, 64, 128), stem_stride=(1, 2, 2), **kwargs):
+    """timm's twin of ``vit_nano`` (its docstring): a VisionTransformer whose embedding is timm's
+    ConvStem in a HybridEmbed, built with the same keywords as ``create_model("vit_nano", ...)``."""
+    from functools import partial
+
+    from timm.layers import HybridEmbed
+    from timm.models.vision_transformer import VisionTransformer
+    from timm.models.vision_transformer_hybrid import ConvStem
+    cfg = dict(img_size=32, patch_size=1, num_classes=10, embed_dim=128, depth=2, num_heads=2, mlp_ratio=2.0,
+               class_token=False, global_pool="avg")
+    cfg.update(kwargs)
+    n = len(stem_channels)
+    stem = ConvStem(in_chans=cfg.get("in_chans", 3), depth=n + 1, channels=(*stem_channels, cfg["embed_dim"]),
+                    kernel_size=(3,) * n + (1,), stride=(*stem_stride, 1))
+    return VisionTransformer(**cfg, embed_layer=partial(HybridEmbed, backbone=stem, proj=False))
+
+
 def build_torch_twin(name: str, model_kwargs: dict, model, dtype):
     """The PyTorch reference of registry model ``name`` and the minivit model ``model``
     (built with the same ``model_kwargs``), with the reference's weights copied into ours.
@@ -359,6 +376,13 @@ def build_torch_twin(name: str, model_kwargs: dict, model, dtype):
         tm = CvtForImageClassification(CvtConfig(**cfg))
         state = convert_state_dict(torch_state_dict(tm))
         desc = "transformers.CvtForImageClassification"
+    elif name == "vit_nano":
+        try:
+            tm = timm_vit_nano(**model_kwargs)
+        except ImportError as e:
+            raise TwinUnavailable(f"--compare torch for {name} needs timm ({e})") from None
+        state = torch_state_dict(tm)
+        desc = "timm VisionTransformer + HybridEmbed(ConvStem)"
     elif name in _TIMM_TWINS:
         try:
             module = importlib.import_module(_TIMM_TWINS[name][0])
@@ -381,7 +405,7 @@ def build_torch_twin(name: str, model_kwargs: dict, model, dtype):
         desc = f"{modname}.{clsname}"
     else:
         raise TwinUnavailable(f"no PyTorch reference is set up for {name}; models with one: "
-                              f"{', '.join(sorted([*_TIMM_TWINS, 'cvt_tiny']))}")
+                              f"{', '.join(sorted([*_TIMM_TWINS, 'cvt_tiny', 'vit_nano']))}")
     model.load_state_dict(state)                           # strict: every name and shape must match
     model.to(dtype=dtype)
     tm = tm.to(torch.float64 if dtype == np.float64 else torch.float32)

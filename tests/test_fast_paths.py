@@ -5,6 +5,9 @@ gradient it is handed (the fast paths work in place on arrays they made themselv
 * GELU (exact, float32, CPU): Φ from a rational erfc instead of SciPy's erf; dy/dx saved.
 * Conv2d, depthwise (CPU): one einsum over strided windows instead of im2col.
 * Conv2d, groups = 1, channels-last input (CPU): channels-last columns (L, K) and output.
+* BatchNorm (CPU, float32/float64, (N, C, ...)): per-channel sums from pieces of the batch on
+  threads, fewer passes; the running statistics updated alike.
+* ReLU (CPU, contiguous): the same two ufuncs in pieces on threads.
 * LayerNorm and softmax: in-place updates of fresh arrays (checked here for not touching inputs).
 """
 import numpy as np
@@ -15,6 +18,8 @@ import minivit.functional as F
 from minivit import Tensor
 from minivit.functional.activation import GELU, _gelu_float32
 from minivit.functional.conv import Conv2d
+from minivit.functional.norm import BatchNorm
+from minivit.functional.activation import ReLU
 
 
 def _grads(fn, arrays, g, dtype):
@@ -187,6 +192,84 @@ def test_channels_last_conv_passes_a_gradient_check():
                      xt, Tensor(w, requires_grad=True), Tensor(b, requires_grad=True))
 
 
+# =========================================================================== batch norm, ReLU
+def _bn_run(x0, g, training, affine, want_param_grads=True):
+    """batch_norm's output, gradients and updated running statistics, on fresh copies."""
+    C = x0.shape[1]
+    dt = x0.dtype
+    x = Tensor(x0.copy(), requires_grad=True)
+    w = Tensor(np.linspace(0.5, 1.5, C).astype(dt), requires_grad=want_param_grads) if affine else None
+    b = Tensor(np.linspace(-1, 1, C).astype(dt), requires_grad=want_param_grads) if affine else None
+    rm, rv = np.linspace(-0.2, 0.2, C).astype(dt), np.linspace(0.5, 2.0, C).astype(dt)
+    y = F.batch_norm(x, rm, rv, w, b, training=training, momentum=0.1, eps=1e-5)
+    y.backward(g)
+    grads = [x.grad] + ([w.grad, b.grad] if affine else [])
+    return [y.data] + grads + [rm, rv]
+
+
+@pytest.mark.parametrize("shape", [(4, 3, 5, 6), (64, 16, 16, 16), (5, 4, 7), (2, 3, 2, 2, 3)])
+@pytest.mark.parametrize("training", [True, False], ids=["batch-stats", "running-stats"])
+@pytest.mark.parametrize("affine", [True, False], ids=["affine", "plain"])
+def test_batch_norm_fast_path_matches_the_reference(monkeypatch, shape, training, affine):
+    """Output, ∂x, ∂w, ∂b and the running statistics: float64 to 1e-12, float32 to float32 rounding,
+    a channels-last view as well as contiguous memory; large inputs split over threads."""
+    rng = np.random.default_rng(3)
+    for dt, tol in ((np.float64, 1e-12), (np.float32, 3e-5)):
+        x0 = (rng.standard_normal(shape) * 3 + 1).astype(dt)
+        g = rng.standard_normal(shape).astype(dt)
+        if len(shape) == 4:                       # an NCHW view of channels-last memory, too
+            x0 = np.ascontiguousarray(x0.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+        fast = _bn_run(x0, g, training, affine, want_param_grads=training)
+        monkeypatch.setattr(BatchNorm, "fast_path", False)
+        ref = _bn_run(x0, g, training, affine, want_param_grads=training)
+        monkeypatch.undo()
+        for a, r in zip(fast, ref):
+            if r is None:                         # no parameter gradients in eval mode here
+                assert a is None
+                continue
+            assert a.dtype == r.dtype and a.shape == r.shape
+            np.testing.assert_allclose(a, r, rtol=0, atol=tol * max(1.0, np.abs(r).max()))
+
+
+def test_batch_norm_fast_path_is_taken_only_where_it_applies(monkeypatch):
+    """Taken for a float32/64 (N, C, ...) training input; not for (N, C), float16, or eval-mode
+    parameter gradients (those need x̂ from the running statistics: the reference computes them)."""
+    taken = []
+    orig = BatchNorm._cpu_forward
+    monkeypatch.setattr(BatchNorm, "_cpu_forward", lambda self, *a: taken.append(1) or orig(self, *a))
+    rm, rv = np.zeros(3), np.ones(3)
+    cases = [((4, 3, 2, 2), np.float32, True, True), ((4, 3), np.float64, True, False),
+             ((4, 3, 2, 2), np.float16, True, False), ((4, 3, 2, 2), np.float64, False, False)]
+    for shape, dt, training, expect in cases:
+        taken.clear()
+        w = Tensor(np.ones(3, dt), requires_grad=True)
+        F.batch_norm(Tensor(np.ones(shape, dt)), rm.astype(dt), rv.astype(dt), w, None, training=training)
+        assert bool(taken) == expect, (shape, dt, training)
+
+
+def test_batch_norm_fast_path_passes_a_gradient_check():
+    from minivit.testing import gradcheck
+    rng = np.random.default_rng(4)
+    x = Tensor(rng.standard_normal((3, 4, 3, 2)), requires_grad=True)
+    w = Tensor(rng.standard_normal(4), requires_grad=True)
+    b = Tensor(rng.standard_normal(4), requires_grad=True)
+    assert gradcheck(lambda x, w, b: F.batch_norm(x, None, None, w, b, training=True), x, w, b)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_relu_fast_path_matches_the_reference(monkeypatch, dtype):
+    """Equal bit for bit (NaN stays NaN, 0 gets no gradient), on an array big enough for threads."""
+    x0 = np.random.default_rng(5).standard_normal((64, 32, 16, 16)).astype(dtype)
+    x0.flat[:3] = (0.0, -0.0, np.nan)
+    g = np.random.default_rng(6).standard_normal(x0.shape).astype(dtype)
+    fast_y, (fast_g,) = _grads(F.relu, [x0], g, dtype)
+    monkeypatch.setattr(ReLU, "fast_path", False)
+    ref_y, (ref_g,) = _grads(F.relu, [x0], g, dtype)
+    np.testing.assert_array_equal(fast_y, ref_y)
+    np.testing.assert_array_equal(fast_g, ref_g)
+    assert not np.signbit(fast_y.flat[1])                 # max(-0.0, 0) is +0.0 on both paths
+
+
 # =========================================================================== inputs stay untouched
 def _ops():
     rng = np.random.default_rng(6)
@@ -202,6 +285,9 @@ def _ops():
         "conv_channels_last": (lambda x, w, b: F.conv2d(x, w, b, stride=2, padding=1),
                                [np.ascontiguousarray(rng.standard_normal((2, 5, 5, 3))).transpose(0, 3, 1, 2),
                                 rng.standard_normal((4, 3, 3, 3)), rng.standard_normal(4)]),
+        "batch_norm": (lambda x, w, b: F.batch_norm(x, None, None, w, b, training=True),
+                       [rng.standard_normal((4, 3, 5, 5)), rng.standard_normal(3), rng.standard_normal(3)]),
+        "relu": (F.relu, [rng.standard_normal((64, 32, 16, 16))]),
         "conv_patches": (lambda x, w, b: F.conv2d(x, w, b, stride=2),
                          [rng.standard_normal((2, 3, 4, 4)), rng.standard_normal((4, 3, 2, 2)), rng.standard_normal(4)]),
     }

@@ -122,3 +122,51 @@ def test_shipped_weights_score_what_their_record_says(name):
     model = create_model(name, pretrained=True)
     acc = evaluate(model, data.DeviceLoader(ds.test, "cpu", 250))["acc"]
     assert abs(acc - model.pretrained_cfg["test_accuracy_1000"]) <= 0.01, (acc, model.pretrained_cfg)
+
+
+# --------------------------------------------------------------------------- shipping a run
+def test_ship_refuses_what_pretrained_true_could_not_rebuild(tmp_path):
+    """python -m minivit.ship: one error line for a subset run, an unfinished run, a folder that
+    is not a run; nothing is written."""
+    import subprocess
+    import sys
+    from minivit import train
+    run = tmp_path / "run"
+    train.run(["--model", "resnet_teacher", "--model-kwargs", "depth=8,width=4", "--dataset", "synthetic",
+               "--subset", "64", "--test-subset", "32", "--epochs", "1", "--batch-size", "32", "--device", "cpu",
+               "--no-progress", "--out-dir", str(run)], log=lambda *a: None)
+    with pytest.raises(ValueError, match="--model-kwargs"):
+        pretrained.ship_run(run, tmp_path / "w")
+    for args, message in (([str(run)], "error: .*--model-kwargs"),
+                          ([str(tmp_path)], "error: .*no last.ckpt")):
+        r = subprocess.run([sys.executable, "-m", "minivit.ship", *args, "--weights-dir", str(tmp_path / "w")],
+                           capture_output=True, text=True)
+        assert r.returncode != 0 and "Traceback" not in r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
+        import re
+        assert re.match(message, r.stderr.strip()), r.stderr
+    assert not (tmp_path / "w").exists()
+
+
+def test_shipped_record_command_reproduces_the_recipe():
+    """The record's command, parsed by the trainer, gives back the run's recipe."""
+    from minivit import train
+    cfg = train.resolve_config(train.build_parser().parse_args(
+        ["--model", "vit_nano", "--epochs", "12", "--lr", "2e-3", "--batch-size", "256", "--label-smoothing", "0",
+         "--no-hflip", "--warmup-epochs", "1"]))
+    args = pretrained._recipe_args(cfg)
+    again = train.resolve_config(train.build_parser().parse_args(args))
+    for k in pretrained._RECIPE_KEYS + ("hflip",):
+        assert again[k] == cfg[k], k
+
+
+def test_zero_dim_buffers_keep_their_shape(tmp_path):
+    """BatchNorm's num_batches_tracked is 0-d in the model, in the file and back (a 1-d copy of it
+    would not load into minivit or timm)."""
+    import safetensors.numpy
+    model = create_model("vit_nano")
+    save_pretrained(model, tmp_path / "nano.safetensors", dtype=np.float16)
+    arrays = safetensors.numpy.load_file(str(tmp_path / "nano.safetensors"))
+    for k, v in model.state_dict().items():
+        assert arrays[k].shape == tuple(np.shape(v)), k
+    load_pretrained(create_model("vit_nano"), tmp_path / "nano.safetensors")

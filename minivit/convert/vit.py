@@ -32,7 +32,10 @@ def _check_supported(tm):
     norm = type(tm.norm).__name__ != "Identity"
     if (tm.global_pool == "avg") != fc_norm or fc_norm == norm:
         problems.append("a final norm placement other than timm's default (fc_norm / final_norm)")
-    if type(tm.patch_embed.norm).__name__ != "Identity" or tm.patch_embed.proj.bias is None:
+    pe = tm.patch_embed
+    if type(pe).__name__ == "HybridEmbed":
+        problems += _stem_problems(pe)
+    elif type(pe.norm).__name__ != "Identity" or pe.proj.bias is None:
         problems.append("a patch-embedding norm or a bias-free patch embedding")
     if type(tm.patch_drop).__name__ != "Identity":
         problems.append("patch dropout")
@@ -56,6 +59,47 @@ def _check_supported(tm):
                          + ", which minivit's VisionTransformer does not implement")
 
 
+def _stem_problems(pe) -> list:
+    """What of a timm HybridEmbed minivit's conv stem (layers/conv_stem.py) does not implement."""
+    bb = pe.backbone
+    if type(bb).__name__ != "ConvStem":
+        return [f"a hybrid backbone {type(bb).__name__} (minivit has timm's ConvStem)"]
+    problems = []
+    if tuple(pe.patch_size) != (1, 1) or getattr(pe, "dynamic_img_pad", False):
+        problems.append("a hybrid embedding with patch_size > 1 or dynamic padding")
+    for i, layer in enumerate(bb):
+        c, last = layer.conv, i == len(bb) - 1
+        k = c.kernel_size[0]
+        if (c.kernel_size[1] != k or c.stride[0] != c.stride[1] or c.padding != ((k - 1) // 2,) * 2
+                or c.dilation != (1, 1) or c.groups != 1 or (c.bias is not None) != last):
+            problems.append(f"stem conv {i} ({c}): minivit's stem has square 'same'-padded convs, "
+                            f"a bias on the last only")
+        bn = type(layer.bn).__name__
+        act = type(getattr(layer.bn, "act", None)).__name__
+        if (bn == "BatchNormAct2d") == last or (not last and act != "ReLU"):
+            problems.append(f"stem layer {i} norm {bn} / activation {act} (minivit: BatchNorm + ReLU, "
+                            f"the last layer a plain conv)")
+    return problems
+
+
+def _stem_embed_layer(pe):
+    """minivit's HybridEmbed(ConvStem) with the configuration of timm's, as an ``embed_layer``."""
+    from functools import partial
+
+    from minivit.layers.conv_stem import ConvStem, HybridEmbed
+    convs = [layer.conv for layer in pe.backbone]
+    stem = ConvStem(convs[0].in_channels, channels=[c.out_channels for c in convs],
+                    kernel_size=[c.kernel_size[0] for c in convs], stride=[c.stride[0] for c in convs])
+    proj = type(pe.proj).__name__ != "Identity"
+    return partial(HybridEmbed, stem, proj=proj, bias=proj and pe.proj.bias is not None)
+
+
+def _in_chans(pe) -> int:
+    if type(pe).__name__ == "HybridEmbed":
+        return pe.backbone[0].conv.in_channels
+    return pe.proj.in_channels
+
+
 def build_from_timm(tm):
     """The minivit VisionTransformer(Distilled) with ``tm``'s configuration (weights not loaded)."""
     from minivit.models.deit import VisionTransformerDistilled
@@ -67,7 +111,7 @@ def build_from_timm(tm):
     gamma = getattr(ls, "gamma", None)
     kwargs = dict(
         img_size=tuple(tm.patch_embed.img_size), patch_size=tuple(tm.patch_embed.patch_size),
-        in_chans=tm.patch_embed.proj.in_channels, num_classes=tm.num_classes, global_pool=tm.global_pool,
+        in_chans=_in_chans(tm.patch_embed), num_classes=tm.num_classes, global_pool=tm.global_pool,
         embed_dim=tm.embed_dim, depth=len(tm.blocks), num_heads=blk.attn.num_heads,
         mlp_ratio=blk.mlp.fc1.out_features / tm.embed_dim, qkv_bias=blk.attn.qkv.bias is not None,
         # the value is overwritten by the loaded gamma; only "LayerScale or not" matters here
@@ -77,6 +121,9 @@ def build_from_timm(tm):
         drop_rate=_p(tm, "head_drop"), pos_drop_rate=_p(tm, "pos_drop"), proj_drop_rate=_p(blk.attn, "proj_drop"),
         attn_drop_rate=_p(blk.attn, "attn_drop"), drop_path_rate=_p(tm.blocks[-1], "drop_path1"),
         norm_layer=None, weight_init="skip")
+    if type(tm.patch_embed).__name__ == "HybridEmbed":
+        kwargs["embed_layer"] = _stem_embed_layer(tm.patch_embed)
+        kwargs["patch_size"] = 1
     eps = blk.norm1.eps
     if eps != 1e-6:
         from functools import partial

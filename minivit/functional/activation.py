@@ -26,12 +26,33 @@ def _norm_dim(dim, ndim):
 class ReLU(Function):
     """max(x, 0); the gradient flows where x > 0 (0 at x == 0, as PyTorch)."""
 
+    # A contiguous CPU array is cut into pieces that run on backend's threads
+    # (_relu_threads, below): the same two ufuncs, written in place. False: always this code.
+    fast_path = True
+
     def forward(self, x):
+        if self.fast_path and backend.device_of(x) == "cpu" and x.flags.c_contiguous and x.size > _BLOCK:
+            y, self.mask = _relu_threads(x)
+            return y
         self.mask = x > 0
         return get_array_module(x).maximum(x, x.dtype.type(0))   # +0.0 (not -0.0), NaN stays NaN
 
     def backward(self, gy):
+        if self.fast_path and backend.device_of(gy) == "cpu":
+            return _multiply_threads(gy, self.mask)
         return gy * self.mask
+
+
+def _relu_threads(x):
+    """(max(x, 0), x > 0) for a contiguous CPU array, over backend's threads."""
+    f = x.reshape(-1)
+    y, mask = np.empty_like(f), np.empty(f.shape, dtype=bool)
+
+    def piece(lo, hi):
+        np.greater(f[lo:hi], 0, out=mask[lo:hi])
+        np.maximum(f[lo:hi], x.dtype.type(0), out=y[lo:hi])
+    backend.parallel_pieces(f.size, piece, min_size=_BLOCK)
+    return y.reshape(x.shape), mask.reshape(x.shape)
 
 
 _SQRT1_2 = 1.0 / math.sqrt(2.0)
@@ -127,8 +148,10 @@ def _gelu_float32(x, with_grad=True):
 
 
 def _multiply_threads(a, b):
-    """a * b for two CPU arrays of one shape, split over threads when both are contiguous."""
-    if a.shape != b.shape or a.dtype != b.dtype or not (a.flags.c_contiguous and b.flags.c_contiguous):
+    """a * b for two CPU arrays of one shape (b of a's dtype, or a bool mask), split over
+    threads when both are contiguous."""
+    if a.shape != b.shape or not (a.flags.c_contiguous and b.flags.c_contiguous) or \
+            (a.dtype != b.dtype and b.dtype != np.bool_):           # (b may be a mask)
         return a * b
     fa, fb = a.reshape(-1), b.reshape(-1)
     out = np.empty_like(fa)

@@ -176,9 +176,19 @@ class BatchNorm(Function):
         self.training, self.momentum, self.eps = training, momentum, eps
         self.has_weight, self.has_bias = has_weight, has_bias
 
+    # On the CPU, a float32/float64 (N, C, ...) input takes the threaded path (_cpu_*, below):
+    # the same formulas in fewer passes over memory, pieces of the batch on backend's
+    # threads. False: always this reference code.
+    fast_path = True
+
     def forward(self, x, *params):
         w = params[0] if self.has_weight else None
         b = params[-1] if self.has_bias else None
+        self.cpu_fast = (self.fast_path and x.ndim >= 3 and x.dtype.kind == "f" and x.dtype.itemsize >= 4
+                         and backend.device_of(x) == "cpu"
+                         and (self.training or not any(self.needs_grad[1:])))   # eval ∂w, ∂b: the reference
+        if self.cpu_fast:
+            return self._cpu_forward(x, w, b)
         self.axes = (0,) + tuple(range(2, x.ndim))                 # every dim but the channel one
         pshape = (1, x.shape[1]) + (1,) * (x.ndim - 2)              # (1, C, 1, ...): broadcasts over x
         if self.training:
@@ -210,6 +220,8 @@ class BatchNorm(Function):
             rv += (m * n / (n - 1) * var.reshape(-1)).astype(rv.dtype, copy=False)
 
     def backward(self, gy):
+        if self.cpu_fast:
+            return self._cpu_backward(gy)
         grads = [None]
         if self.needs_grad[0]:
             gxhat = gy if self.w is None else gy * self.w
@@ -223,6 +235,109 @@ class BatchNorm(Function):
             grads.append(gy.sum(axis=self.axes) if self.needs_grad[len(grads)] else None)
         return tuple(grads)
 
+
+    # ----------------------------------------------------------------------- the CPU fast path
+    # The reference above makes a temporary per operation (x − μ, its square, x̂, x̂·w, …) on
+    # one core. Here x is seen as (N, C, S), S the pixels of a channel; the work is cut into
+    # pieces of the batch that run on backend's threads (NumPy releases the GIL), per-channel
+    # sums come back from each piece and are added up, and the element-wise work writes into
+    # preallocated arrays (einsum's sums of products make no temporaries):
+    #
+    #   training forward:  μ = Σx/n;  x̂ ← x − μ, Σx̂² (one pass);  σ⁻¹ from Σx̂²/n;  x̂ ← x̂·σ⁻¹, y = x̂·w + b
+    #   backward:          Σg and Σg·x̂ (one pass);  ∂x = g·(w/σ) − x̂·(w/σ)·mean(g·x̂) − (w/σ)·mean(g)
+    #
+    # which is the module docstring's formula with g' = g·w taken apart per channel.
+
+    def _cpu_forward(self, x, w, b):
+        np_ = get_array_module(x)
+        N, C = x.shape[:2]
+        x3 = np_.ascontiguousarray(x).reshape(N, C, -1)            # (N, C, S)
+        n = N * x3.shape[2]
+        step = max(1, (1 << 16) // max(1, x3[0].size))             # a piece: ≥ 64k numbers
+        pieces = lambda fn: backend.parallel_pieces(N, fn, min_size=step)  # noqa: E731
+        xhat = np_.empty_like(x3)
+        if self.training:
+            mu = sum(pieces(lambda lo, hi: x3[lo:hi].sum(axis=(0, 2), dtype=np_.float64))) / n
+
+            def center(lo, hi):                                   # x̂ ← x − μ, and Σ(x − μ)²
+                np_.subtract(x3[lo:hi], mu.astype(x.dtype)[:, None], out=xhat[lo:hi])
+                return np_.einsum("ncs,ncs->c", xhat[lo:hi], xhat[lo:hi], dtype=np_.float64)
+            var = sum(pieces(center)) / n                           # biased: used to normalise
+            self._update_running_stats(mu, var, n)
+            rstd = 1 / np_.sqrt(var + self.eps)
+        else:
+            mu = self.running_mean.astype(np_.float64)
+            rstd = 1 / np_.sqrt(self.running_var.astype(np_.float64) + self.eps)
+        wc = np_.ones(C) if w is None else w.astype(np_.float64)
+        bc = np_.zeros(C) if b is None else b.astype(np_.float64)
+        rs = rstd.astype(x.dtype)[:, None]
+        scale = (wc * rstd).astype(x.dtype)[:, None]               # eval: y = x·(w/σ) + (b − μ·w/σ)
+        shift = (bc - mu * wc * rstd).astype(x.dtype)[:, None]
+        w1 = None if w is None else w.astype(x.dtype)[:, None]
+        b1 = None if b is None else b.astype(x.dtype)[:, None]
+        y = np_.empty_like(x3)
+
+        def normalise(lo, hi):
+            xh, out = xhat[lo:hi], y[lo:hi]
+            if self.training:                                       # x̂ = (x − μ)·σ⁻¹, kept for backward
+                xh *= rs
+                np_.multiply(xh, w1, out=out) if w1 is not None else np_.copyto(out, xh)
+                if b1 is not None:
+                    out += b1
+            else:                                                   # running statistics: affine per channel
+                np_.multiply(x3[lo:hi], scale, out=out)
+                out += shift
+        pieces(normalise)
+        self.xhat = xhat if self.training else None
+        self.rstd3, self.scale3, self.n = rs, scale, n
+        self.w = w
+        self.shape = x.shape
+        return y.reshape(x.shape)
+
+    def _cpu_backward(self, gy):
+        np_ = get_array_module(gy)
+        N, C = self.shape[:2]
+        g3 = np_.ascontiguousarray(gy).reshape(N, C, -1)           # (N, C, S)
+        step = max(1, (1 << 16) // max(1, g3[0].size))
+        pieces = lambda fn: backend.parallel_pieces(N, fn, min_size=step)  # noqa: E731
+        want_w = self.has_weight and self.needs_grad[1]
+        want_b = self.has_bias and self.needs_grad[-1]
+        sum_g = sum_gx = None
+        if self.training:                                               # Σg and Σg·x̂ per channel, one pass
+            def sums(lo, hi):
+                xh = self.xhat[lo:hi] if self.training else None
+                sg = g3[lo:hi].sum(axis=(0, 2), dtype=np_.float64)
+                sgx = (np_.einsum("ncs,ncs->c", g3[lo:hi], xh, dtype=np_.float64) if xh is not None
+                       else None)
+                return sg, sgx
+            parts = pieces(sums)
+            sum_g = sum(p[0] for p in parts)
+            sum_gx = sum(p[1] for p in parts) if self.training else None
+        grads = [None]
+        if self.needs_grad[0]:
+            gx = np_.empty_like(g3)
+            if self.training:
+                w = np_.ones(C) if self.w is None else self.w.astype(np_.float64)
+                rstd = self.rstd3[:, 0].astype(np_.float64)
+                a = (w * rstd).astype(gy.dtype)[:, None]                       # w/σ
+                bcoef = (w * rstd * sum_gx / self.n).astype(gy.dtype)[:, None]  # (w/σ)·mean(g·x̂)
+                ccoef = (w * rstd * sum_g / self.n).astype(gy.dtype)[:, None]   # (w/σ)·mean(g)
+
+                def dx(lo, hi):
+                    out = gx[lo:hi]
+                    np_.multiply(g3[lo:hi], a, out=out)
+                    out -= self.xhat[lo:hi] * bcoef
+                    out -= ccoef
+            else:
+                def dx(lo, hi):
+                    np_.multiply(g3[lo:hi], self.scale3, out=gx[lo:hi])
+            pieces(dx)
+            grads[0] = gx.reshape(self.shape)
+        if self.has_weight:
+            grads.append(sum_gx.astype(gy.dtype) if want_w else None)
+        if self.has_bias:
+            grads.append(sum_g.astype(gy.dtype) if want_b else None)
+        return tuple(grads)
 
 def _stat_array(name, s, channels):
     """Running statistics may be arrays or Tensors; we update the array itself, in place."""

@@ -47,7 +47,9 @@ def save_pretrained(model, path, dtype=None, metadata: dict | None = None) -> Pa
     st = _safetensors_numpy()
     tensors = {}
     for k, a in model.state_dict().items():
-        a = np.ascontiguousarray(backend.to_numpy(a))
+        a = np.asarray(backend.to_numpy(a))
+        if not a.flags.c_contiguous:          # (np.ascontiguousarray would make a 0-d buffer 1-d)
+            a = a.copy()
         if dtype is not None and a.dtype.kind == "f":
             a = a.astype(dtype)
         tensors[k] = a
@@ -93,3 +95,98 @@ def load_shipped(model, name: str):
     load_pretrained(model, WEIGHTS_DIR / f"{name}.safetensors")
     model.pretrained_cfg = {"name": name, "file": f"{name}.safetensors", **pretrained_record(name)}
     return model
+
+
+# =========================================================================== shipping a run
+def ship_run(run_dir, weights_dir=None, name: str | None = None) -> dict:
+    """Make a training run's final weights a shipped model: ``<weights_dir>/<model>.safetensors``
+    (float16) and the ``<model>.json`` record beside it, whose ``test_accuracy_1000`` is measured
+    here on the float16 weights, on the first 1,000 CIFAR-10 test images (what the package's test
+    re-measures). The run must use the model's default configuration (``pretrained=True`` builds
+    the model by name). Returns the record."""
+    import time
+
+    from minivit import data
+    from minivit.train import CheckpointError, evaluate, load_checkpoint, load_model_from_checkpoint
+
+    run_dir = Path(run_dir)
+    last = run_dir / "last.ckpt"
+    if not last.is_file():
+        raise CheckpointError(f"{run_dir}: no last.ckpt; give a run directory made by python -m minivit.train")
+    ckpt = load_checkpoint(last)
+    cfg = ckpt["config"]
+    if ckpt["epoch"] != cfg["epochs"] or ckpt.get("partial"):
+        raise ValueError(f"{run_dir}: the run stopped after epoch {ckpt['epoch']} of {cfg['epochs']}; "
+                         f"finish it (python -m minivit.train --resume {run_dir}) before shipping it")
+    if cfg.get("model_kwargs"):
+        raise ValueError(f"{run_dir}: trained with --model-kwargs {cfg['model_kwargs']}, but pretrained=True "
+                         f"builds {cfg['model']!r} with its defaults; register the configuration as a model")
+    if cfg["dataset"] != "cifar10" or cfg.get("subset"):
+        raise ValueError(f"{run_dir}: only full CIFAR-10 runs ship (dataset {cfg['dataset']}, subset {cfg.get('subset')})")
+    name = name or cfg["model"]
+    weights_dir = Path(weights_dir) if weights_dir is not None else WEIGHTS_DIR
+    model, _ = load_model_from_checkpoint(last)
+    path = save_pretrained(model, weights_dir / f"{name}.safetensors", dtype=np.float16,
+                           metadata={"model": name, "source": "minivit"})
+    load_pretrained(model, path)                                    # score the float16 weights
+    ds = data.load_dataset("cifar10", None, test_subset=1000, need_train=False)
+    acc_1000 = evaluate(model, data.DeviceLoader(ds.test, "cpu", 250))["acc"]
+    metrics = ckpt["metrics"]
+    record = {
+        "model": name, "params": model.num_parameters(),
+        "data": _data_name(cfg.get("data_source", "?")), "n_train": cfg["n_train"],
+        "command": "python -m minivit.train " + " ".join(_recipe_args(cfg)),
+        "epochs": cfg["epochs"], "device": cfg["device"],
+        "train_time_s": round(sum(m["train_time_s"] for m in metrics), 1),
+        "final_test_acc": metrics[-1]["test_acc"], "n_test": cfg["n_test"],
+        "test_accuracy_1000": acc_1000,
+        "test_accuracy_1000_note": "the float16 weights on the first 1,000 CIFAR-10 test images",
+        "run": run_dir.name, "platform": cfg.get("versions", {}).get("platform"),
+        "shipped": time.strftime("%Y-%m-%d"),
+    }
+    (weights_dir / f"{name}.json").write_text(json.dumps(record, indent=1) + "\n")
+    return record
+
+
+def _data_name(source: str) -> str:
+    """'CIFAR-10 (cifar10-jpeg.tar.gz)': the file the data came from, without this machine's paths."""
+    first = source.split(" (")[0].strip()
+    return f"CIFAR-10 ({Path(first).name or first})"
+
+
+_RECIPE_KEYS = ("model", "epochs", "batch_size", "opt", "lr", "min_lr", "weight_decay", "warmup_epochs",
+                "label_smoothing", "drop_path", "crop_padding", "randaugment", "random_erasing", "mixup",
+                "cutmix", "teacher", "distillation", "seed")
+
+
+def _recipe_args(cfg: dict) -> list:
+    """The command-line flags that reproduce a run's recipe (resolved defaults written out)."""
+    args = []
+    for k in _RECIPE_KEYS:
+        v = cfg.get(k)
+        if v is None or v is False or (k in ("mixup", "cutmix", "random_erasing") and not v) \
+                or (k == "distillation" and v == "none"):
+            continue
+        args += [f"--{k.replace('_', '-')}", str(v)]
+    if cfg.get("hflip") is False:
+        args.append("--no-hflip")
+    return args
+
+
+def main(argv=None):
+    """python -m minivit.ship RUN_DIR [--name NAME]: ship a run's weights."""
+    from minivit import cli
+    from minivit.data.cifar10 import DatasetError
+    from minivit.train import CheckpointError
+    ap = cli.ArgumentParser(prog="python -m minivit.ship",
+                                 description="Ship a finished CIFAR-10 run's weights with the package: "
+                                             "minivit/weights/<model>.safetensors (float16) and <model>.json.")
+    ap.add_argument("run", help="the run directory (python -m minivit.train's --out-dir)")
+    ap.add_argument("--name", default=None, help="the shipped name; default: the run's model")
+    ap.add_argument("--weights-dir", default=None, help=f"default: {WEIGHTS_DIR}")
+    args = ap.parse_args(argv)
+    try:
+        record = ship_run(args.run, args.weights_dir, args.name)
+    except (ValueError, OSError, CheckpointError, DatasetError) as e:
+        cli.fail(str(e))
+    print(json.dumps(record, indent=1))

@@ -44,7 +44,9 @@ class VisionTransformer(nn.Module):
     block to its value at the last. ``dynamic_img_size=True`` accepts any image size
     divisible by the patch size, resizing the position embedding to the new grid
     (bilinear for a learned one, recomputed for sin-cos); otherwise the input must be
-    ``img_size``.
+    ``img_size``. ``embed_layer``: what turns the image into tokens, called as
+    ``embed_layer(img_size=, patch_size=, in_chans=, embed_dim=)`` (timm's argument), e.g. a
+    convolutional stem (``vit_nano``); None is ViT's patchify conv, ``PatchEmbed``.
     """
 
     # Tokens in front of the patch tokens besides the class token (DeiT adds one).
@@ -56,7 +58,7 @@ class VisionTransformer(nn.Module):
                  class_token: bool = True, pos_embed: str = "learn", dynamic_img_size: bool = False,
                  drop_rate: float = 0.0, pos_drop_rate: float = 0.0, proj_drop_rate: float = 0.0,
                  attn_drop_rate: float = 0.0, drop_path_rate: float = 0.0, norm_layer=None, act_layer=None,
-                 weight_init: str = ""):
+                 weight_init: str = "", embed_layer=None):
         super().__init__()
         if global_pool not in ("token", "avg"):
             raise ValueError(f"{type(self).__name__}: global_pool must be 'token' or 'avg', got {global_pool!r}")
@@ -80,8 +82,11 @@ class VisionTransformer(nn.Module):
         self.dynamic_img_size = dynamic_img_size
 
         # z₀ (eq. 1): patch tokens, prefix tokens, position embedding
-        self.patch_embed = PatchEmbed(img_size=img_size, patch_size=patch_size, in_chans=in_chans,
-                                      embed_dim=embed_dim)
+        if embed_layer is not None and dynamic_img_size:
+            raise ValueError(f"{type(self).__name__}: dynamic_img_size=True needs the plain patch embedding "
+                             f"(embed_layer=None)")
+        self.patch_embed = (embed_layer or PatchEmbed)(img_size=img_size, patch_size=patch_size,
+                                                       in_chans=in_chans, embed_dim=embed_dim)
         num_patches = self.patch_embed.num_patches
         self.cls_token = nn.Parameter(np.zeros((1, 1, embed_dim), dtype=np.float32)) if class_token else None
         embed_len = num_patches + self.num_prefix_tokens
@@ -212,6 +217,37 @@ def vit_tiny(**kwargs):
     """
     return _vit(dict(img_size=32, patch_size=4, num_classes=10, embed_dim=256, depth=7, num_heads=4,
                      mlp_ratio=2.0), kwargs)
+
+
+@register_model
+def vit_nano(stem_channels=(32, 64, 128), stem_stride=(1, 2, 2), **kwargs):
+    """A small CIFAR-10 ViT with a convolutional stem (Xiao et al., 2021; ``layers/conv_stem.py``):
+    384,682 parameters, the size of the Compact Convolutional Transformers' CCT-2/3x2 (0.28M).
+
+    The stem: a 3×3 conv + BatchNorm + ReLU per entry of ``stem_channels`` (stride
+    ``stem_stride``: 32×32 → 32 → 16 → 8), then a 1×1 conv to the width D = 128, so the
+    encoder gets an 8×8 grid of 64 tokens, as ``vit_tiny``'s 4×4 patches give, but each token
+    has seen a 15×15 pixel neighbourhood through three nonlinear layers instead of one
+    linear map of its 4×4 patch. Then 2 blocks of width 128 (2 heads of 64, MLP ratio 2), no
+    class token: the head reads the mean token (``global_pool='avg'``), as CCT's sequence
+    pooling does in spirit. Built for the CPU speedrun (README: "Results on a CPU").
+
+    timm's twin: ``VisionTransformer(img_size=32, patch_size=1, embed_dim=128, depth=2, num_heads=2,
+    mlp_ratio=2, class_token=False, global_pool='avg', embed_layer=partial(HybridEmbed,
+    backbone=ConvStem(depth=4, channels=(32, 64, 128, 128), kernel_size=(3, 3, 3, 1),
+    stride=(1, 2, 2, 1)), proj=False))``, same state_dict keys.
+    """
+    from minivit.layers.conv_stem import ConvStem, HybridEmbed
+
+    cfg = dict(dict(img_size=32, patch_size=1, num_classes=10, embed_dim=128, depth=2, num_heads=2,
+                    mlp_ratio=2.0, class_token=False, global_pool="avg"), **kwargs)
+    n = len(stem_channels)
+    if len(stem_stride) != n:
+        raise ValueError(f"vit_nano: stem_channels {tuple(stem_channels)} and stem_stride {tuple(stem_stride)} "
+                         f"need one entry per conv layer")
+    stem = ConvStem(cfg.get("in_chans", 3), channels=(*stem_channels, cfg["embed_dim"]),
+                    kernel_size=(3,) * n + (1,), stride=(*stem_stride, 1))
+    return VisionTransformer(**cfg, embed_layer=partial(HybridEmbed, stem, proj=False))
 
 
 @register_model

@@ -1,0 +1,73 @@
+"""A/B of the CPU fast paths of BatchNorm and ReLU (functional/norm.py, functional/activation.py) on
+the speedrun model's training step: the readable reference ops (fast_path = False) against the
+threaded ones, alternating rounds in one process.
+
+    python benchmarks/cpu_fast_paths.py --json benchmarks/cpu_fast_paths.json
+
+Records the median step time of each side (forward, loss, backward, AdamW; vit_nano, batch 128,
+random data) and the ratio; the machine and its thread count are in the record.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+
+import numpy as np
+
+from minivit import Tensor, backend, optim
+from minivit.bench import _cpu_model
+from minivit.functional.activation import ReLU
+from minivit.functional.norm import BatchNorm
+from minivit.losses import cross_entropy
+from minivit.models import create_model
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="vit_nano")
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    model = create_model(args.model)
+    model.train()
+    opt = optim.AdamW(optim.param_groups_weight_decay(model, 0.05), lr=1e-3)
+    x = Tensor(np.random.default_rng(0).standard_normal((args.batch_size, 3, 32, 32)).astype(np.float32))
+    y = np.arange(args.batch_size) % 10
+
+    def step():
+        loss = cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    times = {"reference": [], "fast": []}
+    for _ in range(args.rounds):
+        for side in ("reference", "fast"):
+            BatchNorm.fast_path = ReLU.fast_path = side == "fast"
+            step()                                                  # warm-up
+            for _ in range(args.steps):
+                t = time.perf_counter()
+                step()
+                times[side].append(time.perf_counter() - t)
+    BatchNorm.fast_path = ReLU.fast_path = True
+    med = {k: float(np.median(v)) for k, v in times.items()}
+    rec = {"command": "python benchmarks/cpu_fast_paths.py" + (f" --json {args.json}" if args.json else ""),
+           "model": args.model, "batch_size": args.batch_size, "machine": _cpu_model() or platform.machine(),
+           "cores": len(os.sched_getaffinity(0)), "threads": backend.get_num_threads(),
+           "step_ms": {k: round(v * 1e3, 1) for k, v in med.items()},
+           "images_per_s": {k: round(args.batch_size / v, 1) for k, v in med.items()},
+           "speedup": round(med["reference"] / med["fast"], 3),
+           "timing": f"median of {args.rounds} rounds × {args.steps} steps per side, alternating"}
+    print(json.dumps(rec, indent=1))
+    if args.json:
+        with open(args.json, "w") as f:
+            f.write(json.dumps(rec, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
