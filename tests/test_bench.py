@@ -236,7 +236,7 @@ def test_profile_rows_add_up_to_the_profiled_step_and_cover_the_ops():
     assert sum(r["total"] for r in rows) == pytest.approx(prof["step_s"], rel=1e-9)
     assert sum(r["share"] for r in rows) == pytest.approx(1.0, rel=1e-9)
     names = {r["name"] for r in rows}
-    assert {"Linear", "LayerNorm", "GELU", "Softmax", "MatMul", "CrossEntropy"} <= names
+    assert {"Linear", "LayerNorm", "GELU", "QKVAttention", "CrossEntropy"} <= names   # attention: one op
     ops = [r for r in rows if r["calls"] is not None]
     assert all(r["forward"] >= 0 and r["backward"] >= 0 for r in ops)
     linear = next(r for r in ops if r["name"] == "Linear")

@@ -6,8 +6,9 @@ gradient it is handed (the fast paths work in place on arrays they made themselv
 * Conv2d, depthwise (CPU): one einsum over strided windows instead of im2col.
 * Conv2d, groups = 1, channels-last input (CPU): channels-last columns (L, K) and output.
 * BatchNorm (CPU, float32/float64, (N, C, ...)): per-channel sums from pieces of the batch on
-  threads, fewer passes; the running statistics updated alike.
-* ReLU (CPU, contiguous): the same two ufuncs in pieces on threads.
+  threads, fewer passes; the running statistics updated alike; a channels-last input keeps its layout.
+* ReLU (CPU, contiguous or channels-last): the same two ufuncs in pieces on threads, layout kept.
+* ConvStem (CPU): channels-last from the image on, every conv, BatchNorm and ReLU on that path.
 * LayerNorm and softmax: in-place updates of fresh arrays (checked here for not touching inputs).
 """
 import numpy as np
@@ -16,6 +17,7 @@ import scipy.special as sp
 
 import minivit.functional as F
 from minivit import Tensor
+from minivit.autograd import Function
 from minivit.functional.activation import GELU, _gelu_float32
 from minivit.functional.conv import Conv2d
 from minivit.functional.norm import BatchNorm
@@ -268,6 +270,72 @@ def test_relu_fast_path_matches_the_reference(monkeypatch, dtype):
     np.testing.assert_array_equal(fast_y, ref_y)
     np.testing.assert_array_equal(fast_g, ref_g)
     assert not np.signbit(fast_y.flat[1])                 # max(-0.0, 0) is +0.0 on both paths
+
+
+def _channels_last(a):
+    return a.ndim == 4 and not a.flags.c_contiguous and a.transpose(0, 2, 3, 1).flags.c_contiguous
+
+
+@pytest.mark.parametrize("op", ["batch_norm", "relu"])
+def test_channels_last_input_keeps_its_layout(monkeypatch, op):
+    """A channels-last (N, C, H, W) view in, a channels-last output and gradient out, with the
+    reference's values: the next conv then reads it without a copy (the conv stem's chain)."""
+    rng = np.random.default_rng(7)
+    x0 = np.ascontiguousarray(rng.standard_normal((64, 40, 8, 8)).transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    g = np.ascontiguousarray(rng.standard_normal((64, 8, 8, 40))).transpose(0, 3, 1, 2)
+    fn = (F.relu if op == "relu" else
+          lambda x: F.batch_norm(x, None, None, Tensor(np.linspace(0.5, 1.5, 40)), None, training=True))
+    seen = []
+
+    class Probe(Function):                                  # identity; records the gradient the op hands back
+        def forward(self, a):
+            return a
+
+        def backward(self, gy):
+            seen.append(gy)
+            return gy
+    x = Tensor(x0, requires_grad=True)
+    y = fn(Probe()(x))
+    y.backward(g)
+    assert _channels_last(y.data) and _channels_last(seen[0])
+    monkeypatch.setattr(ReLU if op == "relu" else BatchNorm, "fast_path", False)
+    ref_y, (ref_g,) = _grads(fn, [x0], g, np.float64)
+    np.testing.assert_allclose(y.data, ref_y, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(x.grad, ref_g, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_conv_stem_channels_last_matches_nchw(monkeypatch, training):
+    """vit_nano's stem run channels-last (the CPU default) and NCHW: the same tokens and the same
+    gradient for every parameter (float64), and channels-last is what every conv actually took."""
+    from minivit.layers.conv_stem import ConvStem, HybridEmbed
+    from minivit.models import create_model
+    model = create_model("vit_nano").to(dtype=np.float64)
+    model.train(training)
+    x = np.random.default_rng(8).standard_normal((4, 3, 32, 32))
+    g = np.random.default_rng(9).standard_normal((4, 10))
+    taken = []
+    orig = Conv2d._channels_last_forward
+    monkeypatch.setattr(Conv2d, "_channels_last_forward", lambda self, *a: taken.append(1) or orig(self, *a))
+    results = []
+    for flag in (True, False):
+        monkeypatch.setattr(ConvStem, "channels_last", flag)
+        state = {k: v.copy() for k, v in model.state_dict().items()}
+        for p in model.parameters():
+            p.grad = None
+        y = model(Tensor(x))
+        y.backward(g)
+        results.append((y.data, [p.grad for p in model.parameters()],
+                        {k: v.copy() for k, v in model.state_dict().items()}))
+        model.load_state_dict(state)
+        if flag:
+            assert len(taken) == 4 and isinstance(model.patch_embed, HybridEmbed)
+    (ya, ga, sa), (yb, gb, sb) = results
+    np.testing.assert_allclose(ya, yb, rtol=1e-11, atol=1e-12)
+    for a, b in zip(ga, gb):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+    for k in sa:                                            # BatchNorm's running statistics, too
+        np.testing.assert_allclose(sa[k], sb[k], rtol=1e-12, atol=1e-12, err_msg=k)
 
 
 # =========================================================================== inputs stay untouched

@@ -124,6 +124,30 @@ def test_shipped_weights_score_what_their_record_says(name):
     assert abs(acc - model.pretrained_cfg["test_accuracy_1000"]) <= 0.01, (acc, model.pretrained_cfg)
 
 
+def test_a_variant_that_does_not_ship_says_why():
+    for name in pretrained.NOT_SHIPPED:
+        assert name not in pretrained.pretrained_models()
+        with pytest.raises(ValueError, match=rf"no trained weights ship for '{name}' \(the package keeps its "
+                                             r"weights under 40 MB.*Train it with python -m minivit.train"):
+            create_model(name, pretrained=True)
+
+
+def test_shipped_weights_fit_the_package_budget():
+    """Each shipped file at most 10 MB, all of them together at most 40 MB (the wheel stays small);
+    every file has its record, every record its file, and the files are float16."""
+    import safetensors
+    files = sorted(pretrained.WEIGHTS_DIR.glob("*.safetensors"))
+    records = sorted(pretrained.WEIGHTS_DIR.glob("*.json"))
+    assert [f.stem for f in files] == [r.stem for r in records]
+    sizes = {f.stem: f.stat().st_size for f in files}
+    assert all(size <= 10_000_000 for size in sizes.values()), sizes
+    assert sum(sizes.values()) <= 40_000_000, sizes
+    for f in files:
+        with safetensors.safe_open(str(f), "np") as st:
+            kinds = {st.get_tensor(k).dtype for k in st.keys() if st.get_tensor(k).dtype.kind == "f"}
+        assert kinds == {np.dtype(np.float16)}, (f.name, kinds)
+
+
 # --------------------------------------------------------------------------- shipping a run
 def test_ship_refuses_what_pretrained_true_could_not_rebuild(tmp_path):
     """python -m minivit.ship: one error line for a subset run, an unfinished run, a folder that

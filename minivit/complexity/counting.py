@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from minivit import autograd, nn
+from minivit.functional.attention import QKVAttention, ScaledDotProductAttention
 from minivit.functional.basic import MatMul
 from minivit.functional.conv import Conv2d as Conv2dOp
 from minivit.functional.linear import Linear as LinearOp
@@ -31,6 +32,12 @@ def op_macs(fn, inputs, out) -> tuple[str, int] | None:
     if isinstance(fn, MatMul):              # (…, M, K) @ (…, K, N): M·N·K per batch element
         k = inputs[0].shape[-1]
         return "matmul", out.numel() * k
+    if isinstance(fn, ScaledDotProductAttention):   # Q Kᵀ and A V as one op: (…, L, S)·(d + d_v)
+        q, k = inputs[0], inputs[1]
+        return "matmul", (out.numel() // out.shape[-1]) * k.shape[-2] * (q.shape[-1] + out.shape[-1])
+    if isinstance(fn, QKVAttention):            # the same from packed qkv (B, N, 3C) → (B, N, C): 2·B·N²·C
+        B, N, C = out.shape
+        return "matmul", 2 * B * N * N * C
     return None
 
 

@@ -90,6 +90,8 @@ def measure(name, device="cpu", C=32, heads=2, max_side=64, repeats=3, batch=1):
         def hook(f, ins, out):
             if isinstance(f, Softmax):
                 peak[0] = max(peak[0], out.data.nbytes)
+            elif hasattr(f, "score_nbytes"):        # attention as one op (F.scaled_dot_product_attention)
+                peak[0] = max(peak[0], f.score_nbytes)
 
         autograd.forward_hooks.append(hook)
         try:

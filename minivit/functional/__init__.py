@@ -5,6 +5,8 @@ lowercase functions here are what models call.
 """
 from minivit.functional.activation import (drop_path, dropout, gelu, log_softmax, relu,  # noqa: F401
                                            sigmoid, softmax)
+from minivit.functional.attention import (attention_simple, qkv_attention,  # noqa: F401
+                                        scaled_dot_product_attention)
 from minivit.functional.basic import (abs, add, amax, argmax, cat, chunk, clamp, div, exp,  # noqa: F401
                                       expand, flatten, gather, getitem, log, matmul, max, mean, mul,
                                       neg, permute, pow, reshape, roll, split, sqrt, squeeze, stack,

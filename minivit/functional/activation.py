@@ -31,7 +31,7 @@ class ReLU(Function):
     fast_path = True
 
     def forward(self, x):
-        if self.fast_path and backend.device_of(x) == "cpu" and x.flags.c_contiguous and x.size > _BLOCK:
+        if self.fast_path and backend.device_of(x) == "cpu" and _flat(x) is not None and x.size > _BLOCK:
             y, self.mask = _relu_threads(x)
             return y
         self.mask = x > 0
@@ -43,16 +43,27 @@ class ReLU(Function):
         return gy * self.mask
 
 
+def _flat(a):
+    """A CPU array's numbers as a 1-D view in memory order, where they are dense: a contiguous
+    array, or an image (N, C, H, W) that is channels-last in memory (a CPU conv stem's). Else None."""
+    if a.flags.c_contiguous:
+        return a.reshape(-1)
+    if a.ndim == 4 and a.transpose(0, 2, 3, 1).flags.c_contiguous:
+        return a.transpose(0, 2, 3, 1).reshape(-1)
+    return None
+
+
 def _relu_threads(x):
-    """(max(x, 0), x > 0) for a contiguous CPU array, over backend's threads."""
-    f = x.reshape(-1)
-    y, mask = np.empty_like(f), np.empty(f.shape, dtype=bool)
+    """(max(x, 0), x > 0) for a dense CPU array (``_flat``), over backend's threads; both come out
+    in x's memory layout."""
+    y, mask = np.empty_like(x), np.empty_like(x, dtype=bool)     # (empty_like keeps the layout)
+    f, fy, fm = _flat(x), _flat(y), _flat(mask)
 
     def piece(lo, hi):
-        np.greater(f[lo:hi], 0, out=mask[lo:hi])
-        np.maximum(f[lo:hi], x.dtype.type(0), out=y[lo:hi])
+        np.greater(f[lo:hi], 0, out=fm[lo:hi])
+        np.maximum(f[lo:hi], x.dtype.type(0), out=fy[lo:hi])
     backend.parallel_pieces(f.size, piece, min_size=_BLOCK)
-    return y.reshape(x.shape), mask.reshape(x.shape)
+    return y, mask
 
 
 _SQRT1_2 = 1.0 / math.sqrt(2.0)
@@ -149,15 +160,17 @@ def _gelu_float32(x, with_grad=True):
 
 def _multiply_threads(a, b):
     """a * b for two CPU arrays of one shape (b of a's dtype, or a bool mask), split over
-    threads when both are contiguous."""
-    if a.shape != b.shape or not (a.flags.c_contiguous and b.flags.c_contiguous) or \
-            (a.dtype != b.dtype and b.dtype != np.bool_):           # (b may be a mask)
+    threads when both are dense in the same memory layout (``_flat``)."""
+    def layout(arr):
+        return tuple(st // arr.itemsize for st in arr.strides)
+    if (a.shape != b.shape or (a.dtype != b.dtype and b.dtype != np.bool_)   # (b may be a mask)
+            or _flat(a) is None or _flat(b) is None or layout(a) != layout(b)):
         return a * b
-    fa, fb = a.reshape(-1), b.reshape(-1)
-    out = np.empty_like(fa)
-    backend.parallel_pieces(fa.size, lambda lo, hi: np.multiply(fa[lo:hi], fb[lo:hi], out=out[lo:hi]),
+    out = np.empty_like(a)                                          # a's layout
+    fa, fb, fo = _flat(a), _flat(b), _flat(out)
+    backend.parallel_pieces(fa.size, lambda lo, hi: np.multiply(fa[lo:hi], fb[lo:hi], out=fo[lo:hi]),
                             min_size=_BLOCK)
-    return out.reshape(a.shape)
+    return out
 
 
 def _gelu_float32_piece(flat, y, dydx, lo, hi):

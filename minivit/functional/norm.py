@@ -247,39 +247,57 @@ class BatchNorm(Function):
     #   backward:          Σg and Σg·x̂ (one pass);  ∂x = g·(w/σ) − x̂·(w/σ)·mean(g·x̂) − (w/σ)·mean(g)
     #
     # which is the module docstring's formula with g' = g·w taken apart per channel.
+    # A channels-last image (N, C, H, W) whose memory is (N, H, W, C), as a CPU conv stem
+    # makes (layers/conv_stem.py), is seen as (N, S, C) instead, without a copy, and its output
+    # keeps that layout: the same sums, over the other axis.
+
+    def _layout(self, x):
+        """x as (N, C, S) or, channels-last in memory, (N, S, C), a view where it can be; and how
+        a per-channel vector broadcasts against it, the einsum of Σa·b per channel, the summed axes."""
+        np_ = get_array_module(x)
+        N, C = x.shape[:2]
+        if self.channels_last:
+            return (np_.ascontiguousarray(x.transpose(0, 2, 3, 1)).reshape(N, -1, C),
+                    lambda v: v[None, :], "nsc,nsc->c", (0, 1))
+        return (np_.ascontiguousarray(x).reshape(N, C, -1),
+                lambda v: v[:, None], "ncs,ncs->c", (0, 2))
 
     def _cpu_forward(self, x, w, b):
         np_ = get_array_module(x)
         N, C = x.shape[:2]
-        x3 = np_.ascontiguousarray(x).reshape(N, C, -1)            # (N, C, S)
-        n = N * x3.shape[2]
+        self.channels_last = (x.ndim == 4 and not x.flags.c_contiguous
+                              and x.transpose(0, 2, 3, 1).flags.c_contiguous)
+        x3, col, sum_ab, axes = self._layout(x)                     # (N, C, S) or (N, S, C)
+        n = x.size // C
         step = max(1, (1 << 16) // max(1, x3[0].size))             # a piece: ≥ 64k numbers
         pieces = lambda fn: backend.parallel_pieces(N, fn, min_size=step)  # noqa: E731
-        xhat = np_.empty_like(x3)
         if self.training:
-            mu = sum(pieces(lambda lo, hi: x3[lo:hi].sum(axis=(0, 2), dtype=np_.float64))) / n
+            xhat = np_.empty_like(x3)
+            mu = sum(pieces(lambda lo, hi: x3[lo:hi].sum(axis=axes, dtype=np_.float64))) / n
 
             def center(lo, hi):                                   # x̂ ← x − μ, and Σ(x − μ)²
-                np_.subtract(x3[lo:hi], mu.astype(x.dtype)[:, None], out=xhat[lo:hi])
-                return np_.einsum("ncs,ncs->c", xhat[lo:hi], xhat[lo:hi], dtype=np_.float64)
+                np_.subtract(x3[lo:hi], col(mu.astype(x.dtype)), out=xhat[lo:hi])
+                return np_.einsum(sum_ab, xhat[lo:hi], xhat[lo:hi], dtype=np_.float64)
             var = sum(pieces(center)) / n                           # biased: used to normalise
             self._update_running_stats(mu, var, n)
             rstd = 1 / np_.sqrt(var + self.eps)
         else:
+            xhat = None
             mu = self.running_mean.astype(np_.float64)
             rstd = 1 / np_.sqrt(self.running_var.astype(np_.float64) + self.eps)
         wc = np_.ones(C) if w is None else w.astype(np_.float64)
         bc = np_.zeros(C) if b is None else b.astype(np_.float64)
-        rs = rstd.astype(x.dtype)[:, None]
-        scale = (wc * rstd).astype(x.dtype)[:, None]               # eval: y = x·(w/σ) + (b − μ·w/σ)
-        shift = (bc - mu * wc * rstd).astype(x.dtype)[:, None]
-        w1 = None if w is None else w.astype(x.dtype)[:, None]
-        b1 = None if b is None else b.astype(x.dtype)[:, None]
+        rs = col(rstd.astype(x.dtype))
+        scale = col((wc * rstd).astype(x.dtype))                    # eval: y = x·(w/σ) + (b − μ·w/σ)
+        shift = col((bc - mu * wc * rstd).astype(x.dtype))
+        w1 = None if w is None else col(w.astype(x.dtype))
+        b1 = None if b is None else col(b.astype(x.dtype))
         y = np_.empty_like(x3)
 
         def normalise(lo, hi):
-            xh, out = xhat[lo:hi], y[lo:hi]
+            out = y[lo:hi]
             if self.training:                                       # x̂ = (x − μ)·σ⁻¹, kept for backward
+                xh = xhat[lo:hi]
                 xh *= rs
                 np_.multiply(xh, w1, out=out) if w1 is not None else np_.copyto(out, xh)
                 if b1 is not None:
@@ -288,16 +306,19 @@ class BatchNorm(Function):
                 np_.multiply(x3[lo:hi], scale, out=out)
                 out += shift
         pieces(normalise)
-        self.xhat = xhat if self.training else None
-        self.rstd3, self.scale3, self.n = rs, scale, n
+        self.xhat = xhat
+        self.rstd, self.scale, self.n = rstd, scale, n
         self.w = w
         self.shape = x.shape
+        if self.channels_last:
+            N, _, H, W = x.shape
+            return y.reshape(N, H, W, C).transpose(0, 3, 1, 2)     # (N, C, H, W), channels-last in memory
         return y.reshape(x.shape)
 
     def _cpu_backward(self, gy):
         np_ = get_array_module(gy)
         N, C = self.shape[:2]
-        g3 = np_.ascontiguousarray(gy).reshape(N, C, -1)           # (N, C, S)
+        g3, col, sum_ab, axes = self._layout(gy)                    # as x was: (N, C, S) or (N, S, C)
         step = max(1, (1 << 16) // max(1, g3[0].size))
         pieces = lambda fn: backend.parallel_pieces(N, fn, min_size=step)  # noqa: E731
         want_w = self.has_weight and self.needs_grad[1]
@@ -305,23 +326,19 @@ class BatchNorm(Function):
         sum_g = sum_gx = None
         if self.training:                                               # Σg and Σg·x̂ per channel, one pass
             def sums(lo, hi):
-                xh = self.xhat[lo:hi] if self.training else None
-                sg = g3[lo:hi].sum(axis=(0, 2), dtype=np_.float64)
-                sgx = (np_.einsum("ncs,ncs->c", g3[lo:hi], xh, dtype=np_.float64) if xh is not None
-                       else None)
-                return sg, sgx
+                return (g3[lo:hi].sum(axis=axes, dtype=np_.float64),
+                        np_.einsum(sum_ab, g3[lo:hi], self.xhat[lo:hi], dtype=np_.float64))
             parts = pieces(sums)
             sum_g = sum(p[0] for p in parts)
-            sum_gx = sum(p[1] for p in parts) if self.training else None
+            sum_gx = sum(p[1] for p in parts)
         grads = [None]
         if self.needs_grad[0]:
             gx = np_.empty_like(g3)
             if self.training:
                 w = np_.ones(C) if self.w is None else self.w.astype(np_.float64)
-                rstd = self.rstd3[:, 0].astype(np_.float64)
-                a = (w * rstd).astype(gy.dtype)[:, None]                       # w/σ
-                bcoef = (w * rstd * sum_gx / self.n).astype(gy.dtype)[:, None]  # (w/σ)·mean(g·x̂)
-                ccoef = (w * rstd * sum_g / self.n).astype(gy.dtype)[:, None]   # (w/σ)·mean(g)
+                a = col((w * self.rstd).astype(gy.dtype))                            # w/σ
+                bcoef = col((w * self.rstd * sum_gx / self.n).astype(gy.dtype))      # (w/σ)·mean(g·x̂)
+                ccoef = col((w * self.rstd * sum_g / self.n).astype(gy.dtype))       # (w/σ)·mean(g)
 
                 def dx(lo, hi):
                     out = gx[lo:hi]
@@ -330,14 +347,19 @@ class BatchNorm(Function):
                     out -= ccoef
             else:
                 def dx(lo, hi):
-                    np_.multiply(g3[lo:hi], self.scale3, out=gx[lo:hi])
+                    np_.multiply(g3[lo:hi], self.scale, out=gx[lo:hi])
             pieces(dx)
-            grads[0] = gx.reshape(self.shape)
+            if self.channels_last:
+                N, _, H, W = self.shape
+                grads[0] = gx.reshape(N, H, W, C).transpose(0, 3, 1, 2)
+            else:
+                grads[0] = gx.reshape(self.shape)
         if self.has_weight:
             grads.append(sum_gx.astype(gy.dtype) if want_w else None)
         if self.has_bias:
             grads.append(sum_g.astype(gy.dtype) if want_b else None)
         return tuple(grads)
+
 
 def _stat_array(name, s, channels):
     """Running statistics may be arrays or Tensors; we update the array itself, in place."""

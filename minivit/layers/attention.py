@@ -37,8 +37,16 @@ class Attention(nn.Module):
         self.store_attn = False
         self.attn_map = None
 
+    # The attention as one op (F.qkv_attention: the steps below with a hand-derived backward,
+    # no split copies), as timm's ``fused_attn``. False, store_attn, or attention dropout while
+    # training: the steps written out.
+    fused_attn = True
+
     def forward(self, x):
         B, N, C = x.shape
+        if self.fused_attn and not self.store_attn and (self.attn_drop.p == 0 or not self.training):
+            x = F.qkv_attention(self.qkv(x), self.num_heads, self.scale)   # (B, N, C)
+            return self.proj_drop(self.proj(x))
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim)   # (B, N, 3, h, d)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)                      # each (B, h, N, d)
         attn = (q * self.scale) @ k.transpose(-2, -1)                       # (B, h, N, N)

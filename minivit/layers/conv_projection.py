@@ -107,6 +107,10 @@ class ConvProjectionAttention(nn.Module):
         B, N, _ = x.shape
         return x.reshape(B, N, self.num_heads, self.head_dim).transpose(1, 2)   # (B, h, N, d)
 
+    # softmax(Q Kᵀ·scale) V as one op (F.scaled_dot_product_attention), as timm's ``fused_attn``.
+    # False, store_attn, or attention dropout while training: the steps written out below.
+    fused_attn = True
+
     def forward(self, x, hw):
         H, W = hw
         B, N, C = x.shape
@@ -125,6 +129,9 @@ class ConvProjectionAttention(nn.Module):
         q = self._heads(self.proj_q(q))                             # (B, h, Nq, d)
         k = self._heads(self.proj_k(k))                             # (B, h, Nkv, d)
         v = self._heads(self.proj_v(v))
+        if self.fused_attn and not self.store_attn and (self.attn_drop.p == 0 or not self.training):
+            x = F.scaled_dot_product_attention(q, k, v, scale=self.scale)   # (B, h, Nq, d): one op
+            return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, C)))
         attn = (q @ k.transpose(-2, -1)) * self.scale               # (B, h, Nq, Nkv)
         attn = F.softmax(attn, dim=-1)
         if self.store_attn:

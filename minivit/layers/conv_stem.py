@@ -20,7 +20,7 @@ weights unchanged:
 """
 from __future__ import annotations
 
-from minivit import nn
+from minivit import backend, nn
 from minivit.layers.patch_embed import check_image, to_2tuple
 
 
@@ -62,6 +62,20 @@ class ConvStem(nn.Sequential):
             c = int(o)
         super().__init__(*layers)
         self.channels, self.strides = tuple(int(c) for c in channels), tuple(int(s) for s in stride)
+
+    # On the CPU the stem runs channels-last: the image batch is copied once into (B, H, W, C)
+    # memory (still shaped (B, C, H, W)), and then every conv takes its channels-last path
+    # (functional/conv.py), and BatchNorm and ReLU theirs, each keeping the layout; the last
+    # conv's output is then tokens (B, N, D) without a copy. In NCHW instead, every conv
+    # transposes its output (C_out, B·H·W) back into (B, C_out, H, W) and its gradient the other
+    # way. The values are the same either way (tests/test_fast_paths.py). False: NCHW throughout.
+    channels_last = True
+
+    def forward(self, x):
+        if self.channels_last and x.ndim == 4 and backend.device_of(x.data) == "cpu":
+            B, C, H, W = x.shape
+            x = x.permute(0, 2, 3, 1).reshape(B, H * W * C).reshape(B, H, W, C).permute(0, 3, 1, 2)
+        return super().forward(x)                           # (B, C_out, H/s, W/s)
 
 
 class HybridEmbed(nn.Module):

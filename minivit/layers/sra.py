@@ -100,12 +100,19 @@ class SpatialReductionAttention(nn.Module):
         x = self.norm(x.flatten(2).transpose(1, 2))          # (B, N', C)
         return self.act(x) if self.act is not None else x
 
+    # softmax(Q Kᵀ·scale) V as one op (F.scaled_dot_product_attention), as timm's ``fused_attn``.
+    # False, store_attn, or attention dropout while training: the steps written out below.
+    fused_attn = True
+
     def forward(self, x, feat_size):
         B, N, C = x.shape
         q = self.q(x).reshape(B, N, self.num_heads, self.head_dim).transpose(1, 2)      # (B, h, N, d)
         kv = self.kv(self.reduce(x, feat_size))                                         # (B, N', 2C)
         kv = kv.reshape(B, -1, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (2, B, h, N', d)
         k, v = kv.unbind(0)                                                             # each (B, h, N', d)
+        if self.fused_attn and not self.store_attn and (self.attn_drop.p == 0 or not self.training):
+            x = F.scaled_dot_product_attention(q, k, v, scale=self.scale)               # (B, h, N, d): one op
+            return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, C)))
         attn = (q * self.scale) @ k.transpose(-2, -1)                                   # (B, h, N, N')
         attn = F.softmax(attn, dim=-1)
         if self.store_attn:

@@ -167,6 +167,11 @@ class WindowAttention(nn.Module):
         bias = self.relative_position_bias_table[idx]                          # (N·N, heads)
         return bias.reshape(N, N, self.num_heads).permute(2, 0, 1)             # (heads, N, N)
 
+    # softmax(Q Kᵀ·scale + B) V as one op (F.scaled_dot_product_attention, the bias and mask as its
+    # attn_mask), as timm's ``fused_attn``. False, store_attn, or attention dropout while training:
+    # the steps written out below.
+    fused_attn = True
+
     def forward(self, x, mask=None):
         B_, N, C = x.shape                                                     # B_ = B·nW
         if N != self.window_area:
@@ -175,14 +180,12 @@ class WindowAttention(nn.Module):
         h = self.num_heads
         qkv = self.qkv(x).reshape(B_, N, 3, h, self.head_dim)                  # (B_, N, 3, h, d)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)                         # each (B_, h, N, d)
-        attn = (q * self.scale) @ k.transpose(-2, -1)                          # (B_, h, N, N)
 
         # Everything added to the logits, built once on the small (nW, h, N, N) scale
         # so backward reduces over the batch once: the bias B and, shifted, the mask.
         bias = self.relative_position_bias()                                   # (h, N, N)
-        if mask is None:
-            attn = attn + bias
-        else:
+        nW = 1
+        if mask is not None:
             if not isinstance(mask, Tensor):
                 mask = Tensor(x.xp.asarray(mask, dtype=x.dtype))
             nW = mask.shape[0]
@@ -190,6 +193,19 @@ class WindowAttention(nn.Module):
                 raise ValueError(f"WindowAttention: {B_} windows are not a whole number of images "
                                  f"of {nW} windows (the mask's first dim)")
             bias = bias.unsqueeze(0) + mask.unsqueeze(1)                       # (nW, h, N, N)
+
+        if self.fused_attn and not self.store_attn and (self.attn_drop.p == 0 or not self.training):
+            # One op: softmax(Q Kᵀ·scale + bias) V, the images' windows as (B, nW) so that the
+            # (nW, h, N, N) bias broadcasts over the images, and its gradient sums over them.
+            q, k, v = (t.reshape(B_ // nW, nW, h, N, self.head_dim) for t in (q, k, v))
+            x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
+            x = x.reshape(B_, h, N, self.head_dim).transpose(1, 2).reshape(B_, N, h * self.head_dim)
+            return self.proj_drop(self.proj(x))
+
+        attn = (q * self.scale) @ k.transpose(-2, -1)                          # (B_, h, N, N)
+        if mask is None:
+            attn = attn + bias
+        else:
             attn = attn.reshape(B_ // nW, nW, h, N, N) + bias                  # (B, nW, h, N, N)
             attn = attn.reshape(B_, h, N, N)
 

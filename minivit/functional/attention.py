@@ -1,0 +1,251 @@
+"""Scaled dot-product attention as one op (PyTorch's ``F.scaled_dot_product_attention``).
+
+With queries Q (…, L, d), keys K (…, S, d), values V (…, S, d_v) and scale c = 1/√d:
+
+    S = c·Q Kᵀ (+ M)          (…, L, S)   M an additive mask/bias, or a boolean "may attend" mask
+    A = softmax(S)             (…, L, S)   along the keys, max subtracted (Softmax below)
+    O = A V                    (…, L, d_v)
+
+Written out of ``matmul``, ``softmax`` and ``matmul`` (``attention_simple`` below, what the
+lessons and the MSA layer's docstring show), the engine derives the backward and keeps every
+intermediate. As one ``Function`` the backward is derived by hand and keeps only Q, K, V and A.
+Given dO = ∂L/∂O:
+
+    dV = Aᵀ dO                 each value is read by every query, weighted by its attention
+    dA = dO Vᵀ
+    dS = A ⊙ (dA − rowsum(dA ⊙ A))          the softmax's vector–Jacobian product
+    dQ = c · dS K,   dK = c · dSᵀ Q,   dM = dS (summed over the dims M was broadcast along)
+
+The packed form ``qkv_attention`` takes the output of one ``qkv`` linear layer (B, N, 3·h·d),
+as ViT's attention computes it, and returns the heads side by side (B, N, h·d): the split into
+Q, K, V and the heads, and the merge after, are then index arithmetic inside the op instead of
+three slices whose gradients would each be a zero-filled (B, N, 3·h·d) array added up.
+``tests/test_attention.py`` holds both equal to ``attention_simple``.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from minivit import amp, backend
+from minivit.autograd import Function, Tensor
+from minivit.backend import get_array_module
+from minivit.functional.activation import Softmax, dropout, softmax
+from minivit.functional.basic import matmul, sum_to, where
+
+
+def _t(a):
+    return a.swapaxes(-1, -2)
+
+
+def _scores(xp, q, k, scale, mask):
+    """S = c·Q Kᵀ with the mask applied: added if it is a float bias, else where False → a finite
+    −∞ (the dtype's most negative number, so a row with no key left gives uniform weights, not NaN)."""
+    s = q @ _t(k)
+    s *= s.dtype.type(scale)
+    if mask is None:
+        return s
+    if mask.dtype == bool:
+        return xp.where(mask, s, xp.finfo(s.dtype).min)
+    return s + mask
+
+
+class ScaledDotProductAttention(Function):
+    """softmax(c·Q Kᵀ + M) V with the hand-derived backward of the module docstring."""
+
+    # On the CPU the same formulas run on pieces of the leading (batch) dim, on backend's
+    # threads (_cpu_*, below): NumPy's batched matmul calls one small single-threaded GEMM per
+    # (batch, head), so one core would do them all. False: always this reference code.
+    fast_path = True
+
+    def __init__(self, scale, has_mask):
+        self.scale, self.has_mask = scale, has_mask
+
+    def forward(self, q, k, v, mask=None):
+        xp = get_array_module(q)
+        self.q, self.k, self.v = q, k, v
+        self.mask_shape = None if mask is None else mask.shape
+        self.cpu_fast = self.fast_path and q.ndim >= 3 and backend.device_of(q) == "cpu"
+        if self.cpu_fast:
+            return self._cpu_forward(q, k, v, mask)
+        self.softmax = Softmax(-1)                      # its array code: threads on the CPU, a kernel on a GPU
+        a = self.softmax.forward(_scores(xp, q, k, self.scale, mask))   # (…, L, S)
+        self.score_nbytes = a.nbytes                    # (the complexity lab's memory probe reads it)
+        return a @ v                                    # (…, L, d_v)
+
+    def backward(self, go):
+        if self.cpu_fast:
+            return self._cpu_backward(go)
+        a = self.softmax.y
+        need = self.needs_grad
+        dv = _t(a) @ go if need[2] else None            # (…, S, d_v)
+        ds = self.softmax.backward(go @ _t(self.v))     # dS = A ⊙ (dA − rowsum(dA ⊙ A))
+        c = ds.dtype.type(self.scale)
+        dq = (ds @ self.k) * c if need[0] else None     # (…, L, d)
+        dk = (_t(ds) @ self.q) * c if need[1] else None  # (…, S, d)
+        if not self.has_mask:
+            return dq, dk, dv
+        dm = sum_to(ds, self.mask_shape) if need[3] else None   # a bias (Swin's) learns from dS
+        return dq, dk, dv, dm
+
+    # ----------------------------------------------------------------------- the CPU fast path
+    def _cpu_forward(self, q, k, v, mask):
+        dtype = np.result_type(q, k, v)
+        a = np.empty(q.shape[:-1] + (k.shape[-2],), dtype=dtype)           # (…, L, S)
+        o = np.empty(q.shape[:-1] + (v.shape[-1],), dtype=dtype)           # (…, L, d_v)
+        m = None if mask is None else mask.reshape((1,) * (q.ndim - mask.ndim) + mask.shape)
+        c = dtype.type(self.scale)
+
+        def piece(lo, hi):                              # batch elements lo..hi-1, on one of the threads
+            s = a[lo:hi]
+            np.matmul(q[lo:hi], _t(k[lo:hi]), out=s)    # S = c·Q Kᵀ (+ M), in place
+            s *= c
+            if m is not None:
+                mp = m[lo:hi] if m.shape[0] > 1 else m
+                if mp.dtype == bool:
+                    np.copyto(s, np.finfo(dtype).min, where=~mp)
+                else:
+                    s += mp
+            s -= s.max(axis=-1, keepdims=True)          # A = softmax(S), the max subtracted
+            np.exp(s, out=s)
+            s /= s.sum(axis=-1, keepdims=True)
+            np.matmul(s, v[lo:hi], out=o[lo:hi])        # O = A V
+        backend.parallel_pieces(q.shape[0], piece)
+        self.a = a
+        self.score_nbytes = a.nbytes
+        return o
+
+    def _cpu_backward(self, go):
+        need, a, q, k, v = self.needs_grad, self.a, self.q, self.k, self.v
+        c = a.dtype.type(self.scale)
+        dq = np.empty(q.shape, dtype=a.dtype) if need[0] else None
+        dk = np.empty(k.shape, dtype=a.dtype) if need[1] else None
+        dv = np.empty(v.shape, dtype=a.dtype) if need[2] else None
+        want_m = self.has_mask and need[3]
+        ds_all = np.empty(a.shape, dtype=a.dtype) if want_m else None
+
+        def piece(lo, hi):
+            ap, g = a[lo:hi], go[lo:hi]
+            if dv is not None:
+                np.matmul(_t(ap), g, out=dv[lo:hi])     # dV = Aᵀ dO
+            ds = g @ _t(v[lo:hi])                       # dA = dO Vᵀ
+            ds -= np.einsum("...ls,...ls->...l", ds, ap)[..., None]
+            ds *= ap                                    # dS = A ⊙ (dA − rowsum(dA ⊙ A))
+            if dq is not None:
+                np.matmul(ds, k[lo:hi], out=dq[lo:hi])  # dQ = c·dS K
+                dq[lo:hi] *= c
+            if dk is not None:
+                np.matmul(_t(ds), q[lo:hi], out=dk[lo:hi])   # dK = c·dSᵀ Q
+                dk[lo:hi] *= c
+            if ds_all is not None:
+                ds_all[lo:hi] = ds
+        backend.parallel_pieces(q.shape[0], piece)
+        self.a = None
+        if not self.has_mask:
+            return dq, dk, dv
+        return dq, dk, dv, (sum_to(ds_all, self.mask_shape) if want_m else None)
+
+
+def attention_simple(q, k, v, attn_mask=None, scale=None, dropout_p=0.0):
+    """The same attention written out of ops (matmul, softmax, dropout, matmul): the engine derives
+    the backward. The readable reference the one-op forms are tested against."""
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    s = (q * scale) @ k.transpose(-2, -1)                       # (…, L, S)
+    if attn_mask is not None:
+        if attn_mask.dtype == bool:
+            s = where(attn_mask, s, float(get_array_module(s.data).finfo(s.dtype).min))
+        else:
+            s = s + attn_mask
+    a = softmax(s, dim=-1)
+    return matmul(dropout(a, p=dropout_p) if dropout_p > 0 else a, v)   # (…, L, d_v)
+
+
+def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
+                                 scale=None):
+    """``torch.nn.functional.scaled_dot_product_attention``: query (…, L, d), key (…, S, d), value
+    (…, S, d_v) → (…, L, d_v). ``attn_mask`` broadcasts to (…, L, S): a bool mask (True: may
+    attend) or a float bias added to the scores (it gets a gradient if it requires one).
+    ``scale`` defaults to 1/√d. With ``dropout_p > 0`` or under autocast the op is composed of
+    matmul, softmax, dropout and matmul, each with its own rules."""
+    if query.ndim < 2 or key.ndim != query.ndim or value.ndim != query.ndim:
+        raise ValueError(f"scaled_dot_product_attention: query, key and value need the same number (≥ 2) of "
+                         f"dims (…, L, d), got shapes {tuple(query.shape)}, {tuple(key.shape)}, "
+                         f"{tuple(value.shape)}")
+    if query.shape[-1] != key.shape[-1] or key.shape[-2] != value.shape[-2] or \
+            query.shape[:-2] != key.shape[:-2] or key.shape[:-2] != value.shape[:-2]:
+        raise ValueError(f"scaled_dot_product_attention: expected query (…, L, d), key (…, S, d) and value "
+                         f"(…, S, d_v) with the same leading dims, got {tuple(query.shape)}, "
+                         f"{tuple(key.shape)}, {tuple(value.shape)}")
+    scale = query.shape[-1] ** -0.5 if scale is None else float(scale)
+    xp = get_array_module(query.data)
+    if is_causal:
+        if attn_mask is not None:
+            raise ValueError("scaled_dot_product_attention: pass either attn_mask or is_causal=True, not both")
+        L, S = query.shape[-2], key.shape[-2]
+        attn_mask = Tensor(xp.tril(xp.ones((L, S), dtype=bool)))
+    if attn_mask is not None and not isinstance(attn_mask, Tensor):
+        attn_mask = Tensor(xp.asarray(attn_mask))
+    if attn_mask is not None:
+        scores = (*query.shape[:-1], key.shape[-2])
+        try:
+            fits = np.broadcast_shapes(attn_mask.shape, scores) == scores
+        except ValueError:
+            fits = False
+        if not fits:
+            raise ValueError(f"scaled_dot_product_attention: attn_mask of shape {tuple(attn_mask.shape)} does not "
+                             f"broadcast to the scores' shape {scores} (…, L, S)")
+    if dropout_p > 0 or amp._enabled:                 # the composed ops, each with its own rules
+        return attention_simple(query, key, value, attn_mask, scale, dropout_p)
+    op = ScaledDotProductAttention(scale, attn_mask is not None)
+    return op(query, key, value) if attn_mask is None else op(query, key, value, attn_mask)
+
+
+# ----------------------------------------------------------------------------- packed Q, K, V
+class QKVAttention(Function):
+    """Multi-head attention from a packed ``qkv`` (B, N, 3·h·d) to the heads side by side (B, N, h·d).
+
+    Forward views qkv as (B, N, 3, h, d) and takes Q, K, V as strided views (no copies); the
+    attention is the op above; the output (B, h, N, d) is written back as (B, N, h·d).
+    Backward writes dQ, dK, dV straight into one (B, N, 3, h, d) gradient."""
+
+    def __init__(self, num_heads, scale):
+        self.num_heads, self.scale = num_heads, scale
+        self.inner = ScaledDotProductAttention(scale, has_mask=False)
+
+    def forward(self, qkv):
+        xp = get_array_module(qkv)
+        B, N, C3 = qkv.shape
+        h = self.num_heads
+        d = C3 // (3 * h)
+        q, k, v = qkv.reshape(B, N, 3, h, d).transpose(2, 0, 3, 1, 4)   # each (B, h, N, d), a view
+        self.inner.needs_grad = (True, True, True)
+        o = self.inner.forward(q, k, v)                                  # (B, h, N, d)
+        self.score_nbytes = self.inner.score_nbytes
+        return xp.ascontiguousarray(o.transpose(0, 2, 1, 3)).reshape(B, N, h * d)
+
+    def backward(self, go):
+        xp = get_array_module(go)
+        B, N, C = go.shape
+        h = self.num_heads
+        d = C // h
+        dq, dk, dv = self.inner.backward(go.reshape(B, N, h, d).transpose(0, 2, 1, 3))   # each (B, h, N, d)
+        g = xp.empty((B, N, 3, h, d), dtype=go.dtype)
+        for i, part in enumerate((dq, dk, dv)):
+            g[:, :, i] = part.transpose(0, 2, 1, 3)                      # (B, N, h, d)
+        return g.reshape(B, N, 3 * h * d)
+
+
+def qkv_attention(qkv, num_heads: int, scale=None):
+    """Multi-head self-attention from the ``qkv`` linear layer's output (B, N, 3·C), laid out
+    (3, heads, head_dim) along the last dim as timm's ``Attention`` reads it, to (B, N, C): the
+    heads' outputs side by side, ready for ``proj``. One op (``QKVAttention``); under autocast
+    the composed form runs instead."""
+    B, N, C3 = qkv.shape
+    if C3 % (3 * num_heads):
+        raise ValueError(f"qkv_attention: the last dim ({C3}) must be 3 × num_heads ({num_heads}) × head_dim")
+    d = C3 // (3 * num_heads)
+    scale = d ** -0.5 if scale is None else float(scale)
+    if amp._enabled:
+        q, k, v = qkv.reshape(B, N, 3, num_heads, d).permute(2, 0, 3, 1, 4).unbind(0)
+        x = scaled_dot_product_attention(q, k, v, scale=scale)
+        return x.transpose(1, 2).reshape(B, N, C3 // 3)
+    return QKVAttention(num_heads, scale)(qkv)
