@@ -5,6 +5,8 @@ attribute beside its readable op, added one at a time, alternating rounds in one
     + bn, relu       BatchNorm and ReLU threaded (functional/norm.py, functional/activation.py)
     + channels-last  the conv stem channels-last from the image on (layers/conv_stem.py)
     + one-op attn    attention as one op from the packed qkv (functional/attention.py)
+    + threaded cols  the channels-last convs' padding, im2col and col2im on threads, and
+                     BatchNorm's channels-last sums by blocks of rows (functional/conv.py, norm.py)
 
     python benchmarks/cpu_fast_paths.py --json benchmarks/cpu_fast_paths.json
 
@@ -25,6 +27,7 @@ import numpy as np
 from minivit import Tensor, backend, optim
 from minivit.bench import _cpu_model
 from minivit.functional.activation import ReLU
+from minivit.functional.conv import Conv2d
 from minivit.functional.norm import BatchNorm
 from minivit.layers.attention import Attention
 from minivit.layers.conv_stem import ConvStem
@@ -38,6 +41,8 @@ SIDES = {
     "+ channels-last stem": ((BatchNorm, "fast_path"), (ReLU, "fast_path"), (ConvStem, "channels_last")),
     "+ one-op attention": ((BatchNorm, "fast_path"), (ReLU, "fast_path"), (ConvStem, "channels_last"),
                            (Attention, "fused_attn")),
+    "+ threaded columns": ((BatchNorm, "fast_path"), (ReLU, "fast_path"), (ConvStem, "channels_last"),
+                           (Attention, "fused_attn"), (Conv2d, "threaded_columns"), (BatchNorm, "block_sums")),
 }
 SWITCHES = {s for on in SIDES.values() for s in on}
 
@@ -76,7 +81,7 @@ def main(argv=None):
                 t = time.perf_counter()
                 step()
                 times[side].append(time.perf_counter() - t)
-    switch("+ one-op attention")                                    # the defaults: every switch on
+    switch("+ threaded columns")                                    # the defaults: every switch on
     med = {k: float(np.median(v)) for k, v in times.items()}
     names = list(SIDES)
     rec = {"command": "python benchmarks/cpu_fast_paths.py" + (f" --json {args.json}" if args.json else ""),

@@ -2,6 +2,7 @@
 
     python -m minivit.evaluate runs/deit_tiny-20250101-120000          # best.ckpt of the run
     python -m minivit.evaluate runs/deit_tiny-20250101-120000/last.ckpt
+    python -m minivit.evaluate runs/vit_nano_speedrun14 --tta flip     # + each image's mirror
 
 Evaluates on the run's dataset (the whole test split unless ``--test-subset``),
 prints the accuracy overall and per class, and saves ``confusion.png`` in the
@@ -22,9 +23,10 @@ from minivit.train import CheckpointError, evaluate, load_model_from_checkpoint
 
 
 def evaluate_checkpoint(path, *, device=None, data_dir=None, test_subset=None, batch_size=500,
-                        figure=None, log=print, progress=False) -> dict:
+                        figure=None, log=print, progress=False, tta=None) -> dict:
     """Evaluate a checkpoint; returns accuracy, loss, per-class accuracy and the confusion matrix.
-    ``progress=True`` shows a progress bar on stderr while the test split runs."""
+    ``progress=True`` shows a progress bar on stderr while the test split runs; ``tta="flip"``
+    averages each image's logits with its mirror image's (``train.evaluate``)."""
     device = cli.check_device(device or backend.default_device())
     model, ckpt = load_model_from_checkpoint(path, device)
     cfg = ckpt["config"]
@@ -36,23 +38,25 @@ def evaluate_checkpoint(path, *, device=None, data_dir=None, test_subset=None, b
     # A run trained with --precision fp16 is evaluated under autocast on the GPU, as the trainer
     # did (the same numbers as its metrics.jsonl); on the CPU in fp32 (no float16 BLAS there).
     precision = cfg.get("precision", "fp32") if device == "cuda" else "fp32"
-    ev = evaluate(model, loader, precision, progress=progress, desc=f"evaluating {cfg['model']}")
+    ev = evaluate(model, loader, precision, progress=progress, desc=f"evaluating {cfg['model']}", tta=tta)
+    views = " (flip test-time augmentation: each image and its mirror)" if tta == "flip" else ""
     labels = ds.test.labels
     cm = confusion_matrix(labels, ev["preds"], ds.num_classes)
     per_class = cm.diagonal() / np.maximum(cm.sum(axis=1), 1)
     ckpt_path = Path(ckpt["path"])
     figure = Path(figure) if figure else ckpt_path.parent / "confusion.png"
-    title = f"{cfg['model']} ({ckpt_path.name}, epoch {ckpt['epoch']}): {ev['acc']:.2%} on {cfg['dataset']}"
+    title = (f"{cfg['model']} ({ckpt_path.name}, epoch {ckpt['epoch']}): {ev['acc']:.2%} on {cfg['dataset']}"
+             + (", flip TTA" if tta == "flip" else ""))
     plot_confusion(cm, ds.classes, figure, title=title)
 
     log(f"{ckpt_path}: {cfg['model']}, epoch {ckpt['epoch']}, {cfg['dataset']} test split "
         f"({len(labels)} images from {ds.source})")
-    log(f"test accuracy {ev['acc']:.2%}   test loss {ev['loss']:.4f}")
+    log(f"test accuracy {ev['acc']:.2%}   test loss {ev['loss']:.4f}{views}")
     width = max(len(c) for c in ds.classes)
     for c, acc, n in zip(ds.classes, per_class, cm.sum(axis=1)):
         log(f"  {c:<{width}}  {acc:7.2%}  ({n} images)")
     log(f"confusion matrix saved to {figure}")
-    return {"checkpoint": str(ckpt_path), "acc": ev["acc"], "loss": ev["loss"],
+    return {"checkpoint": str(ckpt_path), "tta": tta or "none", "acc": ev["acc"], "loss": ev["loss"],
             "per_class_acc": dict(zip(ds.classes, per_class.tolist())), "confusion": cm.tolist(),
             "figure": str(figure)}
 
@@ -66,6 +70,8 @@ def main(argv=None) -> dict:
     p.add_argument("--data-dir", default=None, help="where CIFAR-10 is, if not where the run found it")
     p.add_argument("--test-subset", type=int, default=None, metavar="N", help="only the first N test images")
     p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--tta", choices=("none", "flip"), default="none",
+                   help="test-time augmentation: 'flip' averages each image's logits with its mirror image's")
     p.add_argument("--figure", default=None, help="where to save the confusion matrix; default RUN_DIR/confusion.png")
     p.add_argument("--json", action="store_true", help="also print the results as one JSON line")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
@@ -77,7 +83,7 @@ def main(argv=None) -> dict:
         cli.check_positive(args, "test_subset", "batch_size")
         return evaluate_checkpoint(args.checkpoint, device=args.device, data_dir=args.data_dir,
                                    test_subset=args.test_subset, batch_size=args.batch_size, figure=args.figure,
-                                   progress=progress)
+                                   progress=progress, tta=None if args.tta == "none" else args.tta)
 
     out = cli.run_cli(checked, errors=(CheckpointError, data.DatasetError))
     if args.json:

@@ -2,6 +2,7 @@
 
     from minivit.notebook import setup, figure_path
     DEVICE, QUICK = setup()          # prints what produced this notebook's outputs
+    exercise = exercises("03_vit")   # the decorator of the lesson's exercise stubs
 
 Quick mode shrinks data and epochs so a lesson runs top to bottom on a 2-core
 CPU in about a minute. It is on when ``MINIVIT_QUICK=1``, off when
@@ -9,6 +10,8 @@ CPU in about a minute. It is on when ``MINIVIT_QUICK=1``, off when
 """
 from __future__ import annotations
 
+import functools
+import importlib.util
 import os
 import pathlib
 import platform
@@ -54,3 +57,63 @@ def run_dir(name: str) -> pathlib.Path:
     folder = os.environ.get("MINIVIT_RUNS")
     root = pathlib.Path(folder) if folder else pathlib.Path(__file__).resolve().parents[1] / "runs" / "lessons"
     return root / name
+
+
+# --------------------------------------------------------------------------- exercises
+# A lesson's exercises are stubs the reader fills in, with the checks right under them:
+#
+#     @exercise
+#     def vit_params(img=32, patch=4, ...):
+#         raise NotImplementedError("Exercise 1: write vit_params")
+#
+#     assert vit_params() == count_params(vit)
+#
+# The reference solutions are not in the notebook (the reader should not see the answer next to
+# the question): they live in lessons/solutions/<lesson>.py, one function (or one method, in a
+# class of the same name) per stub. With MINIVIT_SOLUTIONS=1, as CI runs the lessons and as the
+# committed outputs were made, ``exercise`` swaps each stub for its solution, which proves that
+# the checks pass; otherwise it returns the reader's own function untouched.
+
+def solutions_on() -> bool:
+    """MINIVIT_SOLUTIONS=1 (or a folder of solution files): the reference solutions replace the stubs."""
+    return os.environ.get("MINIVIT_SOLUTIONS", "").strip() not in ("", "0", "false", "False")
+
+
+def solutions_dir() -> pathlib.Path:
+    """``lessons/solutions`` of the repository, or the folder MINIVIT_SOLUTIONS names."""
+    flag = os.environ.get("MINIVIT_SOLUTIONS", "").strip()
+    if flag and flag not in ("1", "true", "True"):
+        return pathlib.Path(flag)
+    return pathlib.Path(__file__).resolve().parents[1] / "lessons" / "solutions"
+
+
+@functools.lru_cache(maxsize=None)
+def _solutions(path: str):
+    spec = importlib.util.spec_from_file_location(f"minivit_solutions_{pathlib.Path(path).stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def exercises(lesson: str):
+    """The decorator for lesson ``lesson``'s exercise stubs (``exercises("03_vit")``).
+
+    Without MINIVIT_SOLUTIONS it returns the stub itself: the reader's code runs and the checks
+    judge it. With it, the stub's namesake in ``lessons/solutions/<lesson>.py`` (looked up by
+    ``__qualname__``: ``Softplus.backward`` is the method ``backward`` of class ``Softplus``
+    there)."""
+    def exercise(fn):
+        if not solutions_on():
+            return fn
+        path = solutions_dir() / f"{lesson}.py"
+        if not path.is_file():
+            raise FileNotFoundError(f"MINIVIT_SOLUTIONS is set but {path} does not exist: unset it to run "
+                                    f"your own solutions, or point it at the folder of solution files")
+        obj = _solutions(str(path))
+        name = fn.__qualname__.rsplit("<locals>.", 1)[-1]       # (a stub made inside a function)
+        for part in name.split("."):
+            if not hasattr(obj, part):
+                raise AttributeError(f"{path} has no solution {name!r} for this exercise")
+            obj = getattr(obj, part)
+        return obj
+    return exercise

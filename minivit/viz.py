@@ -280,20 +280,23 @@ def attention_to_grid(attn, grid_size, query: int = 0, num_prefix_tokens: int = 
 
 
 def plot_attention_maps(image, attn_per_block, grid_size, query: int = 0, num_prefix_tokens: int = 1,
-                        size: float = 1.5, title: str = ""):
+                        size: float = 1.5, title: str = "", vmax: float | None = None):
     """One row per block: the image, then where token ``query`` (the class token by default)
     looks in each head, upsampled to the image and drawn over it.
 
     ``attn_per_block``: a list of (heads, N, N) arrays, one per block, for one image.
-    Each map is scaled to its own maximum (the title gives that maximum: a uniform
-    map over N tokens has 1/N everywhere).
+    Every map shares one colour scale, from 0 to ``vmax`` (default: the largest weight in the
+    figure), with a colour bar in attention weight: a head that attends uniformly over N tokens
+    is 1/N everywhere, so it shows as dark, not as bright as the most concentrated head.
+    Each head's title gives its largest weight.
     """
     img = to_hwc(image)
     H, W = img.shape[:2]
     maps = [attention_to_grid(a, grid_size, query, num_prefix_tokens) for a in attn_per_block]
     heads = maps[0].shape[0]
+    top = float(max(m.max() for m in maps)) if vmax is None else float(vmax)
     plt = _plt()
-    fig, axes = plt.subplots(len(maps), heads + 1, figsize=(size * (heads + 1), (size + 0.3) * len(maps)),
+    fig, axes = plt.subplots(len(maps), heads + 1, figsize=(size * (heads + 1) + 0.9, (size + 0.3) * len(maps)),
                              squeeze=False)
     for b, m in enumerate(maps):
         axes[b, 0].imshow(img, interpolation="nearest")
@@ -301,8 +304,8 @@ def plot_attention_maps(image, attn_per_block, grid_size, query: int = 0, num_pr
         for hd in range(heads):
             ax = axes[b, hd + 1]
             ax.imshow(img, interpolation="nearest", extent=(0, W, H, 0))
-            ax.imshow(m[hd] / m[hd].max(), cmap="inferno", alpha=0.65, extent=(0, W, H, 0),
-                      interpolation="nearest", vmin=0, vmax=1)
+            shown = ax.imshow(m[hd], cmap="inferno", alpha=0.65, extent=(0, W, H, 0),
+                              interpolation="nearest", vmin=0, vmax=top)
             ax.set_title(f"head {hd} (max {m[hd].max():.2f})", fontsize=7)
         for ax in axes[b]:
             ax.set_xticks([])
@@ -310,6 +313,8 @@ def plot_attention_maps(image, attn_per_block, grid_size, query: int = 0, num_pr
     if title:
         fig.suptitle(title)
     fig.tight_layout()
+    bar = fig.colorbar(shown, ax=axes.ravel().tolist(), fraction=0.025, pad=0.02)
+    bar.set_label(f"attention weight of token {query}", fontsize=8)
     return fig
 
 

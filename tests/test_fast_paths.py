@@ -4,7 +4,8 @@ gradient it is handed (the fast paths work in place on arrays they made themselv
 
 * GELU (exact, float32, CPU): Φ from a rational erfc instead of SciPy's erf; dy/dx saved.
 * Conv2d, depthwise (CPU): one einsum over strided windows instead of im2col.
-* Conv2d, groups = 1, channels-last input (CPU): channels-last columns (L, K) and output.
+* Conv2d, groups = 1, channels-last input (CPU): channels-last columns (L, K) and output; padding,
+  im2col and col2im in pieces of the batch on threads.
 * BatchNorm (CPU, float32/float64, (N, C, ...)): per-channel sums from pieces of the batch on
   threads, fewer passes; the running statistics updated alike; a channels-last input keeps its layout.
 * ReLU (CPU, contiguous or channels-last): the same two ufuncs in pieces on threads, layout kept.
@@ -16,7 +17,7 @@ import pytest
 import scipy.special as sp
 
 import minivit.functional as F
-from minivit import Tensor
+from minivit import Tensor, backend
 from minivit.autograd import Function
 from minivit.functional.activation import GELU, _gelu_float32
 from minivit.functional.conv import Conv2d
@@ -192,6 +193,36 @@ def test_channels_last_conv_passes_a_gradient_check():
     assert xt.data.transpose(0, 2, 3, 1).flags.c_contiguous
     assert gradcheck(lambda x, w, b: F.conv2d(x, w, b, stride=2, padding=1),
                      xt, Tensor(w, requires_grad=True), Tensor(b, requires_grad=True))
+
+
+@pytest.mark.parametrize("case", [DENSE[0], DENSE[4], DENSE[6]], ids=["stride2-pad1", "dilated-same", "tiles-padded"])
+def test_channels_last_conv_threaded_columns_equal_one_piece(monkeypatch, case):
+    """Padding, im2col and col2im in pieces of the batch on threads give the very numbers of one piece
+    (each image's copies and adds are the same operations in the same order), float32, batch 7."""
+    monkeypatch.setattr(backend, "get_num_threads", lambda: 3)
+    conv, arrays = _conv_case(dict(case, shape=(7,) + case["shape"][1:]), case["out"], True, True, seed=10)
+    g = np.random.default_rng(1).standard_normal(conv(*[Tensor(a) for a in arrays]).shape)
+    y_t, grads_t = _grads(conv, arrays, g, np.float32)
+    monkeypatch.setattr(Conv2d, "threaded_columns", False)
+    y_1, grads_1 = _grads(conv, arrays, g, np.float32)
+    np.testing.assert_array_equal(y_t, y_1)
+    for a, b in zip(grads_t, grads_1):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_batch_norm_block_sums_match_float64_sums(monkeypatch):
+    """BatchNorm's float32 channels-last sums by blocks of rows agree with NumPy's float64 sums
+    to float32 rounding, on an input whose mean is far from 0 (where one float32 sum would drift),
+    with more rows than one block."""
+    rng = np.random.default_rng(11)
+    x0 = (rng.standard_normal((32, 24, 24, 8)) * 2 + 30).astype(np.float32)       # 18,432 rows of 8
+    x0 = x0.transpose(0, 3, 1, 2)                                                 # NCHW view, channels-last
+    g = rng.standard_normal(x0.shape).astype(np.float32)
+    blocks = _bn_run(x0, g, True, True)
+    monkeypatch.setattr(BatchNorm, "block_sums", False)
+    plain = _bn_run(x0, g, True, True)
+    for a, r in zip(blocks, plain):
+        np.testing.assert_allclose(a, r, rtol=0, atol=2e-5 * max(1.0, np.abs(r).max()))
 
 
 # =========================================================================== batch norm, ReLU

@@ -49,7 +49,7 @@ def test_every_committed_figure_and_record_has_its_command_in_the_readme():
     for path in sorted((REPO / "figures").iterdir()):
         if path.name.startswith("lesson"):         # saved by a notebook, which the README's command runs
             assert f'figure_path(\\"{path.stem}\\")' in lessons, f"no lesson saves {path.name}"
-            assert "jupyter nbconvert --to notebook --execute" in README
+            assert "python lessons/run.py" in README
         elif path.name.startswith("complexity_cpu"):
             assert any("--out-dir figures" in c for c in readme_commands(SWEEP)), path.name
         else:

@@ -275,6 +275,35 @@ def test_evaluate_prints_accuracy_and_saves_the_figure(trained, capsys):
     assert np.array(out_last["confusion"]).sum() == 100
 
 
+def test_evaluate_with_flip_tta_averages_each_image_and_its_mirror(trained, capsys):
+    """--tta flip: the predictions are the argmax of the mean of the logits of x and of x mirrored
+    left-right, computed here by hand from the same checkpoint; an unknown mode is refused."""
+    from minivit import data
+    from minivit.autograd import Tensor, no_grad
+    from minivit.train import evaluate as evaluate_split, load_model_from_checkpoint
+    run_dir = trained[0]
+    out = evaluate.main([str(run_dir), "--device", "cpu", "--test-subset", "200", "--tta", "flip",
+                         "--figure", str(run_dir / "confusion-tta.png")])
+    assert out["tta"] == "flip" and "flip test-time augmentation" in capsys.readouterr().out
+    model, ckpt = load_model_from_checkpoint(run_dir / "best.ckpt", "cpu")
+    ds = data.load_dataset(ckpt["config"]["dataset"], None, test_subset=200, verbose=False, need_train=False)
+    x = data.augment.normalize(ds.test.images)
+    model.eval()
+    with no_grad():
+        logits = model(Tensor(x)).data + model(Tensor(np.ascontiguousarray(x[..., ::-1]))).data
+    by_hand = (logits.argmax(axis=1) == ds.test.labels).mean()
+    assert out["acc"] == pytest.approx(by_hand, abs=1e-12)
+    cm = np.array(out["confusion"])
+    assert cm.sum() == 200
+    loader = data.DeviceLoader(ds.test, "cpu", 64)          # batches that do not divide 200
+    np.testing.assert_array_equal(evaluate_split(model, loader, tta="flip")["preds"], logits.argmax(axis=1))
+    with pytest.raises(ValueError, match="tta"):
+        evaluate_split(model, loader, tta="crop")
+    with pytest.raises(SystemExit) as e:
+        evaluate.main([str(run_dir), "--device", "cpu", "--tta", "crops"])
+    assert e.value.code == 2
+
+
 def test_distillation_from_a_teacher(trained, tmp_path):
     """--teacher CHECKPOINT --distillation soft|hard: the distilled DeiT when it is there (tiny),
     else a ResNet student with the same loss on its single head."""

@@ -100,8 +100,17 @@ def test_attention_to_grid_and_plot(xp):
     with pytest.raises(ValueError, match="prefix tokens do not form"):
         viz.attention_to_grid(a, (3, 3))
     image = rng.integers(0, 256, (3, 6, 9), dtype=np.uint8)
-    fig = viz.plot_attention_maps(image, [a, a, a], (h, w))
-    assert len(fig.axes) == 3 * (heads + 1)
+    b = a.copy()
+    b[:, 0] = 1 / n                                        # a head that attends uniformly
+    fig = viz.plot_attention_maps(image, [a, a, b], (h, w))
+    assert len(fig.axes) == 3 * (heads + 1) + 1            # + the colour bar
+    top = a[:, 0, 1:].max()
+    overlays = [ax.images[1] for ax in fig.axes[:-1] if len(ax.images) == 2]
+    assert len(overlays) == 3 * heads
+    assert all(im.get_clim() == (0, top) for im in overlays)  # one shared scale, not each map's own
+    assert "attention weight" in fig.axes[-1].get_ylabel()
+    fig = viz.plot_attention_maps(image, [b], (h, w), vmax=0.5)
+    assert fig.axes[1].images[1].get_clim() == (0, 0.5)
 
 
 def test_images_patches_and_grids():

@@ -122,6 +122,9 @@ class Conv2d(Function):
     # On the CPU, plain convs (groups = 1) work channels-last (_channels_last_*, below);
     # False sends them through the (G, K, L) layout above.
     channels_last_path = True
+    # On that path, padding, im2col and col2im run in pieces of the batch on backend's threads;
+    # False: one piece, on the calling thread.
+    threaded_columns = True
 
     def __init__(self, stride, pads, dilation, groups, keep_cols=True):
         self.stride, self.pads, self.dilation, self.groups = stride, pads, dilation, groups
@@ -215,14 +218,17 @@ class Conv2d(Function):
         Ho = _out_size(H, kh, self.stride[0], top, bottom, self.dilation[0])
         Wo = _out_size(W, kw, self.stride[1], left, right, self.dilation[1])
         xl = x.transpose(0, 2, 3, 1)                        # (N, H, W, C): a contiguous view
-        if any(self.pads):
-            xpad = np.empty((N, H + top + bottom, W + left + right, C), dtype=x.dtype)
-            _zero_frame(xpad, self.pads)
-            xpad[:, top:top + H, left:left + W] = xl
-        else:
-            xpad = xl
-        win = _windows_last(xpad, (kh, kw), self.stride, self.dilation)             # (N, Ho, Wo, C, kh, kw)
-        cols = np.ascontiguousarray(win.transpose(0, 1, 2, 4, 5, 3)).reshape(N * Ho * Wo, -1)   # (L, K)
+        xpad = np.empty((N, H + top + bottom, W + left + right, C), dtype=x.dtype) if any(self.pads) else xl
+        cols = np.empty((N, Ho, Wo, kh, kw, C), dtype=x.dtype)
+
+        def piece(lo, hi):   # images lo..hi-1 on one of backend's threads: pad, then im2col
+            if xpad is not xl:
+                _zero_frame(xpad[lo:hi], self.pads)
+                xpad[lo:hi, top:top + H, left:left + W] = xl[lo:hi]
+            win = _windows_last(xpad[lo:hi], (kh, kw), self.stride, self.dilation)   # (n, Ho, Wo, C, kh, kw)
+            cols[lo:hi] = win.transpose(0, 1, 2, 4, 5, 3)
+        backend.parallel_pieces(N, piece) if self.threaded_columns else piece(0, N)
+        cols = cols.reshape(N * Ho * Wo, -1)                # (L, K)
         wk = np.ascontiguousarray(w.transpose(0, 2, 3, 1)).reshape(O, -1)       # (O, K), K = (kh, kw, C)
         y = cols @ wk.T                                     # (L, O)
         if b is not None:
@@ -244,10 +250,14 @@ class Conv2d(Function):
                 # every input pixel was read once, so col2im is a single reordering copy.
                 gxpad = gc.transpose(0, 1, 3, 2, 4, 5).reshape(N, Hp, Wp, C)
             else:
-                gxpad = np.zeros((N, Hp, Wp, C), dtype=gy.dtype)
-                for i in range(kh):
-                    for j in range(kw):
-                        gxpad[:, _window(i, dh, sh, Ho), _window(j, dw, sw, Wo)] += gc[:, :, :, i, j]
+                gxpad = np.empty((N, Hp, Wp, C), dtype=gy.dtype)
+
+                def piece(lo, hi):   # images lo..hi-1 on one of backend's threads: col2im
+                    gxpad[lo:hi] = 0
+                    for i in range(kh):
+                        for j in range(kw):
+                            gxpad[lo:hi, _window(i, dh, sh, Ho), _window(j, dw, sw, Wo)] += gc[lo:hi, :, :, i, j]
+                backend.parallel_pieces(N, piece) if self.threaded_columns else piece(0, N)
             gx = gxpad[:, top:Hp - bottom, left:Wp - right].transpose(0, 3, 1, 2)  # (N, C, H, W), a view
         if self.needs_grad[1]:
             gk = g.T @ self.cols                            # (O, K)

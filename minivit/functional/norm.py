@@ -180,6 +180,9 @@ class BatchNorm(Function):
     # the same formulas in fewer passes over memory, pieces of the batch on backend's
     # threads. False: always this reference code.
     fast_path = True
+    # On that path, a float32 channels-last input's per-channel sums go by blocks of rows
+    # (_sums, below); False: NumPy's float64 sum over the (n, S) axes.
+    block_sums = True
 
     def forward(self, x, *params):
         w = params[0] if self.has_weight else None
@@ -262,6 +265,25 @@ class BatchNorm(Function):
         return (np_.ascontiguousarray(x).reshape(N, C, -1),
                 lambda v: v[:, None], "ncs,ncs->c", (0, 2))
 
+    def _sums(self, a, axes, sum_ab=None, b=None):
+        """Per channel, in float64: Σa, or Σa·b with ``b`` (sum_ab the einsum that does it).
+
+        A float32 channels-last piece (n, S, C) is summed in blocks of rows: each block by a
+        float32 einsum (channels along the SIMD lanes; NumPy's float64 sum over the leading axes
+        is slower), the blocks' sums added up in float64, so rounding stays that of a block."""
+        np_ = get_array_module(a)
+        if not (self.block_sums and self.channels_last and a.dtype == np_.float32):
+            if b is None:
+                return a.sum(axis=axes, dtype=np_.float64)
+            return np_.einsum(sum_ab, a, b, dtype=np_.float64)
+        a2 = a.reshape(-1, a.shape[-1])                             # (n·S, C)
+        b2 = None if b is None else b.reshape(a2.shape)
+        total = np_.zeros(a2.shape[1])
+        for r in range(0, a2.shape[0], 4096):
+            total += (np_.einsum("sc->c", a2[r:r + 4096]) if b2 is None
+                      else np_.einsum("sc,sc->c", a2[r:r + 4096], b2[r:r + 4096]))
+        return total
+
     def _cpu_forward(self, x, w, b):
         np_ = get_array_module(x)
         N, C = x.shape[:2]
@@ -273,11 +295,11 @@ class BatchNorm(Function):
         pieces = lambda fn: backend.parallel_pieces(N, fn, min_size=step)  # noqa: E731
         if self.training:
             xhat = np_.empty_like(x3)
-            mu = sum(pieces(lambda lo, hi: x3[lo:hi].sum(axis=axes, dtype=np_.float64))) / n
+            mu = sum(pieces(lambda lo, hi: self._sums(x3[lo:hi], axes))) / n
 
             def center(lo, hi):                                   # x̂ ← x − μ, and Σ(x − μ)²
                 np_.subtract(x3[lo:hi], col(mu.astype(x.dtype)), out=xhat[lo:hi])
-                return np_.einsum(sum_ab, xhat[lo:hi], xhat[lo:hi], dtype=np_.float64)
+                return self._sums(xhat[lo:hi], axes, sum_ab, xhat[lo:hi])
             var = sum(pieces(center)) / n                           # biased: used to normalise
             self._update_running_stats(mu, var, n)
             rstd = 1 / np_.sqrt(var + self.eps)
@@ -326,8 +348,8 @@ class BatchNorm(Function):
         sum_g = sum_gx = None
         if self.training:                                               # Σg and Σg·x̂ per channel, one pass
             def sums(lo, hi):
-                return (g3[lo:hi].sum(axis=axes, dtype=np_.float64),
-                        np_.einsum(sum_ab, g3[lo:hi], self.xhat[lo:hi], dtype=np_.float64))
+                return (self._sums(g3[lo:hi], axes),
+                        self._sums(g3[lo:hi], axes, sum_ab, self.xhat[lo:hi]))
             parts = pieces(sums)
             sum_g = sum(p[0] for p in parts)
             sum_gx = sum(p[1] for p in parts)
