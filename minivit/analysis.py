@@ -4,21 +4,23 @@
     analysis.trace_shapes(model, x)                    # what each submodule returned, in order
     analysis.receptive_field(conv, (1, 3, 16, 16), (1, 1))   # the input pixels one output sees
     maps = analysis.collect_attention(model, x)        # [(name, (B, heads, N, N') array), ...]
-    analysis.spatial_interaction(maps[0][1], num_prefix_tokens=1)
+    analysis.attention_distance(maps[0][1], (8, 8), num_prefix_tokens=1, per_head=True)
+    analysis.attention_rollout([a for _, a in maps])   # (B, N, N): through every layer
     analysis.throughput(model, batch_size=32, train=True)
     analysis.read_run("runs/pvt_tiny")                 # metrics.jsonl summarised, or None
 
 Everything here observes a model and leaves it as it was (weights, train/eval mode);
 only a timed training step moves BatchNorm's running statistics (see :func:`throughput`).
 
-The attention statistics are in the spirit of the attention analysis of PiT
-("Rethinking Spatial Dimensions of Vision Transformers", Heo et al. 2021), which
-compares ViT and PiT layer by layer; the paper's own formulas could not be checked
-when this was written, so the definitions here are minivit's, written out in each
-function: the *share* of keys a query attends to above the uniform level
-(:func:`spatial_interaction`), the *entropy* of its attention
-(:func:`attention_entropy`), and how *far* on the token grid it looks
-(:func:`attention_distance`).
+The attention statistics: how concentrated a query's attention is (:func:`attention_entropy`),
+how far on the token grid it looks (:func:`attention_distance`, per layer or per head: the
+mean attention distance of the ViT paper's Fig. 7, in units of the grid), both of which
+PiT ("Rethinking Spatial Dimensions of Vision Transformers", Heo et al. 2021) uses to compare
+ViT and PiT layer by layer; what the class token sees through all the layers
+(:func:`attention_rollout`, Abnar & Zuidema 2020); and the share of keys a query attends to
+above a threshold (:func:`spatial_interaction`), kept for reference: it jumps at its
+threshold (uniform attention scores 0, uniform attention plus 1% noise about 0.5), so the
+lessons use the entropy and the distance instead.
 """
 from __future__ import annotations
 
@@ -193,7 +195,7 @@ def attention_entropy(attn, normalized: bool = True) -> float:
     return float(h) + 0.0                                # + 0.0: one-hot rows give 0, not −0
 
 
-def attention_distance(attn, grid, num_prefix_tokens: int = 0) -> float:
+def attention_distance(attn, grid, num_prefix_tokens: int = 0, per_head: bool = False):
     """Mean distance on the token grid between a query and the keys it attends to.
 
     Queries and keys are the spatial tokens of one (h, w) ``grid`` (N_q = N_kv = h·w
@@ -205,7 +207,8 @@ def attention_distance(attn, grid, num_prefix_tokens: int = 0) -> float:
         distance = mean over images, heads and queries of  Σ_j α̃_ij · ‖p_i − p_j‖₂
 
     0 means every query attends only to itself; uniform attention over a square map
-    gives about 0.52.
+    gives about 0.52. ``per_head=True``: one mean per head, a (heads,) array (times the
+    image side in pixels, the ViT paper's "mean attention distance" of Fig. 7).
     """
     s = _spatial_block(attn, num_prefix_tokens)
     h, w = grid
@@ -217,7 +220,33 @@ def attention_distance(attn, grid, num_prefix_tokens: int = 0) -> float:
     ys, xs = np.meshgrid(np.arange(h) / h, np.arange(w) / w, indexing="ij")
     p = np.stack([ys.ravel(), xs.ravel()], 1)                       # (hw, 2)
     d = np.sqrt(((p[:, None, :] - p[None, :, :]) ** 2).sum(-1))      # (hw, hw)
-    return float((s * d).sum(-1).mean())
+    per_query = (s * d).sum(-1)                                      # (B, heads, hw)
+    return per_query.mean(axis=(0, 2)) if per_head else float(per_query.mean())
+
+
+def attention_rollout(attn_per_layer, residual: float = 0.5):
+    """Attention rollout (Abnar & Zuidema, 2020): how much each token's output after the
+    last layer draws on each input token, through all the layers.
+
+    Each layer's weights (B, heads, N, N) are averaged over the heads, the residual path is
+    added as ``residual``·I (then each row renormalised to sum to 1), and the layers are
+    multiplied in order: R = Â_L ⋯ Â_2 Â_1, a (B, N, N) array whose row of the class token,
+    over the patch tokens, is a map of what the class token "sees". All layers must attend
+    over the same N tokens (a ViT/DeiT's blocks, not a pyramid's stages)."""
+    maps = [np.asarray(backend.to_numpy(a), dtype=np.float64) for a in attn_per_layer]
+    if not maps or any(m.ndim != 4 or m.shape[-1] != m.shape[-2] or m.shape[0] != maps[0].shape[0]
+                       or m.shape[-1] != maps[0].shape[-1] for m in maps):
+        raise ValueError("attention_rollout: expects one (B, heads, N, N) array per layer, the same B and N "
+                         f"for all, got shapes {[m.shape for m in maps]}")
+    if not 0.0 <= residual <= 1.0:
+        raise ValueError(f"attention_rollout: residual must be in [0, 1], got {residual}")
+    B, _, N, _ = maps[0].shape
+    rollout = np.broadcast_to(np.eye(N), (B, N, N)).copy()
+    for m in maps:
+        a = (1 - residual) * m.mean(axis=1) + residual * np.eye(N)  # (B, N, N)
+        a /= a.sum(-1, keepdims=True)
+        rollout = a @ rollout
+    return rollout
 
 
 def square_grid(n_tokens: int, num_prefix_tokens: int = 0) -> tuple[int, int]:

@@ -117,3 +117,48 @@ def exercises(lesson: str):
             obj = getattr(obj, part)
         return obj
     return exercise
+
+
+# --------------------------------------------------------------------------- "from ViT to X"
+def source_diff(before, after, context: int = 1) -> str:
+    """A unified diff of two functions' (or classes') source code, as the package has them:
+    what an architecture lesson's block changes in ViT's block. ``-`` lines are ``before``'s,
+    ``+`` lines ``after``'s; each side's source is dedented and named by its qualified name."""
+    import difflib
+    import inspect
+    import textwrap
+
+    def lines(obj):
+        return textwrap.dedent(inspect.getsource(obj)).splitlines()
+
+    def name(obj):
+        return f"{obj.__module__}.{obj.__qualname__}"
+    return "\n".join(difflib.unified_diff(lines(before), lines(after), name(before), name(after),
+                                          n=context, lineterm=""))
+
+
+def cost_table(rows: dict, sides=(32, 224)) -> str:
+    """Parameters and MACs of registered models at two image sizes, as a text table.
+
+    ``rows``: ``{label: (model at the first size, model at the second)}``, registry names
+    (e.g. ``{"ViT": ("vit_tiny", "deit_tiny_224"), "PVT": ("pvt_tiny", "pvt_v1_tiny_224")}``);
+    each model is built untrained (counts do not depend on the weights), counted on one image
+    of its size with ``complexity.count_macs``, and dropped. ``None``: no model at that size."""
+    from minivit.autograd import no_grad
+    from minivit.complexity import count_macs, count_params
+    from minivit.models import create_model
+
+    head = f"{'':28}" + "".join(f"{f'{s}×{s}: model':>20} {'params':>8} {'GMACs':>7}" for s in sides)
+    out = [head]
+    for label, names in rows.items():
+        cells = []
+        for side, name in zip(sides, names):
+            if name is None:                      # no such configuration
+                cells.append(f"{'—':>20} {'':8} {'':7}")
+                continue
+            model = create_model(name).eval()
+            with no_grad():
+                macs = count_macs(model, minivit.randn(1, 3, side, side)).total
+            cells.append(f"{name:>20} {count_params(model) / 1e6:7.2f}M {macs / 1e9:7.3f}")
+        out.append(f"{label:28}" + "".join(cells))
+    return "\n".join(out)

@@ -121,6 +121,36 @@ def test_distance_renormalises_over_spatial_keys():
         analysis.attention_distance(a, (3, 3), num_prefix_tokens=1)
 
 
+def test_distance_per_head():
+    """per_head=True: one distance per head, whose mean is the layer's distance; a head that attends
+    only to itself gives 0, a uniform one the layer-independent uniform value."""
+    g, n = (4, 4), 16
+    a = np.stack([np.eye(n), np.full((n, n), 1 / n)])[None]          # (1, 2 heads, 16, 16)
+    d = analysis.attention_distance(a, g, per_head=True)
+    assert d.shape == (2,) and d[0] == 0.0
+    assert d[1] == pytest.approx(analysis.attention_distance(a[:, 1:], g))
+    assert d.mean() == pytest.approx(analysis.attention_distance(a, g))
+
+
+def test_attention_rollout():
+    """One layer: the head-averaged weights half-and-half with the identity; two layers: the product
+    in order (the later layer on the left); rows sum to 1; identity attention rolls out to I."""
+    rng = np.random.default_rng(0)
+    a1, a2 = (rng.random((2, 3, 5, 5)) for _ in range(2))
+    a1 /= a1.sum(-1, keepdims=True)
+    a2 /= a2.sum(-1, keepdims=True)
+    step = lambda a: 0.5 * a.mean(1) + 0.5 * np.eye(5)            # noqa: E731  (rows already sum to 1)
+    np.testing.assert_allclose(analysis.attention_rollout([a1]), step(a1))
+    np.testing.assert_allclose(analysis.attention_rollout([a1, a2]), step(a2) @ step(a1))
+    np.testing.assert_allclose(analysis.attention_rollout([a1, a2]).sum(-1), 1.0)
+    eye = np.broadcast_to(np.eye(5), (2, 3, 5, 5))
+    np.testing.assert_allclose(analysis.attention_rollout([eye, eye], residual=0.0), np.broadcast_to(np.eye(5), (2, 5, 5)))
+    with pytest.raises(ValueError, match="same B and N"):
+        analysis.attention_rollout([a1, a1[:, :, :4, :4]])
+    with pytest.raises(ValueError, match="residual"):
+        analysis.attention_rollout([a1], residual=1.5)
+
+
 def test_square_grid():
     assert analysis.square_grid(65, 1) == (8, 8)
     with pytest.raises(ValueError, match="not a square"):

@@ -110,3 +110,23 @@ def test_exercise_swaps_in_the_solution_only_when_asked(tmp_path, monkeypatch):
 
     with pytest.raises(AttributeError, match="no solution 'halve'"):
         exercises("99_demo")(halve)
+
+
+def test_source_diff_and_cost_table():
+    """The "from ViT to X" helpers: the diff carries both sides' lines, marked - and +, and names
+    both functions; the table's numbers are count_params and count_macs of the registry's models."""
+    from minivit.complexity import count_macs, count_params
+    from minivit.layers import Block
+    from minivit.models import create_model
+    from minivit.models.pvt import Block as PVTBlock
+    from minivit.notebook import cost_table, source_diff
+    diff = source_diff(Block.forward, PVTBlock.forward)
+    assert "--- minivit.layers.block.Block.forward" in diff and "+++ minivit.models.pvt.Block.forward" in diff
+    assert "-def forward(self, x):" in diff and "+def forward(self, x, feat_size):" in diff
+    assert source_diff(Block.forward, Block.forward) == ""
+    table = cost_table({"nano": ("vit_nano", None)}, sides=(32, 224)).splitlines()
+    model = create_model("vit_nano").eval()
+    macs = count_macs(model, __import__("minivit").randn(1, 3, 32, 32)).total
+    assert len(table) == 2 and table[1].split()[:4] == ["nano", "vit_nano", f"{count_params(model) / 1e6:.2f}M",
+                                                        f"{macs / 1e9:.3f}"]
+    assert table[1].split()[4] == "—"

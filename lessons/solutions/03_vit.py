@@ -3,6 +3,7 @@
 The notebook holds stubs that raise NotImplementedError; with MINIVIT_SOLUTIONS=1 (CI, and the
 committed outputs) ``minivit.notebook.exercises`` swaps these in by name. Try the exercise first.
 """
+import numpy as np
 
 
 # Exercise 1: vit_params
@@ -27,3 +28,19 @@ def avg_pool_logits(m, x):
     feats = m.forward_features(x)                        # (B, 1 + N, D): all tokens after the blocks
     pooled = feats[:, 1:].mean(dim=1)                    # mean over the patch tokens, (B, D)
     return m.head(m.fc_norm(pooled))
+
+
+# Exercise 4: my_block
+def my_block(blk, x, residual=True):
+    a = blk.attn(blk.norm1(x))
+    x = x + a if residual else a
+    m = blk.mlp(blk.norm2(x))
+    return x + m if residual else m
+
+
+# Exercise 5: token_similarity
+def token_similarity(z):
+    z = z / np.linalg.norm(z, axis=-1, keepdims=True)              # unit vectors (B, N, D)
+    g = z @ z.transpose(0, 2, 1)                                   # all cosines (B, N, N)
+    n = z.shape[1]
+    return float(((g.sum((1, 2)) - n) / (n * (n - 1))).mean())     # without the N self-pairs
