@@ -2,6 +2,7 @@
 (README: "Every variant under one CPU budget"; lesson 09 draws its accuracy plots from these runs).
 
     python benchmarks/budget_runs.py --plan              # measure each model's speed, print the plan
+    python benchmarks/budget_runs.py --plan mixer_tiny   # ... of some
     python benchmarks/budget_runs.py vit_tiny pit_tiny   # train those (runs/<model>/), one after another
     python benchmarks/budget_runs.py --table             # the README table from the committed runs
 
@@ -39,6 +40,8 @@ VARIANTS = {
     "swin_tiny": ("swin_tiny", []),
     "cvt_tiny": ("cvt_tiny", []),
     "pit_tiny": ("pit_tiny", []),
+    "mixer_tiny": ("mixer_tiny", []),
+    "convmixer_tiny": ("convmixer_tiny", []),
 }
 # --plan on the project's 2-core Intel Xeon, 2026-12-02 (measured img/s: the minutes the epochs take)
 EPOCHS = {
@@ -63,8 +66,9 @@ def command(name: str) -> list:
             *extra, "--out-dir", str(RUNS / name), "--no-progress"]
 
 
-def plan():
-    """Time 6 training steps of each model (batch 128) and print the epochs that fit the budget."""
+def plan(names=None):
+    """Time 6 training steps of each model (batch 128; ``names``, or every variant) and print the
+    epochs that fit the budget."""
     import time
 
     import numpy as np
@@ -72,8 +76,8 @@ def plan():
     from minivit import Tensor, optim
     from minivit.models import create_model
     from minivit.losses import cross_entropy
-    for name, (model_name, _) in VARIANTS.items():
-        model = create_model(model_name)
+    for name in names or VARIANTS:
+        model = create_model(VARIANTS[name][0])
         model.train()
         opt = optim.AdamW(optim.param_groups_weight_decay(model, 0.05), lr=1e-3)
         x = Tensor(np.random.default_rng(0).standard_normal((128, 3, 32, 32)).astype(np.float32))
@@ -120,13 +124,14 @@ def main(argv=None):
     ap.add_argument("--plan", action="store_true")
     ap.add_argument("--table", action="store_true")
     args = ap.parse_args(argv)
+    unknown = [n for n in args.names if n not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"error: unknown variant {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
     if args.plan:
-        return plan()
+        return plan(args.names)
     if args.table:
         return table()
     for name in args.names:
-        if name not in VARIANTS:
-            raise SystemExit(f"error: unknown variant {name!r}; choose from {', '.join(VARIANTS)}")
         cmd = command(name)
         print(" ".join(cmd[1:]), flush=True)
         subprocess.run(cmd, check=True, cwd=ROOT)

@@ -95,6 +95,10 @@ _TIMM_TWINS = {
     "pit_tiny": ("timm.models.pit", "PoolingVisionTransformer",
                  dict(img_size=32, patch_size=4, stride=2, base_dims=(32, 32, 32), depth=(2, 6, 4), heads=(2, 4, 8),
                       mlp_ratio=4, num_classes=10)),
+    "mixer_tiny": ("timm.models.mlp_mixer", "MlpMixer",
+                   dict(img_size=32, patch_size=4, num_blocks=8, embed_dim=192, num_classes=10)),
+    "convmixer_tiny": ("timm.models.convmixer", "ConvMixer",
+                       dict(dim=256, depth=16, kernel_size=5, patch_size=4, num_classes=10)),
 }
 # cvt_tiny in Hugging Face's CvtConfig names (our name → theirs where kwargs are given).
 _CVT_HF = dict(embed_dim=[64, 128, 256], depth=[1, 2, 4], num_heads=[1, 2, 4], patch_sizes=[3, 3, 3],

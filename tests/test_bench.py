@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 
+import minivit.convert
 import minivit.models
 from minivit import bench
 from minivit.autograd import Function
@@ -149,7 +150,8 @@ def _twin_or_skip(name):
         pytest.importorskip("transformers")
 
 
-@pytest.mark.parametrize("name", ["vit_nano", "vit_tiny", "deit_tiny", "swin_tiny", "pvt_v2_tiny", "pit_tiny", "cvt_tiny"])
+@pytest.mark.parametrize("name", ["vit_nano", "vit_tiny", "deit_tiny", "swin_tiny", "pvt_v2_tiny", "pit_tiny", "cvt_tiny",
+                                  "mixer_tiny", "convmixer_tiny"])
 def test_torch_twin_has_our_weights_and_computes_our_logits(name):
     """The registry's configuration (not a small stand-in) built in PyTorch, its weights loaded
     into ours: the eval-mode logits agree, so the benchmark compares the same computation."""
@@ -159,6 +161,10 @@ def test_torch_twin_has_our_weights_and_computes_our_logits(name):
     model = minivit.models.create_model(name)
     tm, desc = bench.build_torch_twin(name, {}, model, np.float32)
     assert sum(p.numel() for p in tm.parameters()) == model.num_parameters()
+    if name == "mixer_tiny":                 # its head starts at zero (all logits 0): give both the same random one
+        with torch.no_grad():
+            tm.head.weight.normal_(0, 0.1)
+        model.load_state_dict(minivit.convert.torch_state_dict(tm))
     x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
     ours = bench.MinivitRunner(model, x, np.zeros(2, dtype=np.int64), "cpu").logits()
     theirs = bench.TorchRunner(tm, x, np.zeros(2, dtype=np.int64), "cpu").logits()

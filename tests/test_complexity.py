@@ -132,7 +132,9 @@ def test_224_gmacs_match_papers_within_5_percent(name):
     entry = PAPERS[name]
     model = create_model(name).eval()
     gmacs = count_macs(model, mv.zeros(1, 3, 224, 224)).total / 1e9
-    if name in _ROUNDED_TO_ONE_DECIMAL:
+    if entry.gmacs is None:                            # the paper prints no FLOPs: the note must say so
+        assert "not FLOPs" in entry.note and gmacs > 0
+    elif name in _ROUNDED_TO_ONE_DECIMAL:
         assert round(gmacs, 1) == entry.gmacs and entry.note
     else:
         assert abs(gmacs / entry.gmacs - 1) <= 0.05, (name, gmacs, entry.gmacs)

@@ -25,7 +25,7 @@ def n_params(model):
 
 
 # --------------------------------------------------------------------------- timm parity helpers
-def timm_parity(tm, x_np, xp, device, train=False):
+def timm_parity(tm, x_np, xp, device, train=False, zero_grads=()):
     """Convert timm model ``tm`` with ``from_timm`` and compare with it:
 
     - eval-mode logits in float32 (1e-5) and float64 (1e-10);
@@ -35,6 +35,9 @@ def timm_parity(tm, x_np, xp, device, train=False):
 
     ``train=True`` takes the gradients in training mode (the rates must be 0 so both
     models compute the same function: used for DeiT's two-output training forward).
+    ``zero_grads``: parameter-name suffixes whose gradient is zero in exact arithmetic (both
+    sides then hold rounding noise only): they must be below 1e-12 of the largest gradient of
+    any parameter, on both sides, instead of matching each other.
     Returns the largest absolute logit differences (float32, float64).
     """
     torch = torch_or_skip()
@@ -76,9 +79,13 @@ def timm_parity(tm, x_np, xp, device, train=False):
     ours_p = dict(ours.named_parameters())
     theirs_p = dict(tm.named_parameters())
     assert set(ours_p) == set(theirs_p)
+    scale = max(float(np.abs(p.grad.numpy()).max()) for p in theirs_p.values())
     for name, tp in [("input", tx)] + list(theirs_p.items()):
         g = host(x.grad if name == "input" else ours_p[name].grad)
         gt = tp.grad.numpy()
+        if name.endswith(tuple(zero_grads)) and zero_grads:
+            assert np.abs(g).max() <= 1e-12 * scale and np.abs(gt).max() <= 1e-12 * scale, name
+            continue
         np.testing.assert_allclose(g, gt, rtol=1e-8, atol=1e-8 * np.abs(gt).max() + 1e-300, err_msg=name)
     return diffs
 

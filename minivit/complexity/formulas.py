@@ -117,3 +117,30 @@ def pit_pooling_exact(h: int, w: int, C: int, kernel: int = 3, stride: int = 2) 
     """
     ho, wo = -(-h // stride), -(-w // stride)
     return ho * wo * 2 * C * kernel * kernel + C * 2 * C
+
+
+def mixer_block_exact(S: int, C: int, D_S: int, D_C: int) -> int:
+    """minivit's MixerBlock (MLP-Mixer eq. 1) on S tokens of width C:
+
+        token-mixing MLP        2·S·D_S·C     (S → D_S → S, once per channel: C columns)
+        channel-mixing MLP      2·S·C·D_C     (C → D_C → C, once per token: S rows)
+
+    Linear in S at a fixed D_S — the paper picks D_S independently of S (§2), unlike
+    attention's 2S²C. The token MLP's S·D_S weights are what is tied to the resolution:
+    were D_S scaled with S (a fixed D_S/S), its cost would grow as S².
+    """
+    return 2 * S * D_S * C + 2 * S * C * D_C
+
+
+def convmixer_layer_exact(h: int, w: int, C: int, k: int) -> int:
+    """minivit's ConvMixer layer on an h×w grid of width C: k²NC + NC², N = hw.
+
+        depthwise k×k conv      N·C·k²        ("same" padding: N outputs per channel,
+                                               k² products each, zero padding included)
+        pointwise 1×1 conv      N·C²
+
+    Linear in N at any kernel size; the spatial mixing is k²/C of the channel mixing's
+    cost (k = 9, C = 1536: 5%).
+    """
+    n = h * w
+    return n * C * k * k + n * C * C

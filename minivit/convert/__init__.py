@@ -20,6 +20,8 @@ _TIMM = {
     "SwinTransformer": "swin",
     "PyramidVisionTransformerV2": "pvt_v2",
     "PoolingVisionTransformer": "pit",
+    "MlpMixer": "mlp_mixer",
+    "ConvMixer": "convmixer",
 }
 
 

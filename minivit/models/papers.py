@@ -15,7 +15,7 @@ class PaperEntry:
     label: str                 # the paper's name for the configuration
     paper: str                 # where the numbers come from
     params_m: float            # parameters, millions, as printed
-    gmacs: float               # GFLOPs (GMACs), as printed
+    gmacs: float | None        # GFLOPs (GMACs), as printed; None where the paper prints none (note says so)
     released_params_m: float | None = None   # the authors' released model, where it differs
     note: str = ""
 
@@ -52,4 +52,20 @@ PAPERS = {
     "pit_xs_224": PaperEntry("PiT-XS", "PiT Table 3", 10.6, 1.4),
     "pit_s_224": PaperEntry("PiT-S", "PiT Table 3", 23.5, 2.9),
     "pit_b_224": PaperEntry("PiT-B", "PiT Table 3", 73.8, 12.5),
+    "mixer_s32_224": PaperEntry(
+        "Mixer-S/32", "MLP-Mixer Table 1", 19.1, None,
+        note="MLP-Mixer's tables give parameters and throughput, not FLOPs: the GMACs are minivit's count"),
+    "mixer_s16_224": PaperEntry(
+        "Mixer-S/16", "MLP-Mixer Table 1", 18.5, None,
+        note="MLP-Mixer's tables give parameters and throughput, not FLOPs: the GMACs are minivit's count"),
+    "mixer_b16_224": PaperEntry(
+        "Mixer-B/16", "MLP-Mixer Table 1", 59.9, None,
+        note="MLP-Mixer's tables give parameters and throughput, not FLOPs: the GMACs are minivit's count"),
+    "convmixer_1536_20": PaperEntry(
+        "ConvMixer-1536/20", "ConvMixer Table 1", 51.6, None,
+        note="ConvMixer's tables give parameters and throughput, not FLOPs: the GMACs are minivit's count "
+             "(k = 9, P = 7 at 224: a 32×32 grid of width 1536)"),
+    "convmixer_768_32": PaperEntry(
+        "ConvMixer-768/32", "ConvMixer Table 1", 21.1, None,
+        note="ConvMixer's tables give parameters and throughput, not FLOPs: the GMACs are minivit's count"),
 }
