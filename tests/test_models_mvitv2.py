@@ -168,6 +168,9 @@ MVIT_CONFIGS = [
     # MViT v1's layout: expand_attn=False (the MLP widens), absolute position embedding
     (dict(depths=(2, 1), embed_dim=8, num_heads=1, expand_attn=False, use_abs_pos=True,
           stride_q=((1, 1), (2, 2))), 32),
+    # max pooling instead of the convs (no norm_q/k/v), explicit key/value strides
+    (dict(depths=(1, 2), embed_dim=8, num_heads=2, mode="max", stride_q=((1, 1), (2, 2)),
+          stride_kv=((2, 2), (1, 1))), 32),
 ]
 
 
@@ -184,7 +187,7 @@ def timm_mvit(cfg, img, **kw):
     return tm
 
 
-@pytest.mark.parametrize("cfg,img", MVIT_CONFIGS, ids=["2-stage", "cls-token", "3-stage-64", "v1-abs-pos"])
+@pytest.mark.parametrize("cfg,img", MVIT_CONFIGS, ids=["2-stage", "cls-token", "3-stage-64", "v1-abs-pos", "max-pool"])
 def test_mvitv2_matches_timm(xp, device, cfg, img):
     torch_or_skip()
     tm = timm_mvit(cfg, img, global_pool="avg" if img == 64 else None)

@@ -37,15 +37,6 @@ def build_from_timm(tm):
         _unsupported(f"norm_layer={type(first.norm1).__name__}")
     conv = tm.patch_embed.proj
 
-    def stride_q(stage):
-        pool = stage.blocks[0].attn.pool_q
-        return tuple(pool.stride) if pool is not None and hasattr(pool, "stride") else (1, 1)
-
-    def kv_stride(stage):
-        pool = stage.blocks[0].attn.pool_k
-        s = getattr(pool, "stride", 1) if pool is not None else 1
-        return tuple(s) if isinstance(s, (tuple, list)) else (s, s)
-
     pools = [p for b in blocks for p in (b.attn.pool_q, b.attn.pool_k) if p is not None]
     k = getattr(pools[0], "kernel_size", 1) if pools else 1
     kernel = tuple(k) if isinstance(k, (tuple, list)) else (k, k)
@@ -57,8 +48,8 @@ def build_from_timm(tm):
         mlp_ratio=first.mlp.fc1.out_features / first.mlp.fc1.in_features,
         expand_attn=tm.expand_attn, qkv_bias=attn.qkv.bias is not None, use_cls_token=tm.cls_token is not None,
         use_abs_pos=tm.pos_embed is not None, residual_pooling=attn.residual_pooling, mode=attn.mode,
-        kernel_qkv=kernel, stride_q=tuple(stride_q(s) for s in stages),
-        stride_kv=tuple(kv_stride(s) for s in stages), patch_kernel=tuple(conv.kernel_size),
+        kernel_qkv=kernel, stride_q=tuple(_stride(s.blocks[0].attn.pool_q) for s in stages),
+        stride_kv=tuple(_stride(s.blocks[0].attn.pool_k) for s in stages), patch_kernel=tuple(conv.kernel_size),
         patch_stride=tuple(conv.stride), patch_padding=tuple(conv.padding),
         rel_pos_type=attn.rel_pos_type if attn.rel_pos_type == "spatial" else "none",
         norm_eps=first.norm1.eps)
@@ -68,21 +59,22 @@ def build_from_timm(tm):
                          drop_path_rate=_p(blocks[-1], "drop_path1"))
 
 
+def _stride(pool) -> tuple:
+    """A pooling module's (sh, sw); a missing pool (1×1 kernel, stride 1) is stride 1."""
+    s = getattr(pool, "stride", 1) if pool is not None else 1
+    return tuple(s) if isinstance(s, (tuple, list)) else (s, s)
+
+
 def _grid(tm):
-    """The stem's token grid timm was built for, read off the first rel-pos table (or pos_embed)."""
+    """The stem's token grid timm was built for (timm does not store img_size), read off the
+    first rel-pos table, of 2·max(n // s_q, n // s_kv) − 1 rows, or off the position embedding."""
     attn = tm.stages[0].blocks[0].attn
     if getattr(attn, "rel_pos_h", None) is not None:
-        q_stride = attn.pool_q.stride[0] if attn.pool_q is not None and hasattr(attn.pool_q, "stride") else 1
-        kv_stride = attn.pool_k.stride[0] if attn.pool_k is not None and hasattr(attn.pool_k, "stride") else 1
-        size = (attn.rel_pos_h.shape[0] + 1) // 2          # = max(n // q_stride, n // kv_stride)
-        n = size * min(_i(q_stride), _i(kv_stride))
+        size = (attn.rel_pos_h.shape[0] + 1) // 2                    # max(n // s_q, n // s_kv)
+        n = size * min(_stride(attn.pool_q)[0], _stride(attn.pool_k)[0])
         return n, n
     if tm.pos_embed is not None:
         n = int(round((tm.pos_embed.shape[1] - tm.num_prefix_tokens) ** 0.5))
         return n, n
     raise ValueError("minivit.convert.mvitv2: cannot tell the image size of a timm MultiScaleVit without "
                      "rel-pos tables or a position embedding; build minivit's MultiScaleVit directly")
-
-
-def _i(s):
-    return s[0] if isinstance(s, (tuple, list)) else s

@@ -1,8 +1,8 @@
-"""Pooling attention: MViT v2's multi-head pooling attention (MHPA, MViT §3.1; MViTv2 §3.2-3.3).
+"""Pooling attention: MViT v2's multi-head pooling attention (MHPA, MViT §3.1; MViTv2 §4.1).
 
 MViT shrinks the token grid *inside* attention. After the usual linear maps
 Q, K, V = X W_q, X W_k, X W_v, each of the three is **pooled** on the token grid
-before attention (MViT eq. 2-3):
+before attention (MViT §3.1):
 
     Q̂ = LN(P_Q(Q)),   K̂ = LN(P_K(K)),   V̂ = LN(P_V(V))       P = a strided k×k pooling
     Attn(Q̂, K̂, V̂) = softmax(Q̂ K̂ᵀ / √d + E_rel) V̂
@@ -24,20 +24,24 @@ CvT's squeezed projection (:mod:`minivit.layers.conv_projection`) pools *before*
 the linear maps with a depth-wise conv + BatchNorm; MViT pools *after* them, with a
 depth-wise conv shared across heads + LayerNorm, and may pool Q too.
 
-MViTv2 adds two things (§3.2, §3.3):
+MViTv2 adds two things ("Improved pooling attention", §4.1):
 
 * **Decomposed relative position embeddings.** The logit between query i and key
   j gets a term that depends on their offset on the grid, split into a vertical
-  and a horizontal part (eq. 4):
+  and a horizontal part:
 
       E_rel(i, j) = Q̂_i · R_h[h(i) − h(j)] + Q̂_i · R_w[w(i) − w(j)]
 
   ``rel_pos_h`` and ``rel_pos_w`` are tables of (2·max(q_size, kv_size) − 1) × d
   vectors, one per offset. When Q and K have different grid sizes the positions
   are put on a common scale first (the coarser grid's index times the ratio).
-  The class token (if any) gets no positional term.
+  The class token (if any) gets no positional term. As timm's default config
+  (the authors' ``rel_pos_zero_init=False``): the tables start as
+  trunc_normal(std .02), and are sized for the layer's grid (``feat_size //
+  stride``), so the forward never interpolates them; timm resizes a table of
+  another length only when loading a checkpoint (``checkpoint_filter_fn``).
 * **Residual pooling connection.** The pooled query is added back to the
-  attention output (eq. 5): Z = Attn(Q̂, K̂, V̂) + Q̂, which helps information
+  attention output: Z = Attn(Q̂, K̂, V̂) + Q̂, which helps information
   flow through the pooled attention.
 
 The output projection ``proj`` may widen C → C_out when the block grows the
@@ -218,7 +222,7 @@ class MultiScaleAttention(nn.Module):
                 self.attn_map = attn.detach()
             out = attn @ v                                                  # (B, h, N_q, d)
         if self.residual_pooling:
-            out = out + q                                                   # MViTv2 eq. 5: Z = Attn + Q̂
+            out = out + q                                                   # residual pooling: Z = Attn + Q̂
         out = out.transpose(1, 2).reshape(B, -1, self.dim_out)              # heads side by side (B, N_q, C_out)
         return self.proj(out), q_size
 

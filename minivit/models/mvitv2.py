@@ -6,14 +6,14 @@ A pyramid like PVT's or Swin's, but the resolution drops *inside* attention rath
 than in a separate patch-merging layer. The first block of every stage after the
 first pools its queries with stride 2 (:mod:`minivit.layers.pooling_attention`), so
 its output has 4× fewer tokens; and it widens the channels (96 → 192 → 384 → 768
-for MViTv2-T), so every stage costs about the same::
+for MViTv2-T), so a block costs about the same in every stage::
 
     image → PatchEmbed (conv 7×7, stride 4, pad 3)          (B, 56·56, 96) at 224²
           → [MultiScaleBlock × depth_i]  for i = 0 … 3       56² → 28² → 14² → 7² tokens
           → LayerNorm → mean over tokens (or the class token) → head.fc
 
 Each block is pre-norm, with pooled shortcuts where the attention changes shape
-(MViTv2 Fig. 2, timm's ``expand_attn=True``: the attention widens C → C_out)::
+(timm's default ``expand_attn=True``: the attention widens C → C_out)::
 
     x_n = LN(x)
     x   = MaxPool(x or Linear(x_n)) + DropPath(PoolingAttention(x_n))    shortcut_pool_attn, shortcut_proj_attn
@@ -27,8 +27,10 @@ MViTv2 needs no absolute position embedding (``use_abs_pos=False``): the
 decomposed relative positions in every attention layer carry the positions, and
 it has no class token by default (the head averages the final tokens).
 
-The configuration is timm's ``MultiScaleVitCfg`` (same fields, same defaults, so
-:mod:`minivit.convert.mvitv2` can copy timm's ``cfg``). Parameter names are timm's::
+The configuration is timm's ``MultiScaleVitCfg`` (same fields, same defaults, so a
+timm cfg carries over field by field; timm's model does not keep its cfg, so
+:mod:`minivit.convert.mvitv2` reads the fields back off its modules). Parameter
+names are timm's::
 
     patch_embed.proj                                 Conv2d 3 → C₀, 7×7 stride 4
     cls_token, pos_embed                             only with use_cls_token / use_abs_pos
@@ -267,7 +269,8 @@ class MultiScaleVit(nn.Module):
         self.grid_sizes, stages = [], []
         for i in range(n):
             dim_out = cfg.embed_dim[i] if cfg.expand_attn else cfg.embed_dim[min(i + 1, n - 1)]
-            self._check_grid(i, grid, to_2tuple(cfg.stride_q[i]), to_2tuple(cfg.stride_kv[i]), cfg.kernel_qkv)
+            self._check_grid(i, grid, to_2tuple(cfg.stride_q[i]), to_2tuple(cfg.stride_kv[i]), cfg.kernel_qkv,
+                             cfg.depths[i])
             stage = MultiScaleVitStage(
                 embed_dim, dim_out, cfg.depths[i], cfg.num_heads[i], grid, drop_path=dpr[i],
                 expand_attn=cfg.expand_attn, stride_q=cfg.stride_q[i], mlp_ratio=cfg.mlp_ratio,
@@ -283,12 +286,12 @@ class MultiScaleVit(nn.Module):
         self.head = _Head(embed_dim, num_classes, drop_rate)
         self.init_weights()
 
-    def _check_grid(self, i, grid, stride_q, stride_kv, kernel):
+    def _check_grid(self, i, grid, stride_q, stride_kv, kernel, depth):
         """Every pooling must divide the grid: timm sizes the rel-pos tables (and the next grid)
         as H // stride, while a strided k×k pooling with padding k // 2 gives ⌈H / stride⌉."""
-        q_grid = tuple(n // s for n, s in zip(grid, stride_q))
-        for name, g, s in (("stride_q", grid, stride_q), ("stride_kv", grid, stride_kv),
-                           ("stride_kv", q_grid, stride_kv)):
+        q_grid = tuple(n // s for n, s in zip(grid, stride_q))      # the grid of blocks 2, 3, …
+        checks = [("stride_q", grid, stride_q), ("stride_kv", grid, stride_kv)]
+        for name, g, s in checks + ([("stride_kv", q_grid, stride_kv)] if depth > 1 else []):
             real = tuple(pooled_size(n, k, st) for n, k, st in zip(g, to_2tuple(kernel), s))
             if min(g) < 1 or real != tuple(n // st for n, st in zip(g, s)):
                 raise ValueError(f"MultiScaleVit: stage {i}'s {g[0]}×{g[1]} token grid does not divide by "
@@ -346,8 +349,8 @@ def _build(defaults: dict, kwargs: dict) -> MultiScaleVit:
     fields (``depths=(1, 1)``) as well as constructor arguments, or pass a whole ``cfg``."""
     names = {f.name for f in fields(MultiScaleVitCfg)}
     overrides = {k: kwargs.pop(k) for k in list(kwargs) if k in names}
-    cfg = kwargs.pop("cfg", None) or MultiScaleVitCfg(**defaults.pop("cfg"))
-    cfg = replace(cfg, **overrides) if overrides else cfg
+    default_cfg, cfg = defaults.pop("cfg"), kwargs.pop("cfg", None)
+    cfg = MultiScaleVitCfg(**{**default_cfg, **overrides}) if cfg is None else replace(cfg, **overrides)
     return MultiScaleVit(cfg, **{**defaults, **kwargs})
 
 
@@ -363,9 +366,11 @@ def mvitv2_tiny(**kwargs):
     * Three stages, not four: query strides (1, 2, 2) give token grids
       16×16 → 8×8 → 4×4 (256, 64, 16 tokens), the 56 → 28 → 14 of MViTv2-T
       scaled down; a fourth stage would be 2×2.
-    * Keys and values pooled with adaptive stride 2 (MViTv2 uses 4 at 224²):
-      stage 1 attends 256 queries to 8×8 = 64 keys, stage 2's pooled blocks and
-      stage 3 attend to 64 and 16 keys, so every stage sees a similar key grid.
+    * Keys and values pooled with adaptive stride 2 (MViTv2 uses 4 at 224²), so
+      stride 2, 1, 1 by stage: stage 1 attends its 256 queries to 8×8 = 64 keys;
+      in stages 2 and 3 the first block attends its pooled queries to the
+      previous grid (256 and 64 keys), the others to their own (64 and 16 keys),
+      as MViTv2-T's stage 2 does at 224² (28² then 14² keys).
     * Widths 64 → 128 → 256 with 1, 2, 4 heads (head width 64, as MViTv2);
       depths 1, 2, 4 put most blocks in the last stage, as MViTv2-T's (1, 2, 5, 2).
       Each block ≈ 12·C² weights: the last stage holds 3.1M of the 3.56M.
