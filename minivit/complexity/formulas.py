@@ -144,3 +144,48 @@ def convmixer_layer_exact(h: int, w: int, C: int, k: int) -> int:
     """
     n = h * w
     return n * C * k * k + n * C * C
+
+
+def pooling_attention_exact(h: int, w: int, C: int, C_out: int | None = None, stride_q: int = 1,
+                            stride_kv: int = 1, kernel: int = 3, cls_token: bool = False,
+                            rel_pos: bool = True, mode: str = "conv") -> int:
+    """minivit's MViT v2 pooling attention (:class:`~minivit.layers.pooling_attention.MultiScaleAttention`)
+    on an h×w grid of C-wide tokens, widening to C_out (default C):
+
+        Q, K, V linear          N·C·3C_out                     (N = hw + class token, before pooling)
+        depth-wise pool convs   (N_q' + 2·N_kv')·C_out·k²      (k×k, one filter per head channel,
+                                                                shared by the heads: h·d = C_out)
+        rel-pos terms           N_q'·(k_h + k_w)·C_out         Q̂·R_h and Q̂·R_w (matmuls, so counted)
+        QKᵀ and AV              2·N_q·N_kv·C_out
+        output projection       N_q·C_out²
+
+    with N_q' = ⌈h/s_q⌉·⌈w/s_q⌉ and N_kv' = ⌈h/s_kv⌉·⌈w/s_kv⌉ the pooled grids (k_h × k_w the
+    key grid), and N_q = N_q' (+1), N_kv = N_kv' (+1) with the class token. A kernel-1,
+    stride-1 pooling is skipped (no conv); ``mode='max'``/``'avg'`` pool without MACs.
+
+    Against its neighbours: PVT's SRA (:func:`sra_exact`) reduces only K and V, with a *dense*
+    R×R conv (hw·C² MACs, as much as a linear layer); CvT's squeezed projection
+    (:func:`cvt_projection_exact`) runs depth-wise convs *before* its Q/K/V linears, so the
+    linears act on the pooled tokens (N_q + 2·N_kv)·C²; MViT pools *after* one qkv linear on all
+    N tokens (3NC², none saved) with depth-wise convs that cost only k² per value, and pools Q
+    too — a stride-2 query pooling quarters the output tokens, so proj and every later term
+    shrink 4×. The attention term 2·N_q·N_kv·C is the one the pooling is for: MViTv2-T's stage
+    1 at 224² has 56² queries but only 14² keys.
+    """
+    C_out = C if C_out is None else C_out
+    t = 1 if cls_token else 0
+
+    def out(n, s):
+        return (n + 2 * (kernel // 2) - kernel) // s + 1
+
+    def pools(s):
+        return kernel > 1 or s > 1
+    qh, qw = (out(h, stride_q), out(w, stride_q)) if pools(stride_q) else (h, w)
+    kh, kw = (out(h, stride_kv), out(w, stride_kv)) if pools(stride_kv) else (h, w)
+    nq_sp, nkv_sp = qh * qw, kh * kw
+    nq, nkv = nq_sp + t, nkv_sp + t
+    convs = 0
+    if mode == "conv":
+        convs = ((nq_sp if pools(stride_q) else 0) + (2 * nkv_sp if pools(stride_kv) else 0)) * C_out * kernel ** 2
+    rel = nq_sp * (kh + kw) * C_out if rel_pos else 0
+    return (h * w + t) * C * 3 * C_out + convs + rel + 2 * nq * nkv * C_out + nq * C_out * C_out

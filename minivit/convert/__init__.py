@@ -22,6 +22,7 @@ _TIMM = {
     "PoolingVisionTransformer": "pit",
     "MlpMixer": "mlp_mixer",
     "ConvMixer": "convmixer",
+    "MultiScaleVit": "mvitv2",
 }
 
 
