@@ -8,7 +8,7 @@ import pytest
 from minivit import train
 
 CIFAR_MODELS = ["vit_nano", "vit_tiny", "deit_tiny", "pvt_tiny", "pvt_v2_tiny", "swin_tiny", "cvt_tiny", "pit_tiny",
-                "resnet_teacher"]
+                "xcit_tiny", "resnet_teacher"]
 COMMAND = ["--dataset", "synthetic", "--subset", "1024", "--batch-size", "64", "--epochs", "3", "--device", "cpu",
            "--no-progress", "--eval-every", "3", "--test-subset", "1000"]
 

@@ -20,6 +20,7 @@ _TIMM = {
     "SwinTransformer": "swin",
     "PyramidVisionTransformerV2": "pvt_v2",
     "PoolingVisionTransformer": "pit",
+    "Xcit": "xcit",
 }
 
 

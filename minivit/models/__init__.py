@@ -15,4 +15,5 @@ from minivit.models.pvt_v2 import PyramidVisionTransformerV2  # noqa: F401
 from minivit.models.swin import SwinTransformer  # noqa: F401
 from minivit.models.cvt import ConvolutionalVisionTransformer  # noqa: F401
 from minivit.models.pit import PoolingVisionTransformer  # noqa: F401
+from minivit.models.xcit import Xcit  # noqa: F401
 from minivit.models.resnet import ResNet  # noqa: F401  (the CNN teacher for DeiT distillation)
