@@ -1,5 +1,5 @@
 """XCiT's costs: the counted MACs of minivit's XCA and LPI equal the exact formulas; XCA's
-cost is linear in the number of tokens (the paper's point, §3.3)."""
+cost is linear in the number of tokens (the paper's point, §3.2)."""
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

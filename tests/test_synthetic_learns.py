@@ -2,7 +2,8 @@
 accuracy (chance: 10 %) after 3 epochs on 1,024 synthetic images, batch 64, with the trainer's
 default recipe (AdamW, lr 1e-3, warmup 0.6 epochs, cosine), which is what the README's synthetic
 command runs. The slowest tests of the suite on a CPU: on the project's 2-core machine, 22 s
-(pvt_tiny) to 137 s (pit_tiny) a model, 9.3 min in all, 4 min 42 s with -n 2."""
+(pvt_tiny) to 137 s (pit_tiny) a model, 9.3 min in all, 4 min 42 s with -n 2 (before xcit_tiny, which
+took 263 s while two other jobs shared the 2 cores: about pit_tiny's time per step)."""
 import pytest
 
 from minivit import train

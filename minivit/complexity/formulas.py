@@ -120,7 +120,7 @@ def pit_pooling_exact(h: int, w: int, C: int, kernel: int = 3, stride: int = 2) 
 
 
 def xca(N: int, C: int, h: int) -> int:
-    """XCiT §3.3: cross-covariance attention costs 4NC² + 2NC²/h — linear in N.
+    """XCiT §3.2: cross-covariance attention costs 4NC² + 2NC²/h — linear in N.
 
     4NC²: the Q, K, V and output projections (four C×C maps per token, as in MSA);
     2NC²/h: the two d×d products of each head, d = C/h: q̂ k̂ᵀ (d×d from N tokens: N·d²)

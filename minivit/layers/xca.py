@@ -1,5 +1,5 @@
 """Cross-covariance attention (XCA), the token mixer of XCiT ("XCiT: Cross-Covariance Image
-Transformers", El-Nouby et al., 2021, §3.2, eq. 2-4).
+Transformers", El-Nouby et al., 2021, §3.2).
 
 Self-attention compares *tokens*: the N × N Gram matrix Q Kᵀ. XCA compares *channels*:
 within each head (width d = C / h) it builds the d × d cross-covariance matrix of the
@@ -15,7 +15,7 @@ axis (K's channels), out = A v, and (A v)ᵀ = V Aᵀ is the paper's product. Th
 ``temperature`` t multiplies (t = 1/τ, as in the authors' code).
 
 The N tokens never meet here: the map is d × d whatever the image size, so the cost is
-*linear* in N (§3.3; ``complexity.formulas.xca``):
+*linear* in N (§3.2, "complexity analysis"; ``complexity.formulas.xca``):
 
     4NC²         the Q, K, V and output projections
     2NC²/h       q̂ k̂ᵀ and A v: N·d² each per head, h heads, d = C/h

@@ -8,7 +8,7 @@ local patch interaction (LPI), the XCiT layer, and CaiT's class-attention layer.
     XCABlock                   x += γ₁·XCA(LN(x));  x += γ₃·LPI(LN(x));  x += γ₂·FFN(LN(x))
     ClassAttentionBlock        CaiT's class attention: only the class token queries, all tokens answer
 
-Why LPI (§3.2): XCA mixes channels, not tokens — a token learns about the others only
+Why LPI (§3.3): XCA mixes channels, not tokens — a token learns about the others only
 through the d × d statistics. Two depthwise 3×3 convs give every token an explicit view
 of its 8 neighbours for C·9 weights each (the cost of a convolution, linear in N).
 
@@ -43,7 +43,7 @@ def conv3x3_bn(in_planes: int, out_planes: int, stride: int = 1):
 
 
 class ConvPatchEmbed(nn.Module):
-    """XCiT's stem (§3.3, "Patch embedding"): log₂P convs of 3×3, stride 2, each with BN, GELU
+    """XCiT's stem: log₂P convs of 3×3, stride 2, each with BN, GELU
     between them, the widths doubling up to ``embed_dim``: for P = 16,
     3 → C/8 → C/4 → C/2 → C, and the grid shrinks 2× per conv: (B, 3, H, W) → (B, H/P · W/P, C).
 
@@ -124,7 +124,7 @@ def fourier_features(H: int, W: int, hidden_dim: int = 32, temperature: float = 
 
 
 class PositionalEncodingFourier(nn.Module):
-    """XCiT's position encoding (§3.3): fixed Fourier features of the grid position, mapped
+    """XCiT's position encoding: fixed Fourier features of the grid position, mapped
     to the width C by a learned 1×1 conv ``token_projection``. Computed for any grid, so
     the model takes any image size (a multiple of the patch size).
 
@@ -146,7 +146,7 @@ class PositionalEncodingFourier(nn.Module):
 
 # =========================================================================== XCiT layer
 class LPI(nn.Module):
-    """Local patch interaction (§3.2): tokens (B, N, C) back on their (H, W) grid, then
+    """Local patch interaction (§3.3): tokens (B, N, C) back on their (H, W) grid, then
     depthwise 3×3 conv → GELU → BatchNorm → depthwise 3×3 conv, and back to (B, N, C)."""
 
     def __init__(self, in_features: int, out_features: int | None = None, act_layer=nn.GELU,

@@ -8,7 +8,7 @@ the attention. XCiT "transposes" attention instead (§3.2): each head attends be
 d channels, a d × d map built from the keys' and queries' cross-covariance over the tokens,
 so the cost is 2NC²/h — linear in N, like a convolution — while every token still
 contributes to the map (``layers/xca.py``). What XCA gives up, direct token-to-token
-exchange, local patch interaction (LPI, two depthwise 3×3 convs) puts back (§3.2).
+exchange, local patch interaction (LPI, two depthwise 3×3 convs) puts back (§3.3).
 
     stem      : ConvPatchEmbed: log₂P stride-2 3×3 convs with BN and GELU  → (B, N, C), N = HW/P²
                 + a Fourier position encoding (sinusoids → 1×1 conv), computed for any grid
