@@ -9,7 +9,7 @@ from minivit.models import create_model, list_models
 from minivit.models.papers import PAPERS
 
 CIFAR = ["vit_tiny", "deit_tiny", "pvt_tiny", "pvt_v2_tiny", "swin_tiny", "cvt_tiny", "pit_tiny", "mixer_tiny",
-         "convmixer_tiny", "mvitv2_tiny"]
+         "convmixer_tiny", "mvitv2_tiny", "xcit_tiny"]
 
 
 def test_every_model_name_is_registered():

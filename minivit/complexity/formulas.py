@@ -189,3 +189,33 @@ def pooling_attention_exact(h: int, w: int, C: int, C_out: int | None = None, st
         convs = ((nq_sp if pools(stride_q) else 0) + (2 * nkv_sp if pools(stride_kv) else 0)) * C_out * kernel ** 2
     rel = nq_sp * (kh + kw) * C_out if rel_pos else 0
     return (h * w + t) * C * 3 * C_out + convs + rel + 2 * nq * nkv * C_out + nq * C_out * C_out
+
+
+def xca(N: int, C: int, h: int) -> int:
+    """XCiT §3.2: cross-covariance attention costs 4NC² + 2NC²/h — linear in N.
+
+    4NC²: the Q, K, V and output projections (four C×C maps per token, as in MSA);
+    2NC²/h: the two d×d products of each head, d = C/h: q̂ k̂ᵀ (d×d from N tokens: N·d²)
+    and the attention map times V (N tokens, d outputs of d products: N·d²), so
+    2·N·d²·h = 2NC²/h over the h heads. Compare MSA's 2N²C: XCA is cheaper as soon as
+    N > C/h = d (196 tokens against d = 32 to 48 in the papers' models), and the gap grows
+    with the resolution. The L2 normalisation, temperature and softmax are not MACs.
+    """
+    return 4 * N * C * C + 2 * N * C * C // h
+
+
+def xca_exact(N: int, C: int, h: int) -> int:
+    """minivit's XCA on N tokens, exactly: ``qkv`` 3NC², ``proj`` NC², and the two matmuls
+    (B, h, d, N)·(B, h, N, d) → (B, h, d, d) and (B, h, d, d)·(B, h, d, N) → (B, h, d, N),
+    N·d² MACs per head each. The same as :func:`xca` (h divides C)."""
+    if C % h:
+        raise ValueError(f"xca_exact: C={C} must be divisible by the number of heads h={h}")
+    d = C // h
+    return 3 * N * C * C + N * C * C + 2 * h * N * d * d
+
+
+def lpi_exact(H: int, W: int, C: int, kernel: int = 3) -> int:
+    """minivit's LPI (XCiT's local patch interaction): two depthwise k×k convs on the H×W grid,
+    each HW·C·k² MACs ("same" padding keeps the grid): 2·HW·C·k², linear in N = HW, and
+    small beside the linear layers (k² = 9 against C in the hundreds)."""
+    return 2 * H * W * C * kernel * kernel

@@ -23,6 +23,7 @@ _TIMM = {
     "MlpMixer": "mlp_mixer",
     "ConvMixer": "convmixer",
     "MultiScaleVit": "mvitv2",
+    "Xcit": "xcit",
 }
 
 
