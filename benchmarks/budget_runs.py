@@ -42,6 +42,8 @@ VARIANTS = {
     "pit_tiny": ("pit_tiny", []),
     "mixer_tiny": ("mixer_tiny", []),
     "convmixer_tiny": ("convmixer_tiny", []),
+    "xcit_tiny": ("xcit_tiny", []),
+    "mvitv2_tiny": ("mvitv2_tiny", []),
 }
 # --plan on the project's 2-core Intel Xeon, 2026-12-02 (measured img/s: the minutes the epochs take)
 EPOCHS = {
@@ -55,6 +57,12 @@ EPOCHS = {
     "swin_tiny": 1,             # 99 img/s: 8.4 min
     "cvt_tiny": 1,              # 145 img/s: 5.8 min
     "pit_tiny": 1,              # 83 img/s: 10.1 min
+    # the survey's models, --plan on the same machine at 16:17 that day, when it ran ~27% slower
+    # (vit_nano: 312 img/s against 430 in the morning)
+    "mixer_tiny": 1,            # 73 img/s: 11.5 min
+    "convmixer_tiny": 1,        # 56 img/s: 14.8 min
+    "xcit_tiny": 1,             # 37 img/s: 22.4 min
+    "mvitv2_tiny": 1,           # 45 img/s: 18.5 min
 }
 
 

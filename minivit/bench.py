@@ -353,6 +353,37 @@ def timm_vit_nano(stem_channels=(32, 64, 128), stem_stride=(1, 2, 2), **kwargs):
     return VisionTransformer(**cfg, embed_layer=partial(HybridEmbed, backbone=stem, proj=False))
 
 
+def timm_xcit_tiny(**kwargs):
+    """timm's twin of ``xcit_tiny``: timm's Xcit with its patch-8 stem cut to the first two
+    stride-2 convs (3 → D/2 → D), the stem minivit builds for P = 4 (timm's takes 8 or 16 only)."""
+    import torch
+    from timm.models.xcit import Xcit, conv3x3
+    cfg = dict(img_size=32, patch_size=4, num_classes=10, embed_dim=128, depth=12, num_heads=4, eta=1.0,
+               tokens_norm=False)
+    cfg.update(kwargs)
+    if cfg.pop("patch_size") != 4:
+        raise TwinUnavailable("the xcit_tiny twin is set up for patch_size=4 only")
+    tm = Xcit(patch_size=8, **cfg)
+    d, c = cfg["embed_dim"], cfg.get("in_chans", 3)
+    tm.patch_embed.proj = torch.nn.Sequential(conv3x3(c, d // 2, 2), torch.nn.GELU(), conv3x3(d // 2, d, 2))
+    tm.patch_embed.patch_size = 4
+    return tm
+
+
+def timm_mvitv2_tiny(**kwargs):
+    """timm's twin of ``mvitv2_tiny``: timm's MultiScaleVit with the configuration of its docstring."""
+    from timm.models.mvitv2 import MultiScaleVit, MultiScaleVitCfg
+    if kwargs:
+        raise TwinUnavailable(f"the mvitv2_tiny twin takes no --model-kwargs here (got {', '.join(kwargs)})")
+    cfg = MultiScaleVitCfg(depths=(1, 2, 4), embed_dim=(64, 128, 256), num_heads=(1, 2, 4),
+                           stride_q=((1, 1), (2, 2), (2, 2)), stride_kv_adaptive=(2, 2),
+                           patch_kernel=(3, 3), patch_stride=(2, 2), patch_padding=(1, 1))
+    return MultiScaleVit(cfg=cfg, img_size=(32, 32), num_classes=10, drop_path_rate=0.1)
+
+
+_TWIN_BUILDERS = {"vit_nano": timm_vit_nano, "xcit_tiny": timm_xcit_tiny, "mvitv2_tiny": timm_mvitv2_tiny}
+
+
 def build_torch_twin(name: str, model_kwargs: dict, model, dtype):
     """The PyTorch reference of registry model ``name`` and the minivit model ``model``
     (built with the same ``model_kwargs``), with the reference's weights copied into ours.
@@ -380,13 +411,15 @@ def build_torch_twin(name: str, model_kwargs: dict, model, dtype):
         tm = CvtForImageClassification(CvtConfig(**cfg))
         state = convert_state_dict(torch_state_dict(tm))
         desc = "transformers.CvtForImageClassification"
-    elif name == "vit_nano":
+    elif name in _TWIN_BUILDERS:
         try:
-            tm = timm_vit_nano(**model_kwargs)
+            tm = _TWIN_BUILDERS[name](**model_kwargs)
         except ImportError as e:
             raise TwinUnavailable(f"--compare torch for {name} needs timm ({e})") from None
         state = torch_state_dict(tm)
-        desc = "timm VisionTransformer + HybridEmbed(ConvStem)"
+        desc = {"vit_nano": "timm VisionTransformer + HybridEmbed(ConvStem)",
+                "xcit_tiny": "timm Xcit, its stem cut to two convs (P = 4)",
+                "mvitv2_tiny": "timm MultiScaleVit"}[name]
     elif name in _TIMM_TWINS:
         try:
             module = importlib.import_module(_TIMM_TWINS[name][0])
@@ -409,7 +442,7 @@ def build_torch_twin(name: str, model_kwargs: dict, model, dtype):
         desc = f"{modname}.{clsname}"
     else:
         raise TwinUnavailable(f"no PyTorch reference is set up for {name}; models with one: "
-                              f"{', '.join(sorted([*_TIMM_TWINS, 'cvt_tiny', 'vit_nano']))}")
+                              f"{', '.join(sorted([*_TIMM_TWINS, *_TWIN_BUILDERS, 'cvt_tiny']))}")
     model.load_state_dict(state)                           # strict: every name and shape must match
     model.to(dtype=dtype)
     tm = tm.to(torch.float64 if dtype == np.float64 else torch.float32)

@@ -711,7 +711,7 @@ def estimate_message(cfg: dict, step_s: float, forward_s: float, steps_timed: in
     """What the trainer prints after its first steps: the whole run's estimated time and, for a
     long CPU run, a shorter command."""
     train_s, test_s = estimate_run_seconds(cfg, step_s, forward_s)
-    msg = (f"estimate: {cfg['epochs']} epoch{'s' if cfg['epochs'] > 1 else ''} take about {duration(train_s + test_s)} (training "
+    msg = (f"estimate: {cfg['epochs']} epoch{'s take' if cfg['epochs'] > 1 else ' takes'} about {duration(train_s + test_s)} (training "
            f"{duration(train_s)}, testing {duration(test_s)}), from the speed of {steps_timed} steps "
            f"({step_s:.2f} s a step)")
     shorter = cfg["epochs"] > SHORT_RUN["epochs"] or cfg["n_train"] > SHORT_RUN["subset"]

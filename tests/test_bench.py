@@ -151,7 +151,7 @@ def _twin_or_skip(name):
 
 
 @pytest.mark.parametrize("name", ["vit_nano", "vit_tiny", "deit_tiny", "swin_tiny", "pvt_v2_tiny", "pit_tiny", "cvt_tiny",
-                                  "mixer_tiny", "convmixer_tiny"])
+                                  "mixer_tiny", "convmixer_tiny", "xcit_tiny", "mvitv2_tiny"])
 def test_torch_twin_has_our_weights_and_computes_our_logits(name):
     """The registry's configuration (not a small stand-in) built in PyTorch, its weights loaded
     into ours: the eval-mode logits agree, so the benchmark compares the same computation."""

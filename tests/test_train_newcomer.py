@@ -115,7 +115,7 @@ def test_a_run_says_how_long_it_will_take_before_its_first_epoch(tmp_path, clock
     assert i < min(k for k, line in enumerate(lines) if line.startswith("epoch "))
     # 8 steps of 2.5 s (step + forward); the test pass: 64 images at 0.5 s per batch of 32.
     train_s, test_s = 8 * 2.5, 64 * 0.5 / 32
-    assert lines[i] == (f"estimate: 1 epoch take about {train.duration(train_s + test_s)} (training "
+    assert lines[i] == (f"estimate: 1 epoch takes about {train.duration(train_s + test_s)} (training "
                         f"{train.duration(train_s)}, testing {train.duration(test_s)}), from the speed of 5 steps "
                         "(2.50 s a step)")
     assert "--subset" not in lines[i]                                       # short: no advice
