@@ -148,17 +148,18 @@ def cost_table(rows: dict, sides=(32, 224)) -> str:
     from minivit.complexity import count_macs, count_params
     from minivit.models import create_model
 
-    head = f"{'':28}" + "".join(f"{f'{s}×{s}: model':>20} {'params':>8} {'GMACs':>7}" for s in sides)
+    w = max([20] + [len(n) + 1 for names in rows.values() for n in names if n])    # the name column
+    head = f"{'':28}" + "".join(f"{f'{s}×{s}: model':>{w}} {'params':>8} {'GMACs':>7}" for s in sides)
     out = [head]
     for label, names in rows.items():
         cells = []
         for side, name in zip(sides, names):
             if name is None:                      # no such configuration
-                cells.append(f"{'—':>20} {'':8} {'':7}")
+                cells.append(f"{'—':>{w}} {'':8} {'':7}")
                 continue
             model = create_model(name).eval()
             with no_grad():
                 macs = count_macs(model, minivit.randn(1, 3, side, side)).total
-            cells.append(f"{name:>20} {count_params(model) / 1e6:7.2f}M {macs / 1e9:7.3f}")
+            cells.append(f"{name:>{w}} {count_params(model) / 1e6:7.2f}M {macs / 1e9:7.3f}")
         out.append(f"{label:28}" + "".join(cells))
     return "\n".join(out)
