@@ -177,6 +177,66 @@ class Function:
         raise NotImplementedError
 
 
+class MultiOutputFunction(Function):
+    """An op with several results (``split``, ``unbind``): ``forward(*arrays)`` returns a
+    tuple of arrays and ``backward(grads)`` gets a tuple with one gradient per result
+    (``None`` for a result no gradient reached), returning the gradients of the inputs.
+
+    In the graph the op is one vertex (a hub :class:`Node` with no tensor of its own);
+    result i is a tensor whose op is a ``_Pick`` that routes its gradient to slot i of
+    the hub. So backward runs once, with every result's gradient, after all of them are
+    complete: one gradient for the input, not one zero-filled array per result added up.
+    """
+
+    def __call__(self, *inputs) -> tuple:
+        ref = next(x for x in inputs if isinstance(x, Tensor))
+        inputs = tuple(x if isinstance(x, Tensor) else _constant(x, ref) for x in inputs)
+        self.needs_grad = tuple(_grad_enabled and x.requires_grad for x in inputs)
+        outs = tuple(Tensor(a) for a in self.forward(*[x.data for x in inputs]))
+        if any(self.needs_grad):
+            self.inputs = tuple(_vertex(x) for x in inputs)
+            hub = _HubNode(self, outs[0].dtype)
+            for i, out in enumerate(outs):
+                out.requires_grad, out._ctx = True, _Pick(hub, len(outs), i)
+        if forward_hooks:
+            for hook in forward_hooks:
+                hook(self, inputs, outs)
+        return outs
+
+
+class _HubNode(Node):
+    """The graph's vertex for a :class:`MultiOutputFunction`: its op, no tensor."""
+    __slots__ = ()
+
+    def __init__(self, ctx: "Function", dtype):
+        self._ctx, self.requires_grad, self.dtype, self.shape = ctx, True, dtype, None
+        self._ref, self._retains_grad = None, False
+
+
+class _Parts:
+    """The gradients of a multi-output op's results, slot by slot, as they arrive."""
+    __slots__ = ("parts", "dtype")
+
+    def __init__(self, parts: list, dtype):
+        self.parts, self.dtype = parts, dtype
+
+    def __add__(self, other: "_Parts") -> "_Parts":
+        return _Parts([b if a is None else a if b is None else a + b for a, b in zip(self.parts, other.parts)],
+                      self.dtype)
+
+
+class _Pick(Function):
+    """Result i of a multi-output op: passes its gradient on to slot i of the op's hub."""
+
+    def __init__(self, hub: _HubNode, n: int, i: int):
+        self.inputs, self.needs_grad, self.n, self.i = (hub,), (True,), n, i
+
+    def backward(self, gy):
+        parts = [None] * self.n
+        parts[self.i] = gy
+        return _Parts(parts, self.inputs[0].dtype)
+
+
 def _constant(x, ref: "Tensor") -> "Tensor":
     """A non-tensor operand (Python number or array) as a tensor on ref's device.
     Python numbers take ref's dtype, so ``x * 2.0`` keeps float32 float32."""
@@ -329,7 +389,7 @@ class Tensor:
             if ctx is None:
                 continue
             if g is not None:
-                gxs = ctx.backward(g)
+                gxs = ctx.backward(tuple(g.parts) if isinstance(g, _Parts) else g)
                 if not isinstance(gxs, tuple):
                     gxs = (gxs,)
                 for x, gx in zip(ctx.inputs, gxs):

@@ -52,6 +52,91 @@ def figure_path(name: str) -> pathlib.Path:
     return root / f"{name}.png"
 
 
+# --------------------------------------------------------------------------- one figure style
+FIGURE_DPI = 100
+# Colour maps for categories (window ids, stage ids): a colour bar would say nothing there.
+_CATEGORICAL = {"tab10", "tab20", "tab20b", "tab20c", "Set1", "Set2", "Set3", "Pastel1", "Pastel2",
+                "Paired", "Accent", "Dark2", "binary", "gray", "Greys"}
+
+
+def _colorbar_label(cb) -> str:
+    return (cb.ax.get_ylabel() or cb.ax.get_xlabel() or "").strip()
+
+
+def figure_style_problems(fig) -> list[str]:
+    """What breaks the lessons' one figure style in ``fig`` (empty: none).
+
+    - every panel that plots data labels each axis that has tick labels (a panel sharing an
+      axis with a labelled one may leave it to that one);
+    - every colour-mapped image (a 2-D array through a colour map, not an RGB picture, not a
+      categorical map and not a two-valued mask) has a labelled colour bar: its own, or one drawn for its colour map
+      and limits (panels that share one scale share one bar), so a uniform map cannot look
+      like the brightest one;
+    - an axis or colour bar about accuracy says "%", and a y axis in % plots percentages, not
+      fractions (the console prints percent).
+    """
+    problems = []
+    is_bar = [getattr(ax, "_colorbar", None) is not None or ax.get_label() == "<colorbar>" for ax in fig.axes]
+    bars = [ax._colorbar for ax, b in zip(fig.axes, is_bar) if b and getattr(ax, "_colorbar", None) is not None]
+    for cb in bars:
+        if not _colorbar_label(cb):
+            problems.append("a colour bar has no label: cb.set_label('what it shows (unit)')")
+    scales = {(cb.mappable.get_cmap().name, tuple(np.round(cb.mappable.get_clim(), 12))) for cb in bars}
+    for i, ax in enumerate(fig.axes):
+        if is_bar[i]:
+            continue
+        where = f"panel {ax.get_title()!r}" if ax.get_title() else "a panel"
+        for im in ax.get_images():
+            a = im.get_array()
+            if (a is None or a.ndim != 2 or im.get_cmap().name.removesuffix("_r") in _CATEGORICAL
+                    or np.unique(np.asarray(a)).size <= 2):
+                continue                                # a picture, categories, or a mask
+            key = (im.get_cmap().name, tuple(np.round(im.get_clim(), 12)))
+            if im.colorbar is None and key not in scales:
+                problems.append(f"{where}: a colour-mapped image without a colour bar for its scale "
+                                f"(fig.colorbar(im, ax=...) and set_label; one bar for panels with one vmin/vmax)")
+        has_data = bool(ax.lines or ax.collections or ax.patches or ax.get_images())
+        if ax.axison and has_data:
+            for axis, name in ((ax.xaxis, "x"), (ax.yaxis, "y")):
+                if (not axis.get_visible() or axis.get_label_text().strip()
+                        or not any(t.get_text().strip() for t in axis.get_ticklabels())):
+                    continue                            # hidden, labelled, or no tick labels (a picture)
+                shared = (ax.get_shared_x_axes() if name == "x" else ax.get_shared_y_axes()).get_siblings(ax)
+                if any(o is not ax and (o.xaxis if name == "x" else o.yaxis).get_label_text().strip() for o in shared):
+                    continue
+                problems.append(f"{where}: no {name} label (ax.set_{name}label('what (unit)'))")
+        for axis, name in ((ax.xaxis, "x"), (ax.yaxis, "y")):
+            text = axis.get_label_text()
+            if "accuracy" in text.lower() and "%" not in text:
+                problems.append(f"{where}: the {name} axis {text!r} is an accuracy without '%'")
+        if "%" in ax.yaxis.get_label_text():
+            ys = [np.nanmax(np.abs(np.asarray(line.get_ydata(), dtype=float))) for line in ax.lines
+                  if len(line.get_ydata()) > 1]
+            if ys and max(ys) <= 1.0:
+                problems.append(f"{where}: the y axis says % but the lines stay within [0, 1]: plot 100 × the fraction")
+    for cb in bars:
+        text = _colorbar_label(cb)
+        if "accuracy" in text.lower() and "%" not in text:
+            problems.append(f"the colour bar {text!r} is an accuracy without '%'")
+    return list(dict.fromkeys(problems))
+
+
+def save_figure(fig, name: str) -> pathlib.Path:
+    """Save ``fig`` as ``figures/<name>.png`` in the lessons' one style (``FIGURE_DPI``, tight
+    bounding box), after checking it with :func:`figure_style_problems`: a figure that breaks
+    the style raises ValueError listing what to fix, so CI's run of the lessons holds them to it."""
+    problems = figure_style_problems(fig)
+    audit = os.environ.get("MINIVIT_FIGURE_AUDIT")      # a file: list the problems there and go on
+    if problems and audit:
+        with open(audit, "a") as f:
+            f.writelines(f"{name}: {p}\n" for p in problems)
+    elif problems:
+        raise ValueError(f"figure {name!r} breaks the lessons' figure style: " + "; ".join(problems))
+    path = figure_path(name)
+    fig.savefig(path, dpi=FIGURE_DPI, bbox_inches="tight")
+    return path
+
+
 def run_dir(name: str) -> pathlib.Path:
     """Where a lesson's training run goes: ``runs/lessons/<name>`` (``$MINIVIT_RUNS`` overrides the folder)."""
     folder = os.environ.get("MINIVIT_RUNS")

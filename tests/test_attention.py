@@ -7,7 +7,7 @@ import pytest
 
 import minivit as mv
 import minivit.functional as F
-from minivit import Tensor
+from minivit import Tensor, backend
 from minivit.complexity import count_macs
 from minivit.functional.attention import QKVAttention, ScaledDotProductAttention
 from minivit.layers.attention import Attention
@@ -237,15 +237,24 @@ def test_every_attention_layer_one_op_matches_its_written_out_steps(monkeypatch,
         np.testing.assert_allclose(pa[n], pb[n], rtol=1e-9, atol=1e-12, err_msg=n)
 
 
+@pytest.mark.parametrize("block", [None, 7, 70], ids=["one-block", "row-blocks", "map-blocks"])
+@pytest.mark.parametrize("B, h", [(6, 2), (1, 3)])
 @pytest.mark.parametrize("kind", MASKS)
-def test_cpu_fast_path_matches_the_reference(monkeypatch, kind):
-    """The threaded CPU path (pieces of the batch on backend's threads) against the reference code of
-    the same op, float64: output and every gradient, the mask's too; and the path is taken."""
+def test_cpu_fast_path_matches_the_reference(monkeypatch, kind, B, h, block):
+    """The threaded CPU path (pieces of the batch on backend's threads, or of the heads when the
+    batch is smaller than the threads) against the reference code of the same op, float64: output
+    and every gradient, the mask's too; and the path is taken, cut along the axis it should be."""
+    monkeypatch.setattr(backend, "get_num_threads", lambda: 2)
+    if block:    # 7: blocks of query rows (dV, dK summed over them); 70: a few whole (L, S) maps per block
+        monkeypatch.setattr(ScaledDotProductAttention, "score_block", block * (1 if B == 6 else 3))
     rng = np.random.default_rng(12)
-    q, k, v = qkv_inputs(np, rng, B=6, S=5 if kind == "causal" else 7)
-    mask = make_mask(np, rng, kind, B=6)
+    q, k, v = qkv_inputs(np, rng, B=B, h=h, S=5 if kind == "causal" else 7)
+    assert ScaledDotProductAttention._pieces_axis(q.data) == (1 if B == 1 else 0)
+    mask = make_mask(np, rng, kind, B=B)
     if kind == "bias":
-        mask = t64(np, rng.standard_normal((6, 2, 5, 7)))
+        mask = t64(np, rng.standard_normal((B, h, 5, 7)))
+    elif kind == "bias_broadcast":
+        mask = t64(np, rng.standard_normal((h, 5, 7)))
     inputs = [q, k, v] + ([mask] if mask is not None and mask.requires_grad else [])
 
     def run(q, k, v, *m):

@@ -50,6 +50,30 @@ def test_cli_sweep_writes_the_json_and_the_figure_from_fresh_processes(tmp_path,
     out = capsys.readouterr().out
     record = json.loads((tmp_path / "complexity_cpu.json").read_text())
     assert [r["layer"] for r in record["results"]] == list(sweep.LAYERS)
-    assert record["device"] == "cpu" and record["C"] == 8
+    assert record["device"] == "cpu" and record["C"] == 8 and record["threads"] == 1
     assert (tmp_path / "complexity_cpu.png").stat().st_size > 10_000
     assert "wrote" in out and all(name in out for name in sweep.LAYERS)
+
+
+def test_measure_sets_the_threads_while_timing_and_puts_them_back(monkeypatch):
+    """threads=1: minivit's and BLAS's thread counts are 1 inside the timed calls, and what
+    they were afterwards."""
+    from minivit import backend, blas
+    seen = []
+    real = sweep._time
+    monkeypatch.setattr(sweep, "_time", lambda fn, device, repeats: seen.append(
+        (backend.get_num_threads(), blas.blas_threads())) or real(fn, device, repeats))
+    before = backend.get_num_threads(), blas.blas_threads()
+    backend.set_num_threads(2)
+    try:
+        sweep.measure("XCA", "cpu", C=8, heads=2, max_side=4, repeats=1, threads=1)
+        assert seen and all(n == 1 and b in (1, None) for n, b in seen)
+        assert backend.get_num_threads() == 2
+    finally:
+        backend.set_num_threads(before[0])
+
+
+def test_cli_sweep_rejects_zero_threads(capsys):
+    with pytest.raises(SystemExit):
+        main(["sweep", "--threads", "0", "--out-dir", "runs/complexity"])
+    assert "error: --threads 0" in capsys.readouterr().err

@@ -176,6 +176,54 @@ def test_split_sizes_must_add_up():
         Tensor(np.zeros((5, 2))).split([2, 2])
 
 
+# ---------------------------------------------------------------- split/unbind: one op with several results
+def _uses_of_pieces(pieces, x):
+    """Pieces used once, twice, not at all, and x used beside them (the hub's gradient must
+    be complete before x's is added up)."""
+    p = list(pieces)
+    out = (p[0] * 2).sum() + (p[-1] ** 2).sum() + (p[0] * p[-1].sum()).sum()
+    return out + (x * x).sum() * 0.5
+
+
+@pytest.mark.parametrize("cut", ["unbind0", "unbind2", "split", "chunk_one_unused"])
+def test_split_op_matches_the_getitem_composition_and_finite_differences(xp, cut):
+    """F.split / F.unbind (one MultiOutputFunction: one gradient buffer) against split_simple /
+    unbind_simple (a getitem per piece, gradients added by the engine), float64, with pieces used
+    twice, pieces never used, and the input used beside its pieces; and finite differences."""
+    from minivit.functional.basic import split, split_simple, unbind, unbind_simple
+    one, simple = {"unbind0": (lambda x: unbind(x, 0), lambda x: unbind_simple(x, 0)),
+                   "unbind2": (lambda x: unbind(x, 2), lambda x: unbind_simple(x, 2)),
+                   "split": (lambda x: split(x, [1, 2], 1), lambda x: split_simple(x, [1, 2], 1)),
+                   "chunk_one_unused": (lambda x: split(x, 2, 2), lambda x: split_simple(x, 2, 2))}[cut]
+    x = t64(xp, np.random.default_rng(7).standard_normal((3, 3, 4)))
+    grads = []
+    for fn in (one, simple):
+        x.grad = None
+        _uses_of_pieces(fn(x), x).backward()
+        grads.append(host(x.grad))
+    np.testing.assert_allclose(grads[0], grads[1], rtol=1e-13, atol=1e-14)
+    gradcheck(lambda t: _uses_of_pieces(one(t), t), x)
+
+
+def test_split_op_is_one_node_and_backward_runs_once(monkeypatch):
+    """The pieces share one op: its backward runs once per backward pass, with every piece's
+    gradient (None for a piece nobody used), and retain_graph lets it run again."""
+    from minivit.functional.basic import Split
+    calls = []
+    orig = Split.backward
+    monkeypatch.setattr(Split, "backward", lambda self, grads: calls.append([g is not None for g in grads])
+                        or orig(self, grads))
+    x = Tensor(np.arange(12.0).reshape(3, 4), requires_grad=True)
+    a, b, c = x.unbind(0)
+    y = (a * 2 + c).sum()
+    y.backward(retain_graph=True)
+    assert calls == [[True, False, True]]
+    np.testing.assert_array_equal(x.grad, [[2] * 4, [0] * 4, [1] * 4])
+    y.backward()
+    assert len(calls) == 2
+    np.testing.assert_array_equal(x.grad, [[4] * 4, [0] * 4, [2] * 4])
+
+
 # ---------------------------------------------------------------- PyTorch parity (float64)
 PARITY = [
     ("add_broadcast", lambda m, a, b: m(a) + m(b)[0], ((3, 4), (1, 4))),

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import minivit.models.xcit  # noqa: F401  (registers the models)
+import minivit.functional as F
 from minivit import nn
 from minivit.autograd import Tensor
 from minivit.layers.xca import XCA, l2_normalize
@@ -25,13 +26,16 @@ def timm_xcit_module():
 
 
 # --------------------------------------------------------------------------- XCA
-def test_l2_normalize_matches_torch_and_is_finite_at_zero(xp):
+@pytest.mark.parametrize("op", ["l2_normalize", "F.normalize"])
+def test_l2_normalize_matches_torch_and_is_finite_at_zero(xp, op):
+    """Both the composition (l2_normalize) and the one op (F.normalize, hand-written backward)."""
     torch = torch_or_skip()
     a = np.random.default_rng(0).standard_normal((3, 5))
     a[1] = 0.0                                                       # an all-zero row: x / eps = 0
     x = Tensor(xp.asarray(a), requires_grad=True)
     tx = torch.tensor(a, requires_grad=True)
-    y, ty = l2_normalize(x, dim=-1), torch.nn.functional.normalize(tx, dim=-1)
+    fn = l2_normalize if op == "l2_normalize" else F.normalize
+    y, ty = fn(x, dim=-1), torch.nn.functional.normalize(tx, dim=-1)
     np.testing.assert_allclose(host(y), ty.detach().numpy(), rtol=1e-14, atol=1e-15)
     g = np.random.default_rng(1).standard_normal(a.shape)
     (y * Tensor(xp.asarray(g))).sum().backward()
@@ -319,3 +323,24 @@ def test_xcit_224_configs_equal_timm(name):
     assert {k: v.shape for k, v in ours.state_dict().items()} == \
            {k: tuple(v.shape) for k, v in theirs.state_dict().items()}
     assert n_params(ours) == sum(p.numel() for p in theirs.parameters())
+
+
+@pytest.mark.parametrize("dim", [0, 1, -1])
+def test_normalize_op_gradcheck_and_equals_the_composition(xp, dim):
+    """F.normalize's hand-written backward: finite differences in float64, a row with its norm
+    below eps (the clamp's branch: g / eps) included; and equal to l2_normalize's, derived by the engine."""
+    from minivit.testing import gradcheck
+    a = np.random.default_rng(3).standard_normal((3, 4, 5))
+    a[1, 2] = 1e-14                                                  # below eps = 1e-12 along dim -1
+    x = Tensor(xp.asarray(a), requires_grad=True)
+    w = Tensor(xp.asarray(np.random.default_rng(4).standard_normal(a.shape)))
+    gradcheck(lambda t: F.normalize(t, dim=dim) * w,
+              Tensor(xp.asarray(np.random.default_rng(5).standard_normal(a.shape)), requires_grad=True))
+    grads = []
+    for fn in (F.normalize, l2_normalize):
+        x.grad = None
+        (fn(x, dim=dim) * w).sum().backward()
+        grads.append(host(x.grad))
+    np.testing.assert_allclose(grads[0], grads[1], rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="only p=2"):
+        F.normalize(x, p=1)

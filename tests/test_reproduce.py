@@ -39,6 +39,8 @@ def test_the_readmes_sweep_command_gives_the_committed_record():
         max_side = args.max_side or (96 if args.device == "cuda" else 64)       # sweep.run's default
         if "max_side" in record:
             assert max_side == record["max_side"]
+        if "threads" in record:
+            assert args.threads == record["threads"]
         for r in record["results"]:
             _, multiple, reach, _ = sweep.LAYERS[r["layer"]]
             assert [row["side"] for row in r["rows"]] == sweep._sides(multiple, int(max_side * reach)), r["layer"]
@@ -48,7 +50,8 @@ def test_every_committed_figure_and_record_has_its_command_in_the_readme():
     lessons = " ".join(p.read_text() for p in (REPO / "lessons").glob("*.ipynb"))
     for path in sorted((REPO / "figures").iterdir()):
         if path.name.startswith("lesson"):         # saved by a notebook, which the README's command runs
-            assert f'figure_path(\\"{path.stem}\\")' in lessons, f"no lesson saves {path.name}"
+            assert (f'figure_path(\\"{path.stem}\\")' in lessons or f'save_figure(fig, \\"{path.stem}\\")' in lessons), \
+                f"no lesson saves {path.name}"
             assert "python lessons/run.py" in README
         elif path.name.startswith("complexity_cpu"):
             assert any("--out-dir figures" in c for c in readme_commands(SWEEP)), path.name

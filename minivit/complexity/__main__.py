@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--heads", type=int, default=2)
     s.add_argument("--repeats", type=int, default=3,
                    help="timed calls per grid (the minimum is kept); the README's figure used 7")
+    s.add_argument("--threads", type=int, default=1,
+                   help="CPU threads (NumPy's BLAS and minivit's own) while timing; 1 measures the growth law "
+                        "alone (with more, the share of the work split over the threads grows with the grid)")
     s.add_argument("--out-dir", default=DEFAULT_OUT_DIR,
                    help="where complexity_<device>.png/.json go; the committed ones are in figures/")
     return p
@@ -75,7 +78,9 @@ def sweep(args):
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise cli.UsageError(f"--out-dir {out}: cannot create it ({e.strerror})") from None
-    record = run(args.device, args.max_side, args.dim, args.heads, args.repeats,
+    if args.threads < 1:
+        raise cli.UsageError(f"--threads {args.threads}: give a positive number of threads (1 for the growth law)")
+    record = run(args.device, args.max_side, args.dim, args.heads, args.repeats, threads=args.threads,
                  out_json=out / f"complexity_{args.device}.json", out_png=out / f"complexity_{args.device}.png")
     bad = [r["layer"] for r in record["results"] if not slope_ok(r)]
     print(f"wrote {out}/complexity_{args.device}.png and .json; "

@@ -17,8 +17,9 @@ import numpy as np
 import minivit as mv
 from minivit import autograd, backend
 from minivit.functional.activation import Softmax
-from minivit.layers import (Attention, ConvProjectionAttention, SpatialReductionAttention, WindowAttention,
-                            window_partition)
+from minivit.layers import (XCA, Attention, ConvProjectionAttention, SpatialReductionAttention,
+                            WindowAttention, window_partition)
+from minivit.layers.pooling_attention import MultiScaleAttention
 
 # name → (theoretical exponent, grid sides must be multiples of this, reach, builder(C, heads) → fn(x (B, H, W, C)))
 #
@@ -41,6 +42,11 @@ LAYERS = {
     "W-MSA M=7": (1, 7, 2.0, lambda C, h: _windows(WindowAttention(C, h, window_size=7), 7)),
     # K/V stride 2: attention over hw/4 keys, the same quadratic term as SRA with R = 2.
     "CvT projection": (2, 1, 2.0, lambda C, h: _grid(ConvProjectionAttention(C, h))),
+    # XCiT: the attention map is d×d per head, whatever N; every term of 4NC² + 2NC²/h is linear in N.
+    "XCA": (1, 1, 2.0, lambda C, h: _tokens(XCA(C, h, qkv_bias=True))),
+    # MViT v2's first stage: Q kept (3×3 pool, stride 1), K and V pooled by stride 4, as SRA R=4,
+    # plus the decomposed rel-pos bias, whose (N_q, N_kv) sum is quadratic too.
+    "pooling attn kv/4": (2, 4, 3.0, lambda C, h: _pooling(C, h, stride_kv=4)),
 }
 
 
@@ -65,6 +71,28 @@ def _windows(layer, M):
     return layer, fn
 
 
+class _PerGrid(mv.nn.Module):
+    """One layer per grid side, built on first use: MViT v2's rel-pos tables are sized
+    for one grid. Built on the input's device during the (untimed) warm-up call."""
+
+    def __init__(self, make):
+        super().__init__()
+        self.make, self.layers = make, {}
+
+    def forward(self, x):
+        B, H, W, C = x.shape
+        if (H, W) not in self.layers:
+            self.layers[(H, W)] = self.make((H, W)).to(device=x.device)
+        out, _ = self.layers[(H, W)](x.reshape(B, H * W, C), (H, W))
+        return out
+
+
+def _pooling(C, h, stride_kv):
+    layer = _PerGrid(lambda hw: MultiScaleAttention(C, C, hw, h, kernel_q=3, kernel_kv=3, stride_kv=stride_kv,
+                                                    has_cls_token=False))
+    return layer, layer
+
+
 def _sides(multiple: int, max_side: int, n: int = 12):
     """About n grid sides from small to max_side, each a multiple of `multiple`."""
     raw = np.geomspace(max(multiple, 4), max_side, n)
@@ -77,8 +105,25 @@ def _time(fn, device, repeats):
     return float(np.min(backend.time_calls(fn, device, repeats)))
 
 
-def measure(name, device="cpu", C=32, heads=2, max_side=64, repeats=3, batch=1):
-    """Timings and score memory of one layer type over its grid sides (up to max_side × its reach)."""
+def measure(name, device="cpu", C=32, heads=2, max_side=64, repeats=3, batch=1, threads=None):
+    """Timings and score memory of one layer type over its grid sides (up to max_side × its reach).
+
+    ``threads``: the CPU threads of NumPy's BLAS and of minivit's own ops while timing (None:
+    as they are). One thread measures the growth law alone: with two, each op splits its
+    work over the threads only above a size (a hand-off costs tens of microseconds), so the
+    split share, and the speed per token, grows with the grid and bends every slope down
+    (measured: 0.76–0.82 for the linear layers with 2 threads, 0.95–1.03 with 1)."""
+    if threads is not None and device == "cpu":
+        from minivit import blas
+        saved = backend.get_num_threads(), blas.blas_threads()
+        backend.set_num_threads(threads)
+        blas.blas_threads(threads)
+        try:
+            return measure(name, device, C, heads, max_side, repeats, batch, None)
+        finally:
+            backend.set_num_threads(saved[0])
+            if saved[1] is not None:
+                blas.blas_threads(saved[1])
     exponent, multiple, reach, build = LAYERS[name]
     layer, fn = build(C, heads)
     layer.to(device=device)
@@ -140,20 +185,20 @@ def _measure_in_a_fresh_process(*args):
 
 
 def run(device="cpu", max_side=None, C=32, heads=2, repeats=3, layers=None, out_json=None, out_png=None,
-        fresh_process=True):
+        fresh_process=True, threads=1):
     """Sweep every layer (each in its own process unless ``fresh_process=False``), print the
     fitted slopes, and write the JSON record and the figure when paths are given."""
     max_side = max_side or (96 if device == "cuda" else 64)
     results = []
     for name in layers or LAYERS:
-        args = (name, device, C, heads, max_side, repeats)
+        args = (name, device, C, heads, max_side, repeats, 1, threads)
         r = _measure_in_a_fresh_process(*args) if fresh_process else measure(*args)
         print(f"{name:<15} theory {r['theory']}  fitted forward {r['slope_forward']:.2f}  "
               f"forward+backward {r['slope_forward_backward']:.2f}  "
               f"(grids {r['rows'][0]['side']}² … {r['rows'][-1]['side']}², fit over the last {FIT_POINTS})", flush=True)
         results.append(r)
     record = dict(device=device, device_name=backend.device_name(device), C=C, heads=heads, batch=1, repeats=repeats,
-                  max_side=max_side,
+                  max_side=max_side, threads=threads if device == "cpu" else None,
                   numpy=np.__version__, results=results)
     if out_json:
         with open(out_json, "w") as f:

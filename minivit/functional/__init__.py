@@ -16,4 +16,4 @@ from minivit.functional.conv import (adaptive_avg_pool2d, avg_pool2d, conv2d, in
                                      max_pool2d, pad)
 from minivit.functional.linear import linear  # noqa: F401
 from minivit.functional.loss import cross_entropy, kl_div, mse_loss, nll_loss  # noqa: F401
-from minivit.functional.norm import batch_norm, layer_norm  # noqa: F401
+from minivit.functional.norm import batch_norm, layer_norm, normalize  # noqa: F401

@@ -12,7 +12,7 @@ from collections import namedtuple
 import numpy as np
 
 from minivit import amp, backend
-from minivit.autograd import Function, Tensor
+from minivit.autograd import Function, MultiOutputFunction, Tensor
 
 get_array_module = backend.get_array_module
 
@@ -526,18 +526,52 @@ def stack(tensors, dim=0):
     return Stack(_norm_dim(dim, tensors[0].ndim + 1))(*tensors)
 
 
-def split(x, split_size_or_sections, dim=0):
-    """As ``torch.split``: chunks of a given size, or of the sizes listed."""
-    dim = _norm_dim(dim, x.ndim)
+class Split(MultiOutputFunction):
+    """x cut along ``dim`` into pieces of the given sizes (``squeeze``: pieces of size 1 with
+    the dim dropped, as ``unbind``). The pieces are views. Backward writes every piece's
+    gradient into one array (zeros only where a piece got none), where ``split_simple``'s
+    getitems each make a zero-filled array of x's size and the engine adds them up."""
+
+    def __init__(self, dim, sizes, squeeze=False):
+        self.dim, self.sizes, self.squeeze = dim, sizes, squeeze
+        lead, starts = (slice(None),) * dim, np.cumsum([0] + list(sizes))
+        self.index = [lead + ((int(a),) if squeeze else (slice(int(a), int(b)),)) for a, b in zip(starts, starts[1:])]
+
+    def forward(self, x):
+        self.shape = x.shape
+        return tuple(x[i] for i in self.index)
+
+    def backward(self, grads):
+        g0 = next(g for g in grads if g is not None)
+        xp = get_array_module(g0)
+        gx = (xp.empty if all(g is not None for g in grads) else xp.zeros)(self.shape, dtype=g0.dtype)
+        for i, g in zip(self.index, grads):
+            if g is not None:
+                gx[i] = g
+        return gx
+
+
+def _split_sizes(x, split_size_or_sections, dim):
     n = x.shape[dim]
     if isinstance(split_size_or_sections, int):
-        sizes = [builtins.min(split_size_or_sections, n - i) for i in range(0, n, split_size_or_sections)]
-    else:
-        sizes = list(split_size_or_sections)
-        if builtins.sum(sizes) != n:
-            raise ValueError(f"split sizes {sizes} do not add up to dimension {dim}'s size {n}")
+        return [builtins.min(split_size_or_sections, n - i) for i in range(0, n, split_size_or_sections)]
+    sizes = list(split_size_or_sections)
+    if builtins.sum(sizes) != n:
+        raise ValueError(f"split sizes {sizes} do not add up to dimension {dim}'s size {n}")
+    return sizes
+
+
+def split(x, split_size_or_sections, dim=0):
+    """As ``torch.split``: chunks of a given size, or of the sizes listed (one op, :class:`Split`)."""
+    dim = _norm_dim(dim, x.ndim)
+    return Split(dim, _split_sizes(x, split_size_or_sections, dim))(x)
+
+
+def split_simple(x, split_size_or_sections, dim=0):
+    """``split`` written as one getitem per piece: the engine adds up their gradients."""
+    dim = _norm_dim(dim, x.ndim)
     out, start = [], 0
-    for s in sizes:
+    for s in _split_sizes(x, split_size_or_sections, dim):
         out.append(getitem(x, (slice(None),) * dim + (slice(start, start + s),)))
         start += s
     return tuple(out)
@@ -549,6 +583,13 @@ def chunk(x, chunks, dim=0):
 
 
 def unbind(x, dim=0):
+    """As ``torch.unbind``: the slices along ``dim``, that dim removed (one op, :class:`Split`)."""
+    dim = _norm_dim(dim, x.ndim)
+    return Split(dim, [1] * x.shape[dim], squeeze=True)(x)
+
+
+def unbind_simple(x, dim=0):
+    """``unbind`` written as one getitem per slice."""
     dim = _norm_dim(dim, x.ndim)
     return tuple(getitem(x, (slice(None),) * dim + (i,)) for i in range(x.shape[dim]))
 

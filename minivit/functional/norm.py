@@ -426,3 +426,41 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
 
 
 __all__ = ["layer_norm", "batch_norm"]
+
+
+# =========================================================================== L2 normalisation
+class Normalize(Function):
+    """y = x / n, n = max(‖x‖₂, ε) along ``dim`` (one op; ``layers.xca.l2_normalize`` is the
+    same from the engine's elementary ops). Backward by hand, with s = Σ g·y along ``dim``:
+
+        ∂L/∂x = (g − y·s) / n      where ‖x‖₂ ≥ ε (n moves with x: the y·s term)
+        ∂L/∂x = g / ε              where the clamp holds (n is the constant ε)
+
+    It keeps y and n for backward: one array of x's size, where the composition keeps x,
+    x² summed, the clamp's mask and the square root, and adds two gradients of x's size.
+    """
+
+    def __init__(self, dim, eps):
+        self.dim, self.eps = dim, eps
+
+    def forward(self, x):
+        xp = get_array_module(x)
+        norm = xp.sqrt((x * x).sum(axis=self.dim, keepdims=True))
+        self.free = norm >= self.eps                    # the norm is not clamped: it moves with x
+        self.n = xp.maximum(norm, x.dtype.type(self.eps))
+        self.y = x / self.n
+        return self.y
+
+    def backward(self, gy):
+        s = (gy * self.y).sum(axis=self.dim, keepdims=True)
+        return (gy - self.y * (s * self.free)) / self.n
+
+
+def normalize(input, p: float = 2.0, dim: int = 1, eps: float = 1e-12):  # noqa: A002
+    """``torch.nn.functional.normalize`` for p = 2: ``input / max(‖input‖₂, eps)`` along ``dim``
+    (PyTorch's default dim is 1)."""
+    if p != 2:
+        raise ValueError(f"normalize: only p=2 (the L2 norm) is implemented, got p={p}")
+    if not -input.ndim <= dim < input.ndim:
+        raise ValueError(f"normalize: dim={dim} is out of range for a tensor of {input.ndim} dims")
+    return Normalize(dim % input.ndim, eps)(input)

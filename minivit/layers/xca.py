@@ -73,8 +73,8 @@ class XCA(nn.Module):
         B, N, C = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim)  # (B, N, 3, h, d)
         q, k, v = qkv.permute(2, 0, 3, 4, 1).unbind(0)                     # each (B, h, d, N): channels as rows
-        q = l2_normalize(q, dim=-1)                                        # each channel: unit norm over N tokens
-        k = l2_normalize(k, dim=-1)
+        q = F.normalize(q, dim=-1)                                         # each channel: unit norm over N tokens
+        k = F.normalize(k, dim=-1)                                         # (one op; l2_normalize written out)
         attn = (q @ k.transpose(-2, -1)) * self.temperature               # (B, h, d, d): cosines × t
         attn = F.softmax(attn, dim=-1)
         if self.store_attn:
