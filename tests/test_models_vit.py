@@ -102,7 +102,7 @@ VIT_CONFIGS = [
     # no position embedding, 3 blocks with drop-path rates (off in eval; read by the converter)
     dict(img_size=16, patch_size=8, embed_dim=16, depth=3, num_heads=2, num_classes=4, pos_embed="none",
          drop_path_rate=0.2),
-    # attention pooling ('map', Scaling ViT §3.4) without a class token, as timm's SigLIP heads
+    # attention pooling ('map', Scaling ViT §3.2) without a class token, as timm's SigLIP heads
     dict(img_size=16, patch_size=4, embed_dim=16, depth=2, num_heads=2, num_classes=5, class_token=False,
          global_pool="map", mlp_ratio=2.0),
     # 'map' with a class token in the blocks (the pool skips it), 4 heads, MLP ratio 3

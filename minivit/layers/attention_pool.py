@@ -1,5 +1,5 @@
 """Attention pooling with a learned latent query: the "MAP" head ("multihead attention
-pooling") of "Scaling Vision Transformers" (Zhai et al., 2022, §3.4), from Set Transformer's
+pooling") of "Scaling Vision Transformers" (Zhai et al., 2022, §3.2), from Set Transformer's
 pooling by multihead attention (Lee et al., 2019, PMA).
 
 Instead of reading the class token or the mean token, a learned query ℓ (one vector, the

@@ -13,7 +13,7 @@ embedding (learned, or fixed 2-D sin-cos) is added, because attention alone cann
 tell where a token came from; L pre-norm transformer blocks follow (``Block``), and
 the class token — or, with ``global_pool='avg'``, the mean of the patch tokens, or with
 ``global_pool='map'`` a learned query attending over them (``layers/attention_pool.py``,
-"Scaling Vision Transformers" §3.4) — feeds a linear classifier.
+"Scaling Vision Transformers" §3.2) — feeds a linear classifier.
 
 Constructor keywords and state_dict keys are timm's (``cls_token``, ``pos_embed``,
 ``patch_embed.proj.weight``, ``blocks.0.attn.qkv.weight``, ``norm``, ``fc_norm``,
