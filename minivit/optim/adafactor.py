@@ -18,7 +18,7 @@ class Adafactor(Optimizer):
     θ with gradient G at its step t = 1, 2, ... (γ lr, τ beta2_decay, ε₁ ε₂ eps, d, λ
     weight decay)::
 
-        β̂₂ₜ = 1 − t^τ                          (τ = −0.8: β̂₂ = 0 at t = 1, → 1; paper §7.2)
+        β̂₂ₜ = 1 − t^τ                          (τ = −0.8: β̂₂ = 0 at t = 1, → 1; paper §7)
         ρₜ  = min(γ, 1/√t)                      (relative step size, paper §8)
         αₜ  = max(ε₂, RMS(θₜ₋₁)) · ρₜ            (step size relative to the parameter's scale)
         θ  ← θ − γ·λ·θ                          (decoupled weight decay, as AdamW)
@@ -32,18 +32,20 @@ class Adafactor(Optimizer):
         Û = U / max(1, RMS(U) / d)               (update clipping, paper §6)
         θ ← θ − αₜ · Û
 
-    The factored second moment (paper §3, eq. 4 and Algorithm 4 with sums; here with means,
-    which is the same matrix): the rank-1 matrix closest to V in the generalized
+    The factored second moment (paper §3, written there with sums; here with means, which
+    give the same matrix): the rank-1 matrix closest to V in the generalized
     Kullback-Leibler divergence is
 
         V̂ = (V 1ₘ)(1ₙᵀ V) / (1ₙᵀ V 1ₘ)            i.e.  V̂ᵢⱼ = rᵢ · cⱼ / r̄
 
     the outer product of the row means rᵢ and the column means cⱼ divided by the mean of all
     entries r̄ (the mean of the row means), which gets each row's and each column's mean right.
-    Because it is linear in V, keeping running averages of R and C is the same as factoring
+    R and C are linear in V, so running averages of R and C are the row and column means of
     the running average of V. A parameter with more than two dims (a conv kernel (O, I, kh,
     kw)) is a stack of matrices over its last two dims, each with its own R and C (PyTorch's
-    choice; the paper and big_vision factor the two largest dims).
+    choice; big_vision factors the two largest dims instead). For a 1×1 conv (O, I, 1, 1)
+    those are 1 × 1, and R and C together hold twice the weight's size
+    (``benchmarks/optimizer_memory.py``: ConvMixer's state is 91 % of AdamW's).
 
     As in PyTorch, and unlike the paper: ``lr`` caps ρₜ (the paper's constant 0.01, the
     default) and scales the weight decay; ε₁ (default the dtype's machine epsilon) bounds

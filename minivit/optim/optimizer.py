@@ -148,6 +148,13 @@ class Optimizer:
                               "params": group["params"]}
                              for saved, group in zip(saved_groups, self.param_groups)]
 
+    def state_bytes(self) -> int:
+        """Bytes of optimiser state: the array buffers in ``self.state`` (Adam's m and v,
+        Adafactor's row and column statistics, ...), exactly, from their ``nbytes``. Step
+        counters are Python ints here and not counted (PyTorch keeps each as a 4-byte tensor)."""
+        return sum(int(v.nbytes) for buffers in self.state.values() for v in buffers.values()
+                   if isinstance(v, np.ndarray) or backend.is_cupy_array(v))
+
     def __repr__(self):
         lines = [f"{type(self).__name__} ("]
         for i, group in enumerate(self.param_groups):
