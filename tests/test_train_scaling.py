@@ -11,7 +11,8 @@ from minivit.train import load_checkpoint
 from tests.test_train import interrupt_at, quiet_run, same_weights, without_times
 
 # 64 images, batch 16: 4 steps per epoch, 3 epochs = 12 steps; warmup 1 epoch (4 steps), cooldown 1 (4)
-SCALING = ["--model", "vit_tiny", "--model-kwargs", "embed_dim=32,depth=1,num_heads=2,global_pool=map,class_token=False",
+SCALING = ["--model", "vit_tiny",
+           "--model-kwargs", "embed_dim=32,depth=1,num_heads=2,global_pool=map,class_token=False",
            "--dataset", "synthetic", "--device", "cpu", "--subset", "64", "--test-subset", "32", "--epochs", "3",
            "--batch-size", "16", "--opt", "adafactor", "--sched", "rsqrt-cooldown", "--warmup-epochs", "1",
            "--cooldown-epochs", "1", "--weight-decay", "0.01", "--head-weight-decay", "0.5", "--min-lr", "1e-4",

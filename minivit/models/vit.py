@@ -44,8 +44,9 @@ class VisionTransformer(nn.Module):
     tokens; the final LayerNorm then moves after the pooling and is called
     ``fc_norm``, as timm) or ``'map'`` (multihead attention pooling: a learned latent
     query attends over the patch tokens, then a residual MLP, timm's
-    ``AttentionPoolLatent`` as ``attn_pool``, with the model's heads, MLP ratio and norm). ``drop_path_rate`` grows linearly from 0 at the first
-    block to its value at the last. ``dynamic_img_size=True`` accepts any image size
+    ``AttentionPoolLatent`` as ``attn_pool``, with the model's heads, MLP ratio and
+    norm). ``drop_path_rate`` grows linearly from 0 at the first block to its value at
+    the last. ``dynamic_img_size=True`` accepts any image size
     divisible by the patch size, resizing the position embedding to the new grid
     (bilinear for a learned one, recomputed for sin-cos); otherwise the input must be
     ``img_size``. ``embed_layer``: what turns the image into tokens, called as
