@@ -294,13 +294,25 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--epochs", type=int, default=100, help="passes over the training split")
     g.add_argument("--batch-size", type=int, default=128, help="training batch (the last partial one is dropped)")
     g.add_argument("--eval-batch-size", type=int, default=500, help="batch for evaluating the test split")
-    g.add_argument("--opt", choices=("adamw", "sgd"), default="adamw", help="optimiser")
-    g.add_argument("--lr", type=float, default=None, help="peak learning rate; default 1e-3 (adamw), 0.1 (sgd)")
-    g.add_argument("--min-lr", type=float, default=1e-5, help="learning rate at the end of the cosine")
+    g.add_argument("--opt", choices=("adamw", "sgd", "adafactor"), default="adamw",
+                   help="optimiser; adafactor: factored second moments, torch.optim.Adafactor's update "
+                        "(its lr caps the relative step size)")
+    g.add_argument("--lr", type=float, default=None,
+                   help="peak learning rate; default 1e-3 (adamw), 0.1 (sgd), 1e-2 (adafactor)")
+    g.add_argument("--min-lr", type=float, default=1e-5, help="learning rate at the end of the schedule")
+    g.add_argument("--sched", choices=("cosine", "rsqrt-cooldown"), default="cosine",
+                   help="after the warmup: cosine decay, or rsqrt decay with a linear cooldown over the last "
+                        "--cooldown-epochs (Scaling ViT; its timescale is the warmup length)")
+    g.add_argument("--cooldown-epochs", type=float, default=None,
+                   help="linear cooldown length of --sched rsqrt-cooldown; default epochs/10")
     g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     g.add_argument("--weight-decay", type=float, default=None,
                    help="decoupled (adamw) or L2 (sgd) weight decay; default 0.05 (adamw), 5e-4 (sgd); "
+                        "0.005 (adafactor, whose decay is lr·λ per step too, with a 10x larger lr); "
                         "never applied to biases, norms, position embeddings and tokens")
+    g.add_argument("--head-weight-decay", type=float, default=None,
+                   help="the classifier head's own weight decay (Scaling ViT: e.g. 3.0 vs 0.03 on the body); "
+                        "default: --weight-decay")
     g.add_argument("--warmup-epochs", type=float, default=None,
                    help="linear warmup length; default min(5, epochs/5)")
     g.add_argument("--label-smoothing", type=float, default=0.1, help="ε of label smoothing (DeiT: 0.1)")
@@ -346,11 +358,26 @@ def resolve_config(args: argparse.Namespace) -> dict:
     """The arguments with every default filled in (what goes into config.json)."""
     cfg = dict(vars(args))
     cfg["model_kwargs"] = cfg["model_kwargs"] or {}
-    cfg["lr"] = cfg["lr"] if cfg["lr"] is not None else (1e-3 if cfg["opt"] == "adamw" else 0.1)
+    cfg["lr"] = cfg["lr"] if cfg["lr"] is not None else {"adamw": 1e-3, "sgd": 0.1, "adafactor": 1e-2}[cfg["opt"]]
     if cfg["weight_decay"] is None:
-        cfg["weight_decay"] = 0.05 if cfg["opt"] == "adamw" else 5e-4
+        cfg["weight_decay"] = {"adamw": 0.05, "sgd": 5e-4, "adafactor": 0.005}[cfg["opt"]]
     if cfg["warmup_epochs"] is None:
         cfg["warmup_epochs"] = min(5.0, cfg["epochs"] / 5)
+    if cfg["sched"] == "cosine" and cfg["cooldown_epochs"] is not None:
+        raise cli.UsageError(f"--cooldown-epochs {cfg['cooldown_epochs']:g} applies to --sched rsqrt-cooldown "
+                             f"only: add --sched rsqrt-cooldown, or drop --cooldown-epochs")
+    if cfg["sched"] == "rsqrt-cooldown":
+        if cfg["cooldown_epochs"] is None:
+            cfg["cooldown_epochs"] = cfg["epochs"] / 10
+        if not 0 < cfg["cooldown_epochs"] <= cfg["epochs"] - cfg["warmup_epochs"]:
+            raise cli.UsageError(f"--cooldown-epochs {cfg['cooldown_epochs']:g} must be > 0 and fit after the "
+                                 f"warmup ({cfg['warmup_epochs']:g} of {cfg['epochs']} epochs)")
+        if cfg["warmup_epochs"] <= 0:
+            raise cli.UsageError("--sched rsqrt-cooldown needs --warmup-epochs > 0: the rsqrt's timescale is "
+                                 "the warmup length (timm's and big_vision's choice)")
+    for flag in ("weight_decay", "head_weight_decay"):
+        if cfg[flag] is not None and cfg[flag] < 0:
+            raise cli.UsageError(f"--{flag.replace('_', '-')} {cfg[flag]:g} must be >= 0")
     if cfg["distillation"] is None:
         cfg["distillation"] = "hard" if cfg["teacher"] else "none"
     if cfg["distillation"] != "none" and not cfg["teacher"]:
@@ -414,16 +441,27 @@ class Trainer:
         self.model.to(device=device)
         self.model.train()
         wd = cfg["weight_decay"]
-        groups = optim.param_groups_weight_decay(self.model, wd)
+        # .get: checkpoints written before these flags existed resume with their defaults
+        groups = optim.param_groups_weight_decay(self.model, wd, head_weight_decay=cfg.get("head_weight_decay"))
         if cfg["opt"] == "adamw":
             self.optimizer = optim.AdamW(groups, lr=cfg["lr"], weight_decay=wd)
+        elif cfg["opt"] == "adafactor":
+            self.optimizer = optim.Adafactor(groups, lr=cfg["lr"], weight_decay=wd)
         else:
             self.optimizer = optim.SGD(groups, lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=wd)
         self.steps_per_epoch = len(self.train_loader)
         total = self.steps_per_epoch * cfg["epochs"]
         warmup = min(int(round(cfg["warmup_epochs"] * self.steps_per_epoch)), total - 1)
-        self.scheduler = optim.lr_scheduler.CosineWarmupLR(self.optimizer, warmup_steps=warmup,
-                                                           total_steps=total, min_lr=cfg["min_lr"])
+        cooldown = None
+        if cfg.get("sched", "cosine") == "rsqrt-cooldown":
+            warmup = max(warmup, 1)                        # the rsqrt's timescale
+            cooldown = min(max(int(round(cfg["cooldown_epochs"] * self.steps_per_epoch)), 1), total - warmup)
+            self.scheduler = optim.lr_scheduler.RsqrtCooldownLR(self.optimizer, warmup_steps=warmup,
+                                                                total_steps=total, cooldown_steps=cooldown,
+                                                                min_lr=cfg["min_lr"])
+        else:
+            self.scheduler = optim.lr_scheduler.CosineWarmupLR(self.optimizer, warmup_steps=warmup,
+                                                               total_steps=total, min_lr=cfg["min_lr"])
         # Precision. fp16: autocast in the step and the evaluation, the loss scaled by a
         # GradScaler (disabled, i.e. a pass-through, for fp32/tf32). TF32 is a process-wide
         # CuPy setting: on for tf32, explicitly off otherwise (CUPY_TF32=1 would turn it on).
@@ -452,7 +490,7 @@ class Trainer:
         self.cfg.update({"num_classes": ds.num_classes, "classes": list(ds.classes), "data_source": ds.source,
                          "n_train": len(ds.train), "n_test": len(ds.test), "test_selection": ds.test_selection,
                          "steps_per_epoch": self.steps_per_epoch,
-                         "total_steps": total, "warmup_steps": warmup,
+                         "total_steps": total, "warmup_steps": warmup, "cooldown_steps": cooldown,
                          "num_params": self.model.num_parameters(), "versions": _versions()})
         self.xp = xp
         self.epoch, self.step_in_epoch = 0, 0

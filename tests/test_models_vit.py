@@ -102,10 +102,17 @@ VIT_CONFIGS = [
     # no position embedding, 3 blocks with drop-path rates (off in eval; read by the converter)
     dict(img_size=16, patch_size=8, embed_dim=16, depth=3, num_heads=2, num_classes=4, pos_embed="none",
          drop_path_rate=0.2),
+    # attention pooling ('map', Scaling ViT §3.2) without a class token, as timm's SigLIP heads
+    dict(img_size=16, patch_size=4, embed_dim=16, depth=2, num_heads=2, num_classes=5, class_token=False,
+         global_pool="map", mlp_ratio=2.0),
+    # 'map' with a class token in the blocks (the pool skips it), 4 heads, MLP ratio 3
+    dict(img_size=(16, 24), patch_size=8, embed_dim=24, depth=1, num_heads=4, num_classes=3,
+         global_pool="map", mlp_ratio=3.0),
 ]
 
 
-@pytest.mark.parametrize("cfg", VIT_CONFIGS, ids=["token", "avg-layerscale-nonsquare", "no-cls-token", "no-pos-embed"])
+@pytest.mark.parametrize("cfg", VIT_CONFIGS, ids=["token", "avg-layerscale-nonsquare", "no-cls-token", "no-pos-embed",
+                                                  "map", "map-with-cls-token"])
 def test_vit_matches_timm(xp, device, cfg):
     timm = pytest.importorskip("timm")
     import torch
@@ -138,13 +145,15 @@ def small_vit(**kw):
     return VisionTransformer(**dict(cfg, **kw))
 
 
-@pytest.mark.parametrize("kw", [dict(), dict(global_pool="avg", init_values=0.5), dict(pos_embed="sincos")])
+@pytest.mark.parametrize("kw", [dict(), dict(global_pool="avg", init_values=0.5), dict(pos_embed="sincos"),
+                                dict(global_pool="map", class_token=False)])
 def test_vit_gradcheck_directional(xp, device, kw):
     model = small_vit(**kw).to(device=device, dtype=np.float64)
     # timm's class token starts at N(0, 1e-6²); with a zero position entry (sin-cos) LayerNorm
     # then sees a nearly constant vector, so curved at the 1e-6 scale that finite differences
     # cannot step over it. Give it an ordinary scale.
-    nn.init.normal_(model.cls_token, std=0.02)
+    if model.cls_token is not None:
+        nn.init.normal_(model.cls_token, std=0.02)
     x = Tensor(xp.asarray(np.random.default_rng(0).standard_normal((2, 3, 8, 8))), requires_grad=True)
     params = list(model.parameters())
     assert gradcheck_directional(lambda x, *ps: model(x), x, *params, n_directions=3)
@@ -199,7 +208,7 @@ def test_vit_wrong_input_errors():
         dynamic(Tensor(np.zeros((1, 3, 10, 12), dtype=np.float32)))
     with pytest.raises(ValueError, match="divisible"):
         VisionTransformer(img_size=30, patch_size=4)
-    with pytest.raises(ValueError, match="global_pool"):
+    with pytest.raises(ValueError, match="global_pool must be 'token', 'avg' or 'map', got 'max'"):
         small_vit(global_pool="max")
     with pytest.raises(ValueError, match="class token"):
         small_vit(class_token=False)                  # token pooling without a token
@@ -301,6 +310,31 @@ def test_from_timm_refuses_what_minivit_does_not_implement():
     vt = timm.models.vision_transformer
     small = dict(img_size=16, patch_size=8, embed_dim=16, depth=1, num_heads=2, num_classes=3)
     for extra, what in [(dict(reg_tokens=2), "register tokens"), (dict(pre_norm=True), "pre_norm"),
-                        (dict(qk_norm=True), "q_norm"), (dict(global_pool="max"), "global_pool")]:
+                        (dict(qk_norm=True), "q_norm"), (dict(global_pool="max"), "global_pool"),
+                        (dict(global_pool="prr"), "global_pool='prr'")]:
         with pytest.raises(ValueError, match=what):
             from_timm(vt.VisionTransformer(**small, **extra))
+    # a 'map' pool changed after construction (two latents) is refused, not silently mis-built
+    tm = vt.VisionTransformer(**small, global_pool="map")
+    tm.attn_pool = timm.layers.AttentionPoolLatent(16, num_heads=2, latent_len=2, mlp_ratio=4.0,
+                                                   norm_layer=torch_or_skip().nn.LayerNorm)
+    with pytest.raises(ValueError, match="attention pool other than"):
+        from_timm(tm)
+
+
+def test_vit_map_pool_structure_and_no_weight_decay():
+    """'map' builds timm's attn_pool (names and shapes), keeps the final norm before the pool,
+    and the latent query is a token: no weight decay."""
+    model = small_vit(global_pool="map", class_token=False, embed_dim=8, mlp_ratio=2.0)
+    shapes = {k: v.shape for k, v in model.state_dict().items() if k.startswith("attn_pool.")}
+    assert shapes == {"attn_pool.latent": (1, 1, 8), "attn_pool.q.weight": (8, 8), "attn_pool.q.bias": (8,),
+                      "attn_pool.kv.weight": (16, 8), "attn_pool.kv.bias": (16,),
+                      "attn_pool.proj.weight": (8, 8), "attn_pool.proj.bias": (8,),
+                      "attn_pool.norm.weight": (8,), "attn_pool.norm.bias": (8,),
+                      "attn_pool.mlp.fc1.weight": (16, 8), "attn_pool.mlp.fc1.bias": (16,),
+                      "attn_pool.mlp.fc2.weight": (8, 16), "attn_pool.mlp.fc2.bias": (8,)}
+    assert isinstance(model.norm, nn.LayerNorm) and isinstance(model.fc_norm, nn.Identity)
+    no_decay, decay = param_groups_weight_decay(model, 0.05)
+    assert id(model.attn_pool.latent) in {id(p) for p in no_decay["params"]}
+    assert id(model.attn_pool.kv.weight) in {id(p) for p in decay["params"]}
+    assert small_vit().attn_pool is None

@@ -2,7 +2,7 @@
 
 The configuration is read from the torch model's attributes and submodules (no torch
 import); ``minivit.convert.from_timm`` then loads the weights by name. timm's ViT has
-many options minivit does not implement (register tokens, pre-norm, q/k norm, attention
+many options minivit does not implement (register tokens, pre-norm, q/k norm, PRR
 pooling, …): each one found raises, naming it, rather than building a model that
 silently computes something else.
 """
@@ -24,10 +24,10 @@ def _check_supported(tm):
         problems.append("no_embed_class=True")
     if type(tm.norm_pre).__name__ != "Identity":
         problems.append("pre_norm=True")
-    if getattr(tm, "attn_pool", None) is not None:
-        problems.append(f"attention pooling (global_pool={tm.global_pool!r})")
-    if tm.global_pool not in ("token", "avg"):
-        problems.append(f"global_pool={tm.global_pool!r} (minivit has 'token' and 'avg')")
+    if tm.global_pool not in ("token", "avg", "map"):
+        problems.append(f"global_pool={tm.global_pool!r} (minivit has 'token', 'avg' and 'map')")
+    elif tm.global_pool == "map":
+        problems += _attn_pool_problems(tm)
     fc_norm = type(tm.fc_norm).__name__ != "Identity"
     norm = type(tm.norm).__name__ != "Identity"
     if (tm.global_pool == "avg") != fc_norm or fc_norm == norm:
@@ -57,6 +57,21 @@ def _check_supported(tm):
     if problems:
         raise ValueError(f"minivit.convert.vit: timm's {name} uses " + "; ".join(problems)
                          + ", which minivit's VisionTransformer does not implement")
+
+
+def _attn_pool_problems(tm) -> list:
+    """What of timm's attention pool differs from the one minivit's ViT builds for 'map'."""
+    ap = tm.attn_pool
+    if type(ap).__name__ != "AttentionPoolLatent":
+        return [f"attention pool {type(ap).__name__} (minivit has AttentionPoolLatent)"]
+    fc1 = getattr(ap.mlp, "fc1", None)
+    if (ap.latent.shape[1] != 1 or ap.pos_embed is not None or type(ap.q).__name__ != "Linear"
+            or type(ap.q_norm).__name__ != "Identity" or ap.pool != "token" or ap.mlp is None
+            or ap.num_heads != tm.blocks[0].attn.num_heads or type(ap.norm).__name__ != "LayerNorm"
+            or fc1 is None or fc1.out_features != tm.blocks[0].mlp.fc1.out_features):
+        return ["an attention pool other than the one timm's global_pool='map' builds (one latent, "
+                "q projection, no q/k norm or position embedding, the blocks' heads and MLP width)"]
+    return []
 
 
 def _stem_problems(pe) -> list:

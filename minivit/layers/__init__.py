@@ -1,5 +1,6 @@
 """The papers' building blocks, one module each, written to be read beside the paper."""
 from minivit.layers.attention import Attention  # noqa: F401
+from minivit.layers.attention_pool import AttentionPoolLatent  # noqa: F401
 from minivit.layers.block import Block, LayerScale  # noqa: F401
 from minivit.layers.conv_embed import ConvEmbed, conv_out_size  # noqa: F401
 from minivit.layers.conv_mlp import MlpWithDepthwiseConv  # noqa: F401

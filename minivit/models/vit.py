@@ -11,12 +11,13 @@ An image (C, H, W) is cut into N = HW/P² patches, each flattened and projected 
 D channels (``PatchEmbed``); a learned class token is put in front; a position
 embedding (learned, or fixed 2-D sin-cos) is added, because attention alone cannot
 tell where a token came from; L pre-norm transformer blocks follow (``Block``), and
-the class token — or, with ``global_pool='avg'``, the mean of the patch tokens —
-feeds a linear classifier.
+the class token — or, with ``global_pool='avg'``, the mean of the patch tokens, or with
+``global_pool='map'`` a learned query attending over them (``layers/attention_pool.py``,
+"Scaling Vision Transformers" §3.2) — feeds a linear classifier.
 
 Constructor keywords and state_dict keys are timm's (``cls_token``, ``pos_embed``,
 ``patch_embed.proj.weight``, ``blocks.0.attn.qkv.weight``, ``norm``, ``fc_norm``,
-``head``), so ``load_state_dict(timm_model.state_dict())`` just works.
+``head``, ``attn_pool``), so ``load_state_dict(timm_model.state_dict())`` just works.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ import numpy as np
 
 import minivit.functional as F
 from minivit import nn
+from minivit.layers.attention_pool import AttentionPoolLatent
 from minivit.layers.block import Block
 from minivit.layers.patch_embed import PatchEmbed, check_image
 from minivit.layers.pos_embed import resample_pos_embed, sincos_2d
@@ -38,10 +40,13 @@ class VisionTransformer(nn.Module):
     Arguments are timm's. ``pos_embed``: ``'learn'`` (a Parameter, as ViT/DeiT),
     ``'sincos'`` (fixed 2-D sin-cos, a non-persistent buffer: nothing to learn or
     save; the class token's entry is zero, as in MAE) or ``'none'``.
-    ``global_pool``: ``'token'`` (the class token) or ``'avg'`` (mean of the patch
+    ``global_pool``: ``'token'`` (the class token), ``'avg'`` (mean of the patch
     tokens; the final LayerNorm then moves after the pooling and is called
-    ``fc_norm``, as timm). ``drop_path_rate`` grows linearly from 0 at the first
-    block to its value at the last. ``dynamic_img_size=True`` accepts any image size
+    ``fc_norm``, as timm) or ``'map'`` (multihead attention pooling: a learned latent
+    query attends over the patch tokens, then a residual MLP, timm's
+    ``AttentionPoolLatent`` as ``attn_pool``, with the model's heads, MLP ratio and
+    norm). ``drop_path_rate`` grows linearly from 0 at the first block to its value at
+    the last. ``dynamic_img_size=True`` accepts any image size
     divisible by the patch size, resizing the position embedding to the new grid
     (bilinear for a learned one, recomputed for sin-cos); otherwise the input must be
     ``img_size``. ``embed_layer``: what turns the image into tokens, called as
@@ -60,8 +65,9 @@ class VisionTransformer(nn.Module):
                  attn_drop_rate: float = 0.0, drop_path_rate: float = 0.0, norm_layer=None, act_layer=None,
                  weight_init: str = "", embed_layer=None):
         super().__init__()
-        if global_pool not in ("token", "avg"):
-            raise ValueError(f"{type(self).__name__}: global_pool must be 'token' or 'avg', got {global_pool!r}")
+        if global_pool not in ("token", "avg", "map"):
+            raise ValueError(f"{type(self).__name__}: global_pool must be 'token', 'avg' or 'map', "
+                             f"got {global_pool!r}")
         if global_pool == "token" and not class_token:
             raise ValueError(f"{type(self).__name__}: global_pool='token' needs the class token; "
                              f"pass class_token=True or global_pool='avg'")
@@ -110,6 +116,10 @@ class VisionTransformer(nn.Module):
         # eq. 4: final LayerNorm (before pooling for the token, after it for the average) and head
         use_fc_norm = global_pool == "avg"
         self.norm = nn.Identity() if use_fc_norm else norm_layer(embed_dim)
+        # 'map': attention pooling over the patch tokens (after the final norm, as timm)
+        self.attn_pool = (AttentionPoolLatent(embed_dim, num_heads=num_heads, mlp_ratio=mlp_ratio,
+                                              norm_layer=norm_layer, act_layer=act_layer)
+                          if global_pool == "map" else None)
         self.fc_norm = norm_layer(embed_dim) if use_fc_norm else nn.Identity()
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
@@ -127,7 +137,7 @@ class VisionTransformer(nn.Module):
     def init_weights(self):
         """timm's ViT init: position embedding ~ TruncNormal(std .02), class token ~ N(0, 1e-6²),
         every Linear ~ TruncNormal(std .02) with zero bias; LayerNorms 1/0 and the patch conv
-        keep their PyTorch defaults."""
+        keep their PyTorch defaults; the attention pool's latent query keeps its own init."""
         if isinstance(self.pos_embed, nn.Parameter):
             nn.init.trunc_normal_(self.pos_embed, std=0.02)
         if self.cls_token is not None:
@@ -139,8 +149,10 @@ class VisionTransformer(nn.Module):
                     nn.init.zeros_(m.bias)
 
     def no_weight_decay(self):
-        """Embeddings that say *where* or *which token*: no weight decay (timm's set)."""
-        return {"pos_embed", "cls_token", "dist_token"}
+        """Embeddings that say *where* or *which token*: no weight decay (timm's set), and the
+        attention pool's latent query, a token too (big_vision decays only kernels; timm's set
+        leaves it out and so decays it)."""
+        return {"pos_embed", "cls_token", "dist_token", "attn_pool.latent"}
 
     # ------------------------------------------------------------------ forward
     def _embed_patches(self, x):
@@ -189,6 +201,8 @@ class VisionTransformer(nn.Module):
         """Tokens (B, prefix + N, D) → logits (B, num_classes), or the pooled features (B, D)."""
         if self.global_pool == "token":
             x = x[:, 0]                                                 # the class token, (B, D)
+        elif self.global_pool == "map":
+            x = self.attn_pool(x[:, self.num_prefix_tokens:])           # latent query's result, (B, D)
         else:
             x = x[:, self.num_prefix_tokens:].mean(dim=1)               # mean patch token, (B, D)
         x = self.head_drop(self.fc_norm(x))

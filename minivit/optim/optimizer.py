@@ -148,6 +148,13 @@ class Optimizer:
                               "params": group["params"]}
                              for saved, group in zip(saved_groups, self.param_groups)]
 
+    def state_bytes(self) -> int:
+        """Bytes of optimiser state: the array buffers in ``self.state`` (Adam's m and v,
+        Adafactor's row and column statistics, ...), exactly, from their ``nbytes``. Step
+        counters are Python ints here and not counted (PyTorch keeps each as a 4-byte tensor)."""
+        return sum(int(v.nbytes) for buffers in self.state.values() for v in buffers.values()
+                   if isinstance(v, np.ndarray) or backend.is_cupy_array(v))
+
     def __repr__(self):
         lines = [f"{type(self).__name__} ("]
         for i, group in enumerate(self.param_groups):
@@ -175,34 +182,62 @@ def _to_param_device(value, p: Tensor):
 
 
 # ====================================================================== parameter groups
-def param_groups_weight_decay(model, weight_decay: float = 1e-5, skip_list=()) -> list[dict]:
-    """Two parameter groups: ``[no_decay, decay]`` (timm's helper).
+def param_groups_weight_decay(model, weight_decay: float = 1e-5, skip_list=(), *, no_weight_decay_list=(),
+                              head_weight_decay: float | None = None,
+                              head_names=("head", "head_dist")) -> list[dict]:
+    """Parameter groups ``[no_decay, decay]`` (timm's helper), and ``[no_decay, decay, head]``
+    when ``head_weight_decay`` is given.
 
     Weight decay pulls weights towards 0; that regularises matrices, but on a
     bias, a norm's scale/shift (any parameter with ndim <= 1) or an embedding
     that only says *where* (position embeddings, class token, Swin's relative
     position bias table) it just hurts, so these go to a group with
-    ``weight_decay=0``. A name is skipped if it is in ``skip_list`` or in
+    ``weight_decay=0``. A name is skipped if it is in ``skip_list`` (timm's
+    ``no_weight_decay_list``, which is accepted too) or in
     ``model.no_weight_decay()`` (when the model defines it), either exactly
     (``"pos_embed"``) or as its last dotted part(s)
     (``"relative_position_bias_table"`` matches
     ``"layers.0.blocks.1.attn.relative_position_bias_table"``). Parameters with
     ``requires_grad=False`` (frozen) are left out.
+
+    ``head_weight_decay``: the classifier's weights get their own decay
+    ("Scaling Vision Transformers", Zhai et al. 2022, §3.1: decoupled weight decay
+    for the head, e.g. 3.0 on the head against 0.03 on the body, which helps few-shot
+    transfer). The head is every module named in ``head_names`` (``head``, and
+    DeiT's ``head_dist``; ``head.fc`` in Swin and MViT v2 is inside ``head``); its
+    biases still go to the no-decay group. With AdamW the decay is decoupled
+    (``p ← p − lr·λ·p``), so ``head_weight_decay`` is a λ on the same scale as
+    ``weight_decay``.
     """
-    skip = set(skip_list)
+    skip = set(skip_list) | set(no_weight_decay_list)
     if hasattr(model, "no_weight_decay"):
         skip |= set(model.no_weight_decay())
 
     def skipped(name: str) -> bool:
         return name in skip or any(name.endswith("." + s) for s in skip)
 
-    decay, no_decay = [], []
+    def in_head(name: str) -> bool:
+        return any(name.startswith(h + ".") for h in head_names)
+
+    decay, no_decay, head = [], [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         if p.ndim <= 1 or name.endswith(".bias") or skipped(name):
             no_decay.append(p)
+        elif head_weight_decay is not None and in_head(name):
+            head.append(p)
         else:
             decay.append(p)
-    return [{"params": no_decay, "weight_decay": 0.0},
-            {"params": decay, "weight_decay": weight_decay}]
+    groups = [{"params": no_decay, "weight_decay": 0.0},
+              {"params": decay, "weight_decay": weight_decay}]
+    if head_weight_decay is None:
+        return groups
+    if head_weight_decay < 0:
+        raise ValueError(f"param_groups_weight_decay: head_weight_decay must be >= 0, got {head_weight_decay}")
+    if not head:
+        names = [n for n, p in model.named_parameters() if p.requires_grad and p.ndim > 1][-3:]
+        raise ValueError(f"param_groups_weight_decay: head_weight_decay={head_weight_decay} but no trainable "
+                         f"weight is under {tuple(head_names)} (the last weights are {names}): pass the "
+                         f"classifier's module name in head_names, or leave head_weight_decay=None")
+    return groups + [{"params": head, "weight_decay": head_weight_decay}]
