@@ -54,8 +54,10 @@ def torch_sra(torch, sd, prefix, x, H, W, heads, R):
     return Fn.linear(o, w("proj.weight"), w("proj.bias"))
 
 
-def torch_pvt(torch, sd, x, cfg):
-    """The whole PVT v1 forward (authors' classification/pvt.py), from a state dict, in torch."""
+def torch_pvt(torch, sd, x, cfg, feats=None):
+    """The whole PVT v1 forward (authors' classification/pvt.py), from a state dict, in torch.
+    ``feats``: a list that receives every stage's map (B, C_i, h, w) (the last one without the
+    class token, before the final norm), for tests/test_models_features.py."""
     Fn = torch.nn.functional
     S = len(cfg["depths"])
     patch = [cfg["patch_size"]] + [2] * (S - 1)
@@ -87,6 +89,8 @@ def torch_pvt(torch, sd, x, cfg):
             x = x + Fn.linear(h, sd[b + ".mlp.fc2.weight"], sd[b + ".mlp.fc2.bias"])
         if not last:
             x = x.transpose(1, 2).reshape(B, -1, H, W)
+        if feats is not None:
+            feats.append(x if not last else x[:, 1:].transpose(1, 2).reshape(B, -1, H, W))
     x = ln(x, "norm", 1e-6)
     return Fn.linear(x[:, 0], sd["head.weight"], sd["head.bias"])
 

@@ -51,6 +51,7 @@ from minivit.layers.conv_embed import ConvEmbed
 from minivit.layers.conv_projection import ConvProjectionAttention
 from minivit.layers.mlp import Mlp
 from minivit.layers.patch_embed import check_image, to_2tuple
+from minivit.models.features import check_output_fmt, feature_take_indices
 from minivit.models.registry import register_model
 
 
@@ -190,6 +191,11 @@ class ConvolutionalVisionTransformer(nn.Module):
                 padding_kv=s["padding_kv"][i], padding_q=s["padding_q"][i])
             setattr(self, f"stage{i}", stage)                   # the released code's names: stage0, stage1, …
             chans = s["embed_dims"][i]
+        # Stage i's map: stride Π patch_strides[:i+1] (4, 8, 16 for CvT-13), width embed_dims[i].
+        self.feature_info, stride = [], 1
+        for i in range(n):
+            stride *= s["patch_strides"][i]
+            self.feature_info.append(dict(num_chs=s["embed_dims"][i], reduction=stride, module=f"stage{i}"))
         self.norm = norm_layer(self.num_features)
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
@@ -238,6 +244,36 @@ class ConvolutionalVisionTransformer(nn.Module):
         if self.uses_cls_token:
             return self.norm(cls)                               # (B, 1, C)
         return self.norm(x.flatten(2).transpose(1, 2))          # (B, H'W', C)
+
+    def forward_intermediates(self, x, indices=None, norm: bool = False, stop_early: bool = False,
+                              output_fmt: str = "NCHW", intermediates_only: bool = False):
+        """The stage maps (B, C_i, H_i, W_i) picked by ``indices`` (see ``models/features.py``:
+        each stage's tokens after its blocks, a class token left out — Hugging Face's
+        ``CvtModel`` hidden states), and, unless ``intermediates_only``, the final features as
+        ``forward_features``.
+
+        timm has no CvT; as timm does for Swin and MViT v2, ``norm=True`` applies the final
+        LayerNorm (over channels, at every position) to the last stage's map. Sizes: any
+        H, W the strided convs leave a grid for (no position embeddings), whatever ``img_size``."""
+        check_output_fmt(output_fmt, ("NCHW",), type(self).__name__)
+        take, last = feature_take_indices(self.num_stages, indices)
+        check_image(x, None, self.in_chans, type(self).__name__)
+        intermediates, cls = [], None
+        for i, stage in enumerate(self.stages):
+            if stop_early and i > last:
+                break
+            x, cls = stage(x)                                   # (B, C_i, H_i, W_i), (B, 1, C_i) or None
+            if i in take:
+                x_i = x
+                if norm and i == self.num_stages - 1:
+                    x_i = self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)   # LayerNorm over C
+                intermediates.append(x_i)
+        if intermediates_only:
+            return intermediates
+        if i < self.num_stages - 1:
+            return x, intermediates
+        final = self.norm(cls) if self.uses_cls_token else self.norm(x.flatten(2).transpose(1, 2))
+        return final, intermediates
 
     def forward_head(self, x, pre_logits: bool = False):
         x = x.mean(dim=1)                                       # (B, C): the class token, or the token mean

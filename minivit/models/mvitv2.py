@@ -55,6 +55,7 @@ from minivit import nn
 from minivit.layers.mlp import Mlp
 from minivit.layers.patch_embed import check_image, to_2tuple
 from minivit.layers.pooling_attention import MultiScaleAttention, WindowPool, pooled_size
+from minivit.models.features import check_output_fmt, feature_take_indices
 from minivit.models.registry import register_model
 
 
@@ -281,6 +282,12 @@ class MultiScaleVit(nn.Module):
             embed_dim, grid = dim_out, stage.feat_size
             self.grid_sizes.append(grid)
         self.stages = nn.ModuleList(stages)
+        # Stage i's map: stride patch_stride · Π stride_q[:i+1] (4, 8, 16, 32 for timm's configs).
+        self.feature_info, stride = [], max(to_2tuple(cfg.patch_stride))
+        for i, stage in enumerate(stages):
+            stride *= max(to_2tuple(cfg.stride_q[i]))
+            dim_out = cfg.embed_dim[i] if cfg.expand_attn else cfg.embed_dim[min(i + 1, n - 1)]
+            self.feature_info.append(dict(num_chs=dim_out, reduction=stride, module=f"stages.{i}"))
         self.num_features = self.head_hidden_size = embed_dim
         self.norm = norm_layer(embed_dim)
         self.head = _Head(embed_dim, num_classes, drop_rate)
@@ -332,6 +339,40 @@ class MultiScaleVit(nn.Module):
         for stage in self.stages:
             x, feat_size = stage(x, feat_size)                      # (B, [1 +] H_i·W_i, C_i)
         return self.norm(x)
+
+    def forward_intermediates(self, x, indices=None, norm: bool = False, stop_early: bool = False,
+                              output_fmt: str = "NCHW", intermediates_only: bool = False):
+        """The stage maps picked by ``indices`` (see ``models/features.py``) as (B, C_i, H_i, W_i)
+        without the class token, or with ``output_fmt='NLC'`` the tokens (B, [1 +] H_i·W_i, C_i)
+        as the stage gives them; and, unless ``intermediates_only``, the normalised final tokens
+        as ``forward_features``.
+
+        ``norm=True`` applies the final LayerNorm to the last stage's output, as timm. Sizes:
+        only ``img_size``: the relative-position tables of every attention layer are sized for
+        the token grids it gives (as timm's MViT v2, which fixes the size the same way)."""
+        check_output_fmt(output_fmt, ("NCHW", "NLC"), type(self).__name__)
+        take, last = feature_take_indices(len(self.stages), indices)
+        check_image(x, self.img_size, self.in_chans, type(self).__name__)
+        x, feat_size = self.patch_embed(x)                          # (B, HW, C₀)
+        B = x.shape[0]
+        if self.cls_token is not None:
+            x = F.cat([self.cls_token.expand(B, -1, -1), x], dim=1)  # (B, 1 + HW, C₀)
+        if self.pos_embed is not None:
+            x = x + self.pos_embed
+        intermediates, n = [], len(self.stages)
+        for i, stage in enumerate(self.stages):
+            if stop_early and i > last:
+                break
+            x, feat_size = stage(x, feat_size)                      # (B, [1 +] H_i·W_i, C_i)
+            if i in take:
+                x_i = self.norm(x) if norm and i == n - 1 else x
+                if output_fmt == "NCHW":
+                    x_i = x_i[:, self.num_prefix_tokens:]           # (B, H_i·W_i, C_i)
+                    x_i = x_i.reshape(B, feat_size[0], feat_size[1], -1).permute(0, 3, 1, 2)
+                intermediates.append(x_i)
+        if intermediates_only:
+            return intermediates
+        return (self.norm(x) if i == n - 1 else x), intermediates
 
     def forward_head(self, x, pre_logits: bool = False):
         if self.global_pool == "avg":

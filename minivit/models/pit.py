@@ -33,6 +33,7 @@ from minivit import nn
 from minivit.layers.block import Block
 from minivit.layers.patch_embed import check_image, to_2tuple
 from minivit.layers.pit_pool import ConvHeadPooling
+from minivit.models.features import check_output_fmt, feature_take_indices
 from minivit.models.registry import register_model
 
 
@@ -138,6 +139,10 @@ class PoolingVisionTransformer(nn.Module):
                                       drop_path_prob=dpr[bounds[i]:bounds[i + 1]]))
             prev_dim = embed_dim
         self.transformers = nn.ModuleList(stages)
+        # Stage i's map: stride·2^i nominally (timm's numbers; the stem has no padding, so the
+        # grid is ⌊(H − P)/stride⌋ + 1, then halved rounding up, e.g. 27, 14, 7 at 224).
+        self.feature_info = [dict(num_chs=base_dims[i] * heads[i], reduction=stride * 2 ** i,
+                                  module=f"transformers.{i}") for i in range(len(depth))]
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self.num_features = self.embed_dim = embed_dim
 
@@ -169,6 +174,45 @@ class PoolingVisionTransformer(nn.Module):
         for stage in self.transformers:
             x, cls_tokens = stage(x, cls_tokens)
         return self.norm(cls_tokens)
+
+    def _pos_embed(self, grid):
+        """The (1, D₁, h, w) position embedding for a stem grid ``grid``: bilinearly resized
+        (align_corners=False) when it differs from the one it was learned for."""
+        if tuple(grid) == tuple(self.pos_embed.shape[2:]):
+            return self.pos_embed
+        return F.interpolate(self.pos_embed, size=tuple(grid), mode="bilinear", align_corners=False)
+
+    def forward_intermediates(self, x, indices=None, norm: bool = False, stop_early: bool = False,
+                              output_fmt: str = "NCHW", intermediates_only: bool = False):
+        """The stage maps (B, D_i, h_i, w_i) picked by ``indices`` (see ``models/features.py``:
+        each stage's spatial tokens after its blocks, the class token(s) left out), and, unless
+        ``intermediates_only``, the normalised class token(s) (B, T, D) as ``forward_features``.
+
+        As timm, ``norm`` changes nothing (the final LayerNorm is for the class token only).
+        Sizes: any H, W ≥ patch_size; off ``img_size`` the grid position embedding is
+        resized bilinearly (timm's PiT only runs at its ``img_size``; the classifier's
+        ``forward`` here keeps that check too)."""
+        check_output_fmt(output_fmt, ("NCHW",), type(self).__name__)
+        take, last = feature_take_indices(len(self.transformers), indices)
+        name = type(self).__name__
+        check_image(x, None, self.in_chans, name)
+        P = self.patch_embed.patch_size
+        if x.shape[2] < P[0] or x.shape[3] < P[1]:
+            raise ValueError(f"{name}: input {x.shape[2]}×{x.shape[3]} is smaller than the stem's patch {P}; "
+                             f"use images of at least {P[0]}×{P[1]}")
+        x = self.patch_embed.conv(x)                                    # (B, D₁, h, w)
+        x = self.pos_drop(x + self._pos_embed(x.shape[2:]))
+        cls_tokens = self.cls_token.expand(x.shape[0], -1, -1)          # (B, T, D₁)
+        intermediates = []
+        for i, stage in enumerate(self.transformers):
+            if stop_early and i > last:
+                break
+            x, cls_tokens = stage(x, cls_tokens)                        # (B, D_i, h_i, w_i), (B, T, D_i)
+            if i in take:
+                intermediates.append(x)
+        if intermediates_only:
+            return intermediates
+        return (self.norm(cls_tokens) if i == len(self.transformers) - 1 else cls_tokens), intermediates
 
     def forward_head(self, x, pre_logits: bool = False):
         if self.head_dist is None:

@@ -41,6 +41,7 @@ from minivit.layers.mlp import Mlp
 from minivit.layers.patch_embed import PatchEmbed, check_image, to_2tuple
 from minivit.layers.pos_embed import resample_pos_embed
 from minivit.layers.sra import SpatialReductionAttention
+from minivit.models.features import check_output_fmt, feature_take_indices
 from minivit.models.registry import register_model
 
 
@@ -119,6 +120,9 @@ class PyramidVisionTransformer(nn.Module):
                       drop_path=float(dpr[cur + j]), norm_layer=norm_layer)
                 for j in range(depths[i])]))
             cur += depths[i]
+        # Stage i's map: stride patch_size·2^i, width embed_dims[i]; module: its blocks.
+        self.feature_info = [dict(num_chs=embed_dims[i], reduction=patch_size * 2 ** i, module=f"block{i + 1}")
+                             for i in range(num_stages)]
         self.norm = norm_layer(embed_dims[-1])
         self.cls_token = nn.Parameter(np.zeros((1, 1, embed_dims[-1]), np.float32))
         self.num_features = embed_dims[-1]
@@ -175,6 +179,50 @@ class PyramidVisionTransformer(nn.Module):
             if i < self.num_stages - 1:
                 x = x.transpose(1, 2).reshape(B, -1, H, W)     # (B, C_i, h, w) for the next patch embedding
         return self.norm(x)
+
+    def forward_intermediates(self, x, indices=None, norm: bool = False, stop_early: bool = False,
+                              output_fmt: str = "NCHW", intermediates_only: bool = False):
+        """The stage maps (B, C_i, H/s_i, W/s_i) picked by ``indices`` (see ``models/features.py``),
+        and, unless ``intermediates_only``, the final tokens as ``forward_features`` gives them.
+
+        Stage i's map is its tokens after its blocks. The classifier's last stage carries the
+        class token, which attends with the grid tokens there and is left out of the map (the
+        authors' detection backbone instead drops the class token from the model altogether,
+        a different function). ``norm=True`` applies the final LayerNorm to the last stage's
+        map, as timm does for its pyramid transformers. timm has no PVT v1. Sizes: any
+        multiple of the total stride, with the position embeddings resized bilinearly as in
+        ``forward``."""
+        check_output_fmt(output_fmt, ("NCHW",), type(self).__name__)
+        take, last = feature_take_indices(self.num_stages, indices)
+        name = type(self).__name__
+        check_image(x, None, self.in_chans, name)
+        B, _, H, W = x.shape
+        if H % self.stride or W % self.stride:
+            raise ValueError(f"{name}: input {H}×{W} is not divisible by the total stride {self.stride} "
+                             f"(patch_size {self.patch_size} · 2^{self.num_stages - 1}); resize or pad the "
+                             f"input to a multiple of {self.stride}")
+        intermediates, S = [], self.num_stages
+        for i in range(S):
+            if stop_early and i > last:
+                break
+            p = self.patch_sizes[i]
+            x = getattr(self, f"patch_embed{i + 1}")(x)        # (B, h·w, C_i)
+            H, W = H // p, W // p
+            if i == S - 1:                                    # the class token joins in the last stage
+                x = F.cat([self.cls_token.expand(B, -1, -1), x], dim=1)   # (B, 1 + h·w, C)
+            x = getattr(self, f"pos_drop{i + 1}")(x + self._pos_embed(i, (H, W)))
+            for blk in getattr(self, f"block{i + 1}"):
+                x = blk(x, (H, W))
+            grid = x
+            if i == S - 1:
+                grid = (self.norm(x) if norm else x)[:, 1:]   # (B, h·w, C): without the class token
+            grid = grid.transpose(1, 2).reshape(B, -1, H, W)  # (B, C_i, h, w)
+            if i in take:
+                intermediates.append(grid)
+            x = grid if i < S - 1 else x                      # the map feeds the next patch embedding
+        if intermediates_only:
+            return intermediates
+        return (self.norm(x) if i == S - 1 else x), intermediates
 
     def forward_head(self, x, pre_logits: bool = False):
         x = x[:, 0]                                           # (B, C): the class token

@@ -38,6 +38,7 @@ from minivit.layers.conv_mlp import MlpWithDepthwiseConv
 from minivit.layers.overlap_patch_embed import OverlapPatchEmbed
 from minivit.layers.patch_embed import check_image, to_2tuple
 from minivit.layers.sra import SpatialReductionAttention
+from minivit.models.features import check_output_fmt, feature_take_indices
 from minivit.models.registry import register_model
 
 
@@ -153,6 +154,9 @@ class PyramidVisionTransformerV2(nn.Module):
                 norm_layer=norm_layer))
             prev_dim = embed_dims[i]
         self.stages = nn.Sequential(*stages)
+        # Stage i's map: stride patch_stride·2^i (4, 8, 16, 32 with timm's stem), its own LayerNorm applied.
+        self.feature_info = [dict(num_chs=embed_dims[i], reduction=patch_stride * 2 ** i, module=f"stages.{i}")
+                             for i in range(S)]
 
         self.num_features = embed_dims[-1]
         self.head_drop = nn.Dropout(drop_rate)
@@ -182,6 +186,26 @@ class PyramidVisionTransformerV2(nn.Module):
         check_image(x, None, self.in_chans, type(self).__name__)
         x = self.patch_embed(x)                              # (B, H/4, W/4, C₁)
         return self.stages(x)                                # (B, C₄, H/32, W/32)
+
+    def forward_intermediates(self, x, indices=None, norm: bool = False, stop_early: bool = False,
+                              output_fmt: str = "NCHW", intermediates_only: bool = False):
+        """The stage maps (B, C_i, H/s_i, W/s_i) picked by ``indices`` (see ``models/features.py``),
+        and, unless ``intermediates_only``, the last map as ``forward_features`` gives it.
+
+        As timm: every stage already ends in its own LayerNorm, so ``norm`` changes nothing;
+        any input size works (no position embeddings)."""
+        check_output_fmt(output_fmt, ("NCHW",), type(self).__name__)
+        take, last = feature_take_indices(len(self.stages), indices)
+        check_image(x, None, self.in_chans, type(self).__name__)
+        x = self.patch_embed(x)                              # (B, H/4, W/4, C₁)
+        intermediates = []
+        for i, stage in enumerate(self.stages):
+            if stop_early and i > last:
+                break
+            x = stage(x)                                     # (B, C_i, H/s_i, W/s_i)
+            if i in take:
+                intermediates.append(x)
+        return intermediates if intermediates_only else (x, intermediates)
 
     def forward_head(self, x, pre_logits: bool = False):
         if self.global_pool == "avg":

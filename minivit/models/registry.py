@@ -29,20 +29,41 @@ def model_entrypoint(name: str):
     return _MODELS[name]
 
 
-def create_model(name: str, pretrained: bool = False, **overrides):
+# The pyramid models that give multi-scale features (``features_only=True``).
+FEATURE_MODELS = ("pvt_*", "pvt_v2_*", "swin_*", "pit_*", "mvitv2_*", "cvt_*")
+
+
+def create_model(name: str, pretrained: bool = False, features_only: bool = False, out_indices=None,
+                 **overrides):
     """Build a registered model; keyword overrides go to its constructor (timm's names).
 
     ``pretrained=True`` loads the trained weights that ship with the package, offline
     (``minivit.models.pretrained``); the model's ``pretrained_cfg`` then says how they were
-    trained and what they scored."""
+    trained and what they scored.
+
+    ``features_only=True`` (the pyramid models: ``FEATURE_MODELS``) returns the model as a
+    backbone, ``minivit.models.features.FeatureGetterNet``: ``forward(x)`` gives the list
+    of stage maps (B, C_i, H/s_i, W/s_i) picked by ``out_indices`` (None: every stage; an
+    int n: the last n; a list of stage indices), and ``.feature_info`` their channels and
+    strides, as timm."""
     if name not in _MODELS:
         close = difflib.get_close_matches(name, _MODELS, n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise ValueError(f"unknown model {name!r}.{hint} Available: {', '.join(list_models())}")
+    if out_indices is not None and not features_only:
+        raise ValueError(f"create_model: out_indices={out_indices!r} picks feature maps, which needs "
+                         f"features_only=True")
     model = _MODELS[name](**overrides)
     if pretrained:
         from minivit.models.pretrained import load_shipped
         load_shipped(model, name)
+    if features_only:
+        from minivit.models.features import features_only as _features_only, supports_features
+        if not supports_features(model):
+            raise ValueError(f"create_model: {name!r} ({type(model).__name__}) is not a pyramid and has no "
+                             f"multi-scale features, so features_only=True does not apply; it works for "
+                             f"{', '.join(FEATURE_MODELS)}")
+        model = _features_only(model, out_indices)
     return model
 
 

@@ -38,6 +38,7 @@ from minivit.layers.patch_embed import PatchEmbed, check_image, to_2tuple
 from minivit.layers.patch_merging import PatchMerging
 from minivit.layers.window_attention import (WindowAttention, shifted_window_mask, window_partition,
                                              window_reverse)
+from minivit.models.features import check_output_fmt, feature_take_indices
 from minivit.models.registry import register_model
 
 
@@ -309,6 +310,9 @@ class SwinTransformer(nn.Module):
                                  proj_drop=proj_drop_rate, attn_drop=attn_drop_rate,
                                  drop_path=dpr[sum(depths[:i]):sum(depths[:i + 1])], norm_layer=norm_layer)
             for i in range(S)])
+        # Stage i's map (NHWC inside, NCHW out): stride P·2^i, width embed_dim·2^i.
+        self.feature_info = [dict(num_chs=dims[i], reduction=max(self.patch_size) * 2 ** i, module=f"layers.{i}")
+                             for i in range(S)]
         self.norm = norm_layer(self.num_features)
         self.head = ClassifierHead(self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate)
         if weight_init not in ("", "skip"):
@@ -337,6 +341,33 @@ class SwinTransformer(nn.Module):
         x = self.patch_embed(x)                            # (B, H/P, W/P, C)
         x = self.layers(x)                                 # (B, h, w, C·2^(S−1))
         return self.norm(x)
+
+    def forward_intermediates(self, x, indices=None, norm: bool = False, stop_early: bool = False,
+                              output_fmt: str = "NCHW", intermediates_only: bool = False):
+        """The stage maps picked by ``indices`` (see ``models/features.py``) as NCHW
+        (B, C_i, H/s_i, W/s_i) — or as the stages hold them, (B, H/s_i, W/s_i, C_i), with
+        ``output_fmt='NHWC'`` (timm's ``features_only`` Swin returns that layout) — and, unless
+        ``intermediates_only``, the final normalised NHWC map as ``forward_features`` gives it.
+
+        ``norm=True`` applies the final LayerNorm to the last stage's map (the only one it is
+        sized for), as timm. Sizes: only ``img_size`` — the window partition, shift masks and
+        patch merging of every stage are fixed at construction (as timm's default
+        ``strict_img_size``). For another size build the model with that ``img_size`` and load
+        the same state_dict: no parameter depends on the image size."""
+        check_output_fmt(output_fmt, ("NCHW", "NHWC"), type(self).__name__)
+        take, last = feature_take_indices(len(self.layers), indices)
+        x = self.patch_embed(x)                            # (B, H/P, W/P, C)
+        intermediates = []
+        for i, stage in enumerate(self.layers):
+            if stop_early and i > last:
+                break
+            x = stage(x)                                   # (B, H/s_i, W/s_i, C_i)
+            if i in take:
+                x_i = self.norm(x) if norm and i == len(self.layers) - 1 else x
+                intermediates.append(x_i.permute(0, 3, 1, 2) if output_fmt == "NCHW" else x_i)
+        if intermediates_only:
+            return intermediates
+        return (self.norm(x) if i == len(self.layers) - 1 else x), intermediates
 
     def forward_head(self, x, pre_logits: bool = False):
         return self.head(x, pre_logits=pre_logits)
