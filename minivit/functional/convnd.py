@@ -507,7 +507,10 @@ def max_pool3d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
 
 def avg_pool3d(input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,  # noqa: A002
                divisor_override=None):
-    """``torch.nn.functional.avg_pool3d`` on (N, C, D, H, W) or (C, D, H, W); stride defaults to kernel_size."""
+    """``torch.nn.functional.avg_pool3d`` on (N, C, D, H, W) or (C, D, H, W); stride defaults to kernel_size.
+
+    A kernel larger than the input but not than the padded input is allowed, as in avg_pool2d
+    and max_pool3d (PyTorch's avg_pool3d alone refuses it)."""
     k, s, p, d = _pool_args("avg_pool3d", 3, kernel_size, stride, padding)
 
     def run(x):
