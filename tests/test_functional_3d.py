@@ -119,7 +119,8 @@ def test_conv3d_matches_an_explicit_loop(xp):
         for t, i, j in np.ndindex(*y.shape[2:]):
             acc = b[o]
             for c, a, bb, cc in np.ndindex(Cg, 2, 3, 2):
-                acc += xpad[0, g * Cg + c, t * s[0] + a * d[0], i * s[1] + bb * d[1], j * s[2] + cc * d[2]] * w[o, c, a, bb, cc]
+                pos = (t * s[0] + a * d[0], i * s[1] + bb * d[1], j * s[2] + cc * d[2])
+                acc += xpad[(0, g * Cg + c) + pos] * w[o, c, a, bb, cc]
             expect[0, o, t, i, j] = acc
     np.testing.assert_allclose(y, expect, atol=1e-12)
 
@@ -186,7 +187,7 @@ CT_CASES = [  # (x shape, w shape, kwargs)
     ((2, 4, 5, 5), (4, 3, 2, 2), dict(stride=2)),                                  # UNet's 2× up-conv
     ((2, 4, 3, 4), (4, 2, 3, 3), dict(stride=2, padding=1, output_padding=1)),
     ((1, 4, 3, 3), (4, 1, 3, 3), dict(stride=2, padding=1, groups=4)),             # depthwise
-    ((1, 2, 3, 4), (2, 3, 3, 2), dict(output_padding=1, dilation=2)),              # output_padding ≥ stride, < dilation
+    ((1, 2, 3, 4), (2, 3, 3, 2), dict(output_padding=1, dilation=2)),   # output_padding ≥ stride, < dilation
     ((4, 3, 3), (4, 2, 2, 2), dict(stride=(1, 2))),                                # unbatched (C, H, W)
     ((2, 4, 2, 3, 3), (4, 3, 2, 2, 2), dict(stride=2)),                            # UNETR's 2× up-conv
     ((1, 4, 2, 3, 2), (4, 2, 3, 3, 2), dict(stride=(1, 2, 2), padding=(1, 1, 0), output_padding=(0, 1, 1), groups=2)),

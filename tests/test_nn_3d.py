@@ -23,7 +23,8 @@ def test_conv3d_matches_torch(xp, device, kw):
 
 
 @pytest.mark.parametrize("nd", [2, 3])
-@pytest.mark.parametrize("kw", [dict(kernel_size=2, stride=2), dict(kernel_size=3, stride=2, padding=1, output_padding=1),
+@pytest.mark.parametrize("kw", [dict(kernel_size=2, stride=2),
+                                dict(kernel_size=3, stride=2, padding=1, output_padding=1),
                                 dict(kernel_size=3, groups=2, dilation=2, bias=False),
                                 dict(kernel_size=1, stride=3, groups=4)])
 def test_conv_transpose_matches_torch(xp, device, nd, kw):
