@@ -20,7 +20,9 @@ Every op here is built from one of three ideas:
   ``A_hᵀ @ g @ A_w``.
 
 Shapes follow PyTorch: input (N, C, H, W) — or unbatched (C, H, W) — and
-conv weights (C_out, C_in / groups, kH, kW).
+conv weights (C_out, C_in / groups, kH, kW). ``interpolate`` also takes volumes
+(N, C, D, H, W): the same separable weights, one matrix per dim (SeparableNd).
+conv3d, the transposed convs and 3-D pooling are in functional/convnd.py.
 """
 from __future__ import annotations
 
