@@ -51,9 +51,10 @@ _dtype = np.dtype(np.float16)
 
 # PyTorch's CUDA autocast lists, cut down to minivit's ops.
 # GEMMs: float16 inputs, float16 output (cuBLAS accumulates in float32).
-LOWER_PRECISION_OPS = frozenset({"linear", "matmul", "conv2d"})
+LOWER_PRECISION_OPS = frozenset({"linear", "matmul", "conv1d", "conv2d", "conv3d", "conv_transpose2d",
+                                 "conv_transpose3d"})
 # Range- or precision-sensitive: float16 inputs are cast up to float32.
-FLOAT32_OPS = frozenset({"softmax", "log_softmax", "layer_norm", "batch_norm", "gelu",
+FLOAT32_OPS = frozenset({"softmax", "log_softmax", "layer_norm", "batch_norm", "instance_norm", "gelu",
                          "cross_entropy", "nll_loss", "kl_div", "mse_loss"})
 # Everything else (add, mul, relu, dropout, reshapes, ...) runs in its inputs' dtype;
 # mixed float16/float32 operands promote to float32, as NumPy and PyTorch do. Sums and

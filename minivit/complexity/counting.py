@@ -18,6 +18,7 @@ from minivit import autograd, nn
 from minivit.functional.attention import QKVAttention, ScaledDotProductAttention
 from minivit.functional.basic import MatMul
 from minivit.functional.conv import Conv2d as Conv2dOp
+from minivit.functional.convnd import ConvNd, ConvTransposeNd
 from minivit.functional.linear import Linear as LinearOp
 
 
@@ -26,9 +27,12 @@ def op_macs(fn, inputs, out) -> tuple[str, int] | None:
     if isinstance(fn, LinearOp):            # (…, in) @ (in, out): one MAC per output per input feature
         w = inputs[1]
         return "linear", out.numel() * w.shape[1]
-    if isinstance(fn, Conv2dOp):            # each output value sums C_in/groups × kh × kw products
+    if isinstance(fn, (Conv2dOp, ConvNd)):  # each output value sums C_in/groups × Πk products
         w = inputs[1]
         return "conv", out.numel() * int(np.prod(w.shape[1:]))
+    if isinstance(fn, ConvTransposeNd):     # each input value is spread by C_out/groups × Πk products
+        w = inputs[1]
+        return "conv", inputs[0].numel() * int(np.prod(w.shape[1:]))
     if isinstance(fn, MatMul):              # (…, M, K) @ (…, K, N): M·N·K per batch element
         k = inputs[0].shape[-1]
         return "matmul", out.numel() * k

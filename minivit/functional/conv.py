@@ -20,7 +20,9 @@ Every op here is built from one of three ideas:
   ``A_hᵀ @ g @ A_w``.
 
 Shapes follow PyTorch: input (N, C, H, W) — or unbatched (C, H, W) — and
-conv weights (C_out, C_in / groups, kH, kW).
+conv weights (C_out, C_in / groups, kH, kW). ``interpolate`` also takes volumes
+(N, C, D, H, W): the same separable weights, one matrix per dim (SeparableNd).
+conv3d, the transposed convs and 3-D pooling are in functional/convnd.py.
 """
 from __future__ import annotations
 
@@ -827,14 +829,79 @@ _INTERP = {"nearest": _nearest_matrix, "bilinear": _linear_matrix, "bicubic": _c
 _ANTIALIAS = {"bilinear": (_triangle, 2), "bicubic": (_keys_cubic, 4)}
 
 
+class SeparableNd(Function):
+    """y = x ×₁ A₁ ×₂ A₂ … ×ₙ Aₙ on the last n dims (n = 3 for volumes): Separable2d with one
+    fixed matrix A_i (out_i, in_i) per spatial dim. Each output element is a weighted sum of
+    input elements whose weight factors by dim. Linear in x, so backward applies the
+    transposes in the same way: ∂L/∂x = g ×₁ A₁ᵀ … ×ₙ Aₙᵀ."""
+
+    def __init__(self, mats):
+        self.mats = mats                   # host float64 matrices; moved and cast in forward
+
+    @staticmethod
+    def _apply(x, mats):
+        xp = get_array_module(x)
+        lead = x.ndim - len(mats)
+        for a in mats:   # contract the first spatial dim; its new one goes last, so after n the order is back
+            x = xp.tensordot(x, a, axes=([lead], [1]))
+        return x
+
+    def forward(self, x):
+        xp = get_array_module(x)
+        self.mats = [xp.asarray(a, dtype=x.dtype) for a in self.mats]
+        return self._apply(x, self.mats)
+
+    def backward(self, gy):
+        return self._apply(gy, [a.T for a in self.mats])
+
+
+def _interpolate_3d(input, size, scale_factor, mode, align_corners, recompute_scale_factor):  # noqa: A002
+    """interpolate's 5-D case: 'nearest' or 'trilinear', one 1-D matrix per dim (SeparableNd)."""
+    if mode not in ("nearest", "trilinear"):
+        raise ValueError(f"interpolate: a 5-D (N, C, D, H, W) input takes mode 'nearest' or 'trilinear', got "
+                         f"{mode!r}")
+    if align_corners is not None and mode != "trilinear":
+        raise ValueError(f"interpolate: align_corners only applies to 'trilinear' on 5-D input, not {mode!r}")
+    spatial = tuple(input.shape[2:])
+
+    def triple(v, name):
+        if isinstance(v, (tuple, list)):
+            if len(v) != 3:
+                raise ValueError(f"interpolate: {name} for a 5-D input must be a number or 3 numbers, got {v!r}")
+            return tuple(v)
+        return (v, v, v)
+    if size is not None:
+        out = tuple(int(v) for v in triple(size, "size"))
+        scales = (None, None, None)
+    else:
+        scales = tuple(float(v) for v in triple(scale_factor, "scale_factor"))
+        out = tuple(int(math.floor(n * f)) for n, f in zip(spatial, scales))
+        if recompute_scale_factor:
+            scales = (None, None, None)
+    if min(out) < 1:
+        raise ValueError(f"interpolate: output size must be positive, got {out} from input {spatial}")
+    make = _nearest_matrix if mode == "nearest" else _linear_matrix
+    return SeparableNd([make(n, o, bool(align_corners), f) for n, o, f in zip(spatial, out, scales)])(input)
+
+
 def interpolate(input, size=None, scale_factor=None, mode="nearest", align_corners=None,  # noqa: A002
                 recompute_scale_factor=None, antialias=False):
     """``torch.nn.functional.interpolate`` for 4-D input, modes 'nearest', 'bilinear', 'bicubic'
-    and 'area' (= adaptive_avg_pool2d); give exactly one of size and scale_factor.
+    and 'area' (= adaptive_avg_pool2d), and for 5-D input (N, C, D, H, W), modes 'nearest' and
+    'trilinear'; give exactly one of size and scale_factor.
     antialias=True (bilinear, bicubic) is what timm uses to resize position embeddings."""
+    if input.ndim == 5:
+        if antialias:
+            raise ValueError("interpolate: antialias=True needs a 4-D input and mode 'bilinear' or 'bicubic'")
+        if (size is None) == (scale_factor is None):
+            raise ValueError("interpolate: give exactly one of size and scale_factor")
+        return _interpolate_3d(input, size, scale_factor, mode, align_corners, recompute_scale_factor)
     if input.ndim != 4:
-        raise ValueError(f"interpolate: expected a 4-D (N, C, H, W) input, got shape {tuple(input.shape)}; "
-                         f"add a batch dim with x.unsqueeze(0)")
+        raise ValueError(f"interpolate: expected a 4-D (N, C, H, W) or 5-D (N, C, D, H, W) input, got shape "
+                         f"{tuple(input.shape)}; add a batch dim with x.unsqueeze(0)")
+    if mode == "trilinear":
+        raise ValueError(f"interpolate: mode 'trilinear' needs a 5-D (N, C, D, H, W) input, got shape "
+                         f"{tuple(input.shape)}; use 'bilinear' for images")
     if mode not in _INTERP and mode != "area":
         raise ValueError(f"interpolate: mode must be one of {sorted(_INTERP) + ['area']}, got {mode!r}")
     if antialias and mode not in _ANTIALIAS:

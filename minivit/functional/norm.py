@@ -1,6 +1,7 @@
-"""Normalisation: layer_norm (every transformer block) and batch_norm (CNN stems, hybrids).
+"""Normalisation: layer_norm (every transformer block), batch_norm (CNN stems, hybrids) and
+instance_norm (3-D segmentation networks: per sample and channel, over the spatial dims).
 
-Both are one fused Function with the closed-form backward. With
+Each is one fused Function with the closed-form backward. With
 x̂ = (x − μ)/σ, σ = √(var + ε), the statistics taken over n elements, and
 g' = ∂L/∂x̂ (the incoming gradient times the weight):
 
@@ -383,13 +384,13 @@ class BatchNorm(Function):
         return tuple(grads)
 
 
-def _stat_array(name, s, channels):
+def _stat_array(name, s, channels, op="batch_norm"):
     """Running statistics may be arrays or Tensors; we update the array itself, in place."""
     if s is None:
         return None
     arr = s.data if isinstance(s, Tensor) else s
     if tuple(arr.shape) != (channels,):
-        raise ValueError(f"batch_norm: {name} must have shape ({channels},) (one value per channel), "
+        raise ValueError(f"{op}: {name} must have shape ({channels},) (one value per channel), "
                          f"got {tuple(arr.shape)}")
     return arr
 
@@ -464,3 +465,105 @@ def normalize(input, p: float = 2.0, dim: int = 1, eps: float = 1e-12):  # noqa:
     if not -input.ndim <= dim < input.ndim:
         raise ValueError(f"normalize: dim={dim} is out of range for a tensor of {input.ndim} dims")
     return Normalize(dim % input.ndim, eps)(input)
+
+
+# =========================================================================== instance norm
+class InstanceNorm(Function):
+    """Instance normalisation (Ulyanov, Vedaldi & Lempitsky, "Instance Normalization: The Missing
+    Ingredient for Fast Stylization", 2016): x (N, C, *) normalised per sample and channel over
+    its spatial dims *, then scaled and shifted per channel.
+
+    With input statistics (``use_input_stats``) μ and σ² (biased) are each (n, c) slice's own,
+    and backward is the module docstring's formula with the means over the spatial dims. If
+    running statistics are given they are updated as batch norm's would be for the batch
+    reshaped to (1, N·C, *), then averaged over N: running ← (1 − m)·running + m·mean_n(stat),
+    the variance unbiased (× S/(S−1), S spatial elements), as PyTorch. Without input statistics
+    the running ones are constants, the op is affine per channel and ∂L/∂x = g ⊙ w / σ_running.
+    Inputs: x, then the weight if ``has_weight``, then the bias if ``has_bias``.
+    """
+
+    def __init__(self, running_mean, running_var, use_input_stats, momentum, eps, has_weight, has_bias):
+        self.running_mean, self.running_var = running_mean, running_var
+        self.use_input_stats, self.momentum, self.eps = use_input_stats, momentum, eps
+        self.has_weight, self.has_bias = has_weight, has_bias
+
+    def forward(self, x, *params):
+        w = params[0] if self.has_weight else None
+        b = params[-1] if self.has_bias else None
+        self.axes = tuple(range(2, x.ndim))                         # the spatial dims
+        pshape = (1, x.shape[1]) + (1,) * (x.ndim - 2)               # (1, C, 1, ...): per channel
+        if self.use_input_stats:
+            mu = x.mean(axis=self.axes, keepdims=True)               # (N, C, 1, ...)
+            xc = x - mu
+            var = (xc * xc).mean(axis=self.axes, keepdims=True)      # biased: used to normalise
+            self._update_running_stats(mu, var, n=math.prod(x.shape[2:]))
+        else:
+            mu = self.running_mean.reshape(pshape).astype(x.dtype, copy=False)
+            var = self.running_var.reshape(pshape).astype(x.dtype, copy=False)
+            xc = x - mu
+        self.rstd = 1 / (var + self.eps) ** 0.5                       # (N, C, 1, ...) or (1, C, 1, ...)
+        self.xhat = xc * self.rstd
+        self.w = None if w is None else w.reshape(pshape)
+        y = self.xhat if w is None else self.xhat * self.w
+        return y if b is None else y + b.reshape(pshape)
+
+    def _update_running_stats(self, mu, var, n):
+        m = self.momentum
+        if self.running_mean is not None:
+            rm = self.running_mean
+            rm *= 1 - m
+            rm += (m * mu.reshape(mu.shape[:2]).mean(axis=0)).astype(rm.dtype, copy=False)
+        if self.running_var is not None:
+            rv = self.running_var
+            rv *= 1 - m
+            rv += (m * n / (n - 1) * var.reshape(var.shape[:2]).mean(axis=0)).astype(rv.dtype, copy=False)
+
+    def backward(self, gy):
+        grads = [None]
+        if self.needs_grad[0]:
+            gxhat = gy if self.w is None else gy * self.w            # g' = ∂L/∂x̂
+            if self.use_input_stats:
+                grads[0] = _normalise_backward(gxhat, self.xhat, self.rstd, self.axes)
+            else:
+                grads[0] = gxhat * self.rstd
+        summed = (0,) + self.axes                                     # every dim but the channel one
+        if self.has_weight:
+            grads.append((gy * self.xhat).sum(axis=summed) if self.needs_grad[len(grads)] else None)
+        if self.has_bias:
+            grads.append(gy.sum(axis=summed) if self.needs_grad[len(grads)] else None)
+        return tuple(grads)
+
+
+def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=None,  # noqa: A002
+                  use_input_stats=True, momentum=0.1, eps=1e-5):
+    """``torch.nn.functional.instance_norm``: input (N, C, *) with at least one spatial dim
+    (3-D, 4-D or 5-D in the InstanceNorm1d/2d/3d modules), normalised per sample and channel.
+
+    use_input_stats=True: each slice's own statistics (running_mean / running_var, when given,
+    are updated in place). False: the running statistics, which must then be given."""
+    if amp._enabled:                                  # autocast: float32 statistics (minivit.amp's policy)
+        input, weight, bias = amp.cast_inputs("instance_norm", input, weight, bias)
+    if input.ndim < 3:
+        raise ValueError(f"instance_norm: input must be (N, C, *) with at least one spatial dim, got shape "
+                         f"{tuple(input.shape)}; add a batch dim with x.unsqueeze(0)")
+    c = input.shape[1]
+    rm = _stat_array("running_mean", running_mean, c, "instance_norm")
+    rv = _stat_array("running_var", running_var, c, "instance_norm")
+    if not use_input_stats and (rm is None or rv is None):
+        raise ValueError("instance_norm: use_input_stats=False needs running_mean and running_var; pass them, "
+                         "or use use_input_stats=True to normalise with each instance's statistics")
+    if use_input_stats and math.prod(input.shape[2:]) <= 1:
+        raise ValueError(f"instance_norm: expected more than 1 spatial element when using input statistics, "
+                         f"got input shape {tuple(input.shape)}")
+    if not isinstance(momentum, (int, float)) or not 0.0 <= momentum <= 1.0:
+        raise ValueError(f"instance_norm: momentum must be a number in [0, 1], got {momentum!r}")
+    for name, p in (("weight", weight), ("bias", bias)):
+        if p is not None and tuple(p.shape) != (c,):
+            raise ValueError(f"instance_norm: {name} must have shape ({c},) (one value per channel), got {p.shape}")
+    _check_dtype("instance_norm", input, weight=weight, bias=bias)
+    params = [p for p in (weight, bias) if p is not None]
+    fn = InstanceNorm(rm, rv, bool(use_input_stats), momentum, eps, weight is not None, bias is not None)
+    return fn(input, *params)
+
+
+__all__ = ["layer_norm", "batch_norm", "instance_norm"]
