@@ -426,7 +426,7 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     return fn(input, *params)
 
 
-__all__ = ["layer_norm", "batch_norm"]
+__all__ = ["layer_norm", "batch_norm", "instance_norm", "normalize"]
 
 
 # =========================================================================== L2 normalisation
