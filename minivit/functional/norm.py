@@ -426,9 +426,6 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     return fn(input, *params)
 
 
-__all__ = ["layer_norm", "batch_norm", "instance_norm", "normalize"]
-
-
 # =========================================================================== L2 normalisation
 class Normalize(Function):
     """y = x / n, n = max(‖x‖₂, ε) along ``dim`` (one op; ``layers.xca.l2_normalize`` is the
@@ -566,4 +563,4 @@ def instance_norm(input, running_mean=None, running_var=None, weight=None, bias=
     return fn(input, *params)
 
 
-__all__ = ["layer_norm", "batch_norm", "instance_norm"]
+__all__ = ["layer_norm", "batch_norm", "instance_norm", "normalize"]
