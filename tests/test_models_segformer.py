@@ -345,10 +345,23 @@ def test_mit_encoder_parameter_counts(variant, encoder_m, decoder_dim):
     assert minivit.models.segformer._DECODER_DIM[variant] == decoder_dim
 
 
-def test_segformer_b0_full_parameter_count():
-    m = create_model("segformer_b0")
+def test_segformer_b0_full_parameter_count_and_macs():
+    """3.8M parameters (decoder 0.4M) with 150 classes, the same count as Hugging Face's B0
+    (its default config); 8.4 GFLOPs (= GMACs) at ADE20K's 512×512, most of them the decoder's."""
+    import minivit as mv
+    from minivit.complexity import count_macs
+    m = create_model("segformer_b0").eval()
     n = m.num_parameters()
     assert m.num_classes == 150 and m.decode_head.embed_dim == 256
     assert abs(n / 1e6 - 3.8) / 3.8 < 0.015, n
     enc = m.backbone.num_parameters()
     assert abs((n - enc) / 1e6 - 0.4) / 0.4 < 0.1            # the paper's decoder column: 0.4M
+    if hf_or_skip():
+        import transformers
+        cfg = transformers.SegformerConfig(num_labels=150)
+        assert n == transformers.SegformerForSemanticSegmentation(cfg).num_parameters()
+        assert enc == transformers.SegformerModel(cfg).num_parameters() == create_model("mit_b0").num_parameters()
+    r = count_macs(m, mv.zeros(1, 3, 512, 512))
+    decoder = sum(v for k, v in r.by_module.items() if k.startswith("decode_head"))
+    assert abs(r.total / 1e9 - 8.4) / 8.4 < 0.01, r.total
+    assert 0.5 < decoder / r.total < 0.7                    # the decoder's fuse at 128×128 dominates B0
