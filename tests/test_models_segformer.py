@@ -93,7 +93,7 @@ def _our_grads(model, x, R, xp):
     return host(logits), host(tx.grad), {k: host(p.grad) for k, p in model.named_parameters()}
 
 
-def _check_grads(ours, theirs, zero=()):
+def _check_grads(ours, theirs, zero=(), encoder_prefix="backbone."):
     """Logits within 1e-10; the input's and every parameter's gradient within 1e-8 of Hugging
     Face's, relative to its size. Our ``kv`` is Hugging Face's ``k_proj`` and ``v_proj`` stacked;
     the key bias gets exactly no gradient (it adds one q·b to a whole row of logits, which
@@ -106,7 +106,7 @@ def _check_grads(ours, theirs, zero=()):
     largest = max(np.abs(g).max() for g in g2.values())
     seen = set()
     for hf_name, ref in g2.items():
-        name = hf_key_to_minivit(hf_name)
+        name = hf_key_to_minivit(hf_name, encoder_prefix)
         seen.add(name)
         got = g1[name]
         if ".k_proj." in hf_name or ".v_proj." in hf_name:
@@ -162,6 +162,17 @@ def test_encoder_maps_match_transformers(name):
         np.testing.assert_allclose(host(final), ref_enc.last_hidden_state.numpy(), rtol=0, atol=1e-10)
         for a, b in zip(maps, ref_enc.hidden_states):
             np.testing.assert_allclose(host(a), b.numpy(), rtol=0, atol=1e-10)
+
+
+def test_image_classifier_matches_transformers_float64(xp, device):
+    """SegformerForImageClassification (the MiT pre-training model): token mean → Linear."""
+    torch = pytest.importorskip("torch")
+    hf = make_hf("three_stages", torch.float64, cls="SegformerForImageClassification")
+    model = from_transformers(hf).to(device)
+    assert isinstance(model, MixVisionTransformer) and model.num_classes == 3
+    x = hf_input((36, 44), torch.float64)
+    R = np.random.default_rng(4).standard_normal((2, 3))
+    _check_grads(_our_grads(model, x, R, xp), _torch_grads(hf, x, R), encoder_prefix="")
 
 
 def test_logits_match_transformers_float32():

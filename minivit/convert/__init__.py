@@ -56,6 +56,7 @@ _TRANSFORMERS = {
     "CvtForImageClassification": "cvt",
     "SegformerForSemanticSegmentation": "segformer",
     "SegformerModel": "segformer",
+    "SegformerForImageClassification": "segformer",
 }
 
 

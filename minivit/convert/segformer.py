@@ -1,12 +1,14 @@
-"""SegFormer from Hugging Face transformers' ``SegformerForSemanticSegmentation`` / ``SegformerModel``.
+"""SegFormer from Hugging Face transformers' ``SegformerForSemanticSegmentation``, ``SegformerModel``
+and ``SegformerForImageClassification``.
 
 timm has no SegFormer, so the reference is Hugging Face's port. Transformers 5 renamed
 its keys (``segformer.encoder.block.{i}.{j}`` became ``segformer.stages.{i}.blocks.{j}``);
 this module follows the installed 5.x names. It reads the architecture off
 ``hf_model.config`` and the modules, builds the matching :class:`Segformer` (or, for
-``SegformerModel``, the :class:`MixVisionTransformer` encoder), and renames the keys:
+``SegformerModel``, the :class:`MixVisionTransformer` encoder; for
+``SegformerForImageClassification``, the encoder with its ``head``), and renames the keys:
 
-    Hugging Face (segformer. prefix dropped for SegformerModel)     minivit (backbone. prefix likewise)
+    Hugging Face (no segformer. in SegformerModel)                    minivit (no backbone. in the encoder alone)
     segformer.stages.{i}.patch_embeddings.proj / .layer_norm          backbone.stages.{i}.patch_embed.proj / .norm
     segformer.stages.{i}.blocks.{j}.…                                 backbone.stages.{i}.blocks.{j}.…
       layernorm_before / layernorm_after                                norm1 / norm2
@@ -16,6 +18,7 @@ this module follows the installed 5.x names. It reads the architecture off
       mlp.fc1 / mlp.dwconv.dwconv / mlp.fc2                             mlp.fc1 / mlp.dwconv / mlp.fc2
     segformer.stages.{i}.layer_norm                                   backbone.stages.{i}.norm
     decode_head.…                                                     decode_head.… (the same names)
+    classifier (SegformerForImageClassification)                      head
 
 Hugging Face's LayerNorms all have PyTorch's eps 1e-5 (its ``config.layer_norm_eps`` is
 not used; the authors' blocks use 1e-6): the eps is read off the modules.
@@ -32,10 +35,10 @@ import numpy as np
 from minivit import nn
 from minivit.models.segformer import MixVisionTransformer, Segformer
 
-SUPPORTED = ("SegformerForSemanticSegmentation", "SegformerModel")
+SUPPORTED = ("SegformerForSemanticSegmentation", "SegformerModel", "SegformerForImageClassification")
 
 _RENAMES = [
-    (r"^segformer\.", "backbone."),
+    (r"^classifier\.", "head."),
     (r"\.patch_embeddings\.layer_norm\.", ".patch_embed.norm."),
     (r"\.patch_embeddings\.proj\.", ".patch_embed.proj."),
     (r"\.layernorm_before\.", ".norm1."),
@@ -49,15 +52,18 @@ _RENAMES = [
 ]
 
 
-def hf_key_to_minivit(key: str) -> str:
+def hf_key_to_minivit(key: str, encoder_prefix: str = "backbone.") -> str:
     """One Hugging Face SegFormer key → minivit's; ``…attention.k_proj.…`` / ``v_proj`` map to
-    ``…attn.kv.…`` (the two halves of one tensor, see :func:`convert_state_dict`)."""
+    ``…attn.kv.…`` (the two halves of one tensor, see :func:`convert_state_dict`). Hugging Face's
+    ``segformer.`` becomes ``encoder_prefix``: ``backbone.`` in a :class:`Segformer`, ``""`` when
+    the twin is the encoder itself (SegformerForImageClassification)."""
+    key = re.sub(r"^segformer\.", encoder_prefix, key)
     for pattern, repl in _RENAMES:
         key = re.sub(pattern, repl, key)
     return re.sub(r"\.attention\.[kv]_proj\.", ".attn.kv.", key)
 
 
-def convert_state_dict(hf_state: dict) -> dict:
+def convert_state_dict(hf_state: dict, encoder_prefix: str = "backbone.") -> dict:
     """Rename a Hugging Face SegFormer state_dict ({key: array}); K and V side by side into ``kv``."""
     out = {}
     for k, v in hf_state.items():
@@ -65,7 +71,7 @@ def convert_state_dict(hf_state: dict) -> dict:
             continue                                         # joined with its k_proj below
         if ".attention.k_proj." in k:
             v = np.concatenate([v, hf_state[k.replace(".k_proj.", ".v_proj.")]], axis=0)   # (2C, …): K, then V
-        out[hf_key_to_minivit(k)] = v
+        out[hf_key_to_minivit(k, encoder_prefix)] = v
     return out
 
 
@@ -102,6 +108,8 @@ def build_from_transformers(hf_model):
                 norm_layer=partial(nn.LayerNorm, eps=eps))
     if name == "SegformerModel":
         return MixVisionTransformer(num_classes=0, **args)
+    if name == "SegformerForImageClassification":              # token mean → Linear, no dropout
+        return MixVisionTransformer(num_classes=cfg.num_labels, **args)
     return Segformer(num_classes=cfg.num_labels, decoder_dim=cfg.decoder_hidden_size,
                      decoder_dropout=cfg.classifier_dropout_prob, **args)
 
@@ -112,7 +120,8 @@ def from_transformers(hf_model, dtype=None):
     Hugging Face model's own."""
     from minivit.convert import torch_state_dict
     model = build_from_transformers(hf_model)
-    state = convert_state_dict(torch_state_dict(hf_model))
+    prefix = "" if type(hf_model).__name__ == "SegformerForImageClassification" else "backbone."
+    state = convert_state_dict(torch_state_dict(hf_model), prefix)
     if dtype is None:
         dtype = next(iter(v.dtype for v in state.values() if v.dtype.kind == "f"), np.float32)
     model.to(dtype=dtype)

@@ -10,18 +10,18 @@ Two parts, read beside the paper's §3 and Fig. 2:
     depth_i × [ x = x + Attn(LN(x)),  x = x + Mix-FFN(LN(x)) ]
     LayerNorm, back to (B, C_i, h, w)
 
-* *Efficient self-attention* (eq. 2): K and V are shortened by the reduction ratio R
-  (``sr_ratios`` 8, 4, 2, 1): K̂ = Reshape(N/R, C·R)(K), K = Linear(C·R, C)(K̂), which
-  is a conv with kernel = stride = R followed by LayerNorm. This is exactly PVT's
-  spatial-reduction attention, ``layers/sra.py``; cost O(N²/R) per the paper's
-  convention (N = hw tokens, R there is the reduction of the *sequence*, R² here).
+* *Efficient self-attention* (eq. 2): the sequence of K and V is shortened R times,
+  K̂ = Reshape(N/R, C·R)(K), K = Linear(C·R, C)(K̂), cutting attention from O(N²) to
+  O(N²/R) (N = hw tokens). The paper's R = 64, 16, 4, 1 counts tokens; on the grid it is
+  an sr×sr cell with ``sr_ratios`` = √R = 8, 4, 2, 1, i.e. a conv with kernel = stride =
+  sr, then LayerNorm. This is exactly PVT's spatial-reduction attention, ``layers/sra.py``.
 * *Mix-FFN* (eq. 3): x_out = MLP(GELU(Conv3×3(MLP(x_in)))) + x_in, the 3×3 conv
   depthwise; its zero padding leaks position information, so there is **no position
   encoding** and a model trained at one resolution runs at any other. This is PVT v2's
   convolutional feed-forward, ``layers/conv_mlp.py`` (MLP ratio 4 in every stage).
 
-So a MiT stage is a PVT v2 stage (``models/pvt_v2.py``; the two papers came out the
-same month from overlapping authors) with every stage's patch embedding configurable,
+So a MiT stage is a PVT v2 stage (``models/pvt_v2.py``; the two papers share authors and
+appeared a month apart) with every stage's patch embedding configurable,
 and the blocks here *are* :class:`minivit.models.pvt_v2.Block`.
 
 **All-MLP decoder (§3.2, eq. 4)** — with F_i the stage-i map (C_i channels, H/s_i × W/s_i):
