@@ -376,3 +376,15 @@ def test_segformer_b0_full_parameter_count_and_macs():
     decoder = sum(v for k, v in r.by_module.items() if k.startswith("decode_head"))
     assert abs(r.total / 1e9 - 8.4) / 8.4 < 0.01, r.total
     assert 0.5 < decoder / r.total < 0.7                    # the decoder's fuse at 128×128 dominates B0
+
+
+def test_the_classifier_starts_near_zero():
+    """A fresh SegFormer's first logits are small (classifier N(0, 0.01²), as mmsegmentation's), so the
+    first per-pixel loss is near log K, not the 11.8 of a classifier initialised like the encoder's convs."""
+    import minivit as mv
+    from minivit.models import create_model
+    mv.manual_seed(0)
+    model = create_model("segformer_tiny", num_classes=5)
+    out = model(mv.randn(2, 3, 64, 64)).numpy()
+    assert np.abs(out).max() < 1.0
+    assert np.allclose(model.decode_head.classifier.bias.numpy(), 0)
