@@ -43,7 +43,20 @@ def curves_figure(metrics: list[dict], title: str = ""):
     epochs = [m["epoch"] for m in metrics]
     fig = _figure((10, 4))
     ax_loss, ax_acc = fig.subplots(1, 2)
-    for ax, key, label, scale in ((ax_loss, "loss", "loss", 1), (ax_acc, "acc", "accuracy (%)", 100)):
+    panels = ((ax_loss, "loss", "loss", 1), (ax_acc, "acc", "accuracy (%)", 100))
+    if any("test_miou" in m for m in metrics):          # segmentation: test mIoU and pixel accuracy
+        panels = panels[:1]
+        for key, label in (("test_miou", "test mIoU"), ("test_pixel_acc", "test pixel accuracy")):
+            pts = [(m["epoch"], 100 * m[key]) for m in metrics if m.get(key) is not None]
+            if pts:
+                ax_acc.plot(*zip(*pts), "s-" if len(pts) < 30 else "-", label=label, ms=3)
+        ax_acc.set_xlabel("epoch")
+        ax_acc.set_ylabel("%")
+        ax_acc.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+        ax_acc.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
+        ax_acc.grid(alpha=0.3)
+        ax_acc.legend()
+    for ax, key, label, scale in panels:
         train = [scale * m[f"train_{key}"] for m in metrics]
         test = [(m["epoch"], scale * m[f"test_{key}"]) for m in metrics if m.get(f"test_{key}") is not None]
         ax.plot(epochs, train, "o-" if len(epochs) < 30 else "-", label="train", ms=3)

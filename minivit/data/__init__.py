@@ -27,7 +27,7 @@ from minivit.data.cifar10 import (CIFAR10_CLASSES, CIFAR10_MD5, CIFAR10_URL, Dat
                                   load_official_folder)
 from minivit.data.loader import DeviceLoader  # noqa: F401
 from minivit.data.segmentation import (IGNORE_INDEX, SHAPES_CLASSES, SHAPES_SIZES,  # noqa: F401
-                                       SegmentationSplit, load_shapes)
+                                       SegmentationAugment, SegmentationSplit, load_shapes)
 from minivit.data.synthetic import SYNTHETIC_CLASSES, load_synthetic  # noqa: F401
 
 DATASETS = ("cifar10", "synthetic", "shapes")

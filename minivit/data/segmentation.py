@@ -38,6 +38,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from minivit.data.augment import CIFAR10_MEAN, CIFAR10_STD, CounterRNG, normalize
 from minivit.data.cifar10 import ImageDataset
 
 IGNORE_INDEX = 255
@@ -85,6 +86,24 @@ class SegmentationSplit:
     def stratified(self, n: int) -> "SegmentationSplit":
         """Every image holds several classes: the first ``n`` (a fixed choice, as ``subset``)."""
         return self.subset(n)
+
+
+class SegmentationAugment:
+    """The training augmentation of ``--task segmentation``, on the device: a random horizontal
+    flip of each image *and its mask* (``hflip``), then normalisation. Drawn from (seed, epoch, step)
+    by a :class:`CounterRNG`, so a resumed run replays it. Called as :class:`Augment` is, by
+    :class:`minivit.data.DeviceLoader`: ``(images, masks, epoch, step) → (x, masks)``."""
+
+    def __init__(self, xp, hflip: bool = True, seed: int = 0, mean=CIFAR10_MEAN, std=CIFAR10_STD):
+        self.rng, self.hflip, self.mean, self.std = CounterRNG(xp, seed), hflip, mean, std
+        self.xp = xp
+
+    def __call__(self, images, masks, epoch: int, step: int):
+        if self.hflip:
+            flip = self.rng.uniform((len(images),), epoch, step, 7) < 0.5                 # (B,)
+            images = self.xp.where(flip[:, None, None, None], images[..., ::-1], images)
+            masks = self.xp.where(flip[:, None, None], masks[..., ::-1], masks)
+        return normalize(images, self.mean, self.std), masks
 
 
 def _texture(rng, n: int, yy, xx):
