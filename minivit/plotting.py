@@ -102,3 +102,41 @@ def plot_confusion(cm: np.ndarray, classes, path, title: str = "") -> Path:
         ax.set_title(title)
     _save(fig, path)
     return Path(path)
+
+
+def mask_colors(num_classes: int, ignore_index: int = 255):
+    """(256, 3) uint8 palette: class c a distinct colour (background black), ``ignore_index`` white."""
+    from matplotlib import colormaps
+    tab = (np.array(colormaps["tab10"].colors) * 255).astype(np.uint8)
+    pal = np.zeros((256, 3), dtype=np.uint8)
+    for c in range(1, num_classes):
+        pal[c] = tab[(c - 1) % len(tab)]
+    pal[ignore_index] = 255
+    return pal
+
+
+def plot_masks(images, true_masks, pred_masks, classes, path, title: str = "", ignore_index: int = 255) -> Path:
+    """A grid of n rows: the image (uint8 (n, 3, H, W)), its true mask and the predicted mask
+    ((n, H, W) class indices), side by side, with a legend of the class colours (white: ignore)."""
+    from matplotlib.patches import Patch
+    images, true_masks, pred_masks = (np.asarray(backend.to_numpy(a)) for a in (images, true_masks, pred_masks))
+    n = len(images)
+    pal = mask_colors(len(classes), ignore_index)
+    fig = _figure((6.0, 1.9 * n + 0.8))
+    axes = np.asarray(fig.subplots(n, 3, squeeze=False))
+    for i in range(n):
+        for j, (pic, name) in enumerate(((images[i].transpose(1, 2, 0), "image"),
+                                         (pal[true_masks[i]], "true mask"), (pal[pred_masks[i]], "predicted"))):
+            ax = axes[i, j]
+            ax.imshow(pic, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(name, fontsize=9)
+    handles = [Patch(color=pal[c] / 255, label=name) for c, name in enumerate(classes)]
+    handles.append(Patch(facecolor="white", edgecolor="grey", label=f"ignore ({ignore_index})"))
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=8, frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    _save(fig, path)
+    return Path(path)

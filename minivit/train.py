@@ -284,12 +284,22 @@ def evaluate_segmentation(model, loader, num_classes: int, precision: str = "fp3
 
 def model_task(model, x) -> str:
     """'segmentation' if the model maps images to per-pixel logits (B, K, h, w), else 'classification'
-    (logits (B, K), or a distilled DeiT's pair): one forward pass of a single image, in eval mode."""
+    (logits (B, K), or a distilled DeiT's pair). A model's ``task`` attribute says it; else one forward
+    pass of a single image in eval mode tells (a classifier built for other image sizes, which cannot
+    take the image, is told by its ``forward_head``)."""
+    if getattr(model, "task", None) in TASKS:
+        return model.task
     was_training = model.training
     model.eval()
-    with no_grad():
-        out = model(Tensor(x[:1]))
-    model.train(was_training)
+    try:
+        with no_grad():
+            out = model(Tensor(x[:1]))
+    except ValueError:
+        if hasattr(model, "forward_head"):
+            return "classification"
+        raise
+    finally:
+        model.train(was_training)
     return "segmentation" if not isinstance(out, (tuple, list)) and out.ndim == 4 else "classification"
 
 
@@ -449,7 +459,7 @@ def _resolve_task(cfg: dict) -> None:
                                 ("--teacher", cfg["teacher"]), ("--distillation", cfg["distillation"] not in
                                                                 (None, "none"))) if on]
         if used:
-            raise cli.UsageError(f"{', '.join(used)} apply to classification only; --task segmentation trains "
+            raise cli.UsageError(f"{', '.join(used)}: classification only; --task segmentation trains "
                                  f"with horizontal flips of image and mask (--no-hflip to turn them off): drop them")
         cfg["crop_padding"] = 0                 # a crop would have to move the mask too: not done
 
@@ -1002,7 +1012,7 @@ def _curves_title(cfg: dict) -> str:
     source = str(cfg.get("data_source", "")).split(" (")[0]          # without "(decoded cache ...)"
     subset = " (--subset)" if cfg.get("subset") else ""
     return (f"{cfg['model']} on {cfg['dataset']}: {cfg['n_train']:,} train images{subset}, {cfg['n_test']:,} test"
-            + (f", from {Path(source).name}" if source and cfg["dataset"] != "synthetic" else ""))
+            + (f", from {Path(source).name}" if source and cfg["dataset"] not in ("synthetic", "shapes") else ""))
 
 
 def main(argv=None) -> dict:
