@@ -156,8 +156,9 @@ def ignore_borders(masks: np.ndarray, ignore_index: int = IGNORE_INDEX) -> np.nd
 
 
 def make_shapes_scenes(rng: np.random.Generator, n: int, size: int = 64, max_shapes: int = 6,
-                       noise: float = 0.04):
-    """``n`` scenes → (images (n, 3, size, size) uint8, masks (n, size, size) int64)."""
+                       noise: float = 0.04, ignore: bool = True):
+    """``n`` scenes → (images (n, 3, size, size) uint8, masks (n, size, size) int64);
+    ``ignore=False``: the masks without the ignore label on the borders."""
     yy, xx = np.meshgrid(np.arange(size, dtype=np.float32), np.arange(size, dtype=np.float32), indexing="ij")
     img = _coloured(rng, n, _texture(rng, n, yy, xx))                  # (n, 3, H, W) background
     mask = np.zeros((n, size, size), dtype=np.int64)
@@ -184,7 +185,7 @@ def make_shapes_scenes(rng: np.random.Generator, n: int, size: int = 64, max_sha
         mask = np.where((dist < 0) & present, kind[:, None, None], mask)
     img = img + rng.standard_normal(size=img.shape, dtype=np.float32) * np.float32(noise)
     images = np.clip(np.rint(img * 255), 0, 255).astype(np.uint8)
-    return images, ignore_borders(mask)
+    return images, ignore_borders(mask) if ignore else mask
 
 
 def shapes_split(n: int, seed, size: int = 64) -> SegmentationSplit:
