@@ -190,6 +190,7 @@ class SegmentationLoss:
         return segmentation_cross_entropy(outputs, target, self.ignore_index, self.label_smoothing)
 
 
-__all__ = ["upsample_logits", "segmentation_cross_entropy", "SegmentationLoss", "cross_entropy", "soft_distillation_term", "hard_distillation_term", "soft_distillation_loss",
+__all__ = ["upsample_logits", "segmentation_cross_entropy", "SegmentationLoss",
+           "cross_entropy", "soft_distillation_term", "hard_distillation_term", "soft_distillation_loss",
            "hard_distillation_loss", "distillation_loss", "DistillationLoss", "merge_heads",
            "DISTILLATION_TYPES"]

@@ -26,12 +26,12 @@ def segmentation_confusion(labels, preds, num_classes: int, ignore_index: int = 
     if tuple(labels.shape) != tuple(preds.shape):
         raise ValueError(f"segmentation_confusion: labels {tuple(labels.shape)} and predictions "
                          f"{tuple(preds.shape)} must have the same shape")
-    labels, preds = labels.reshape(-1), preds.reshape(-1)
-    keep = labels != ignore_index
-    t, p = labels[keep].astype(np.int64), preds[keep].astype(np.int64)
-    idx = t * num_classes + p
-    return xp.bincount(idx, minlength=num_classes * num_classes)[:num_classes * num_classes].reshape(
-        num_classes, num_classes)
+    k2 = num_classes * num_classes
+    t, p = labels.reshape(-1).astype(np.int64), preds.reshape(-1).astype(np.int64)
+    # Ignored pixels go to an extra bin k², dropped after counting: no boolean indexing, so on a
+    # GPU nothing waits for the device (the count of kept pixels is never needed on the host).
+    idx = xp.where(t != ignore_index, t * num_classes + p, k2)
+    return xp.bincount(idx, minlength=k2 + 1)[:k2].reshape(num_classes, num_classes)
 
 
 def iou_per_class(cm) -> np.ndarray:

@@ -834,8 +834,9 @@ class Trainer:
                       desc=f"epoch {epoch + 1}/{cfg['epochs']} test")
             if self.segmentation:
                 ev = evaluate_segmentation(self.model, self.test_loader, self.dataset.num_classes,
-                                           cfg.get("precision", "fp32"), ignore_index=self.dataset.test.ignore_index, **kw)
-                record["test_loss"], record["test_miou"], record["test_pixel_acc"] = ev["loss"], ev["miou"], ev["pixel_acc"]
+                                           cfg.get("precision", "fp32"), ignore_index=self.dataset.test.ignore_index,
+                                           **kw)
+                record.update(test_loss=ev["loss"], test_miou=ev["miou"], test_pixel_acc=ev["pixel_acc"])
                 score = ev["miou"]                                  # best.ckpt: the best mIoU
             else:
                 ev = evaluate(self.model, self.test_loader, cfg.get("precision", "fp32"), **kw)
@@ -999,7 +1000,8 @@ def _plural(n: int, word: str) -> str:
 def _already_finished(ckpt: dict, run_dir: Path, log) -> dict:
     """--resume of a run that has done all its epochs: say so, and how to train longer."""
     epochs, best = ckpt["config"]["epochs"], ckpt.get("best_epoch")
-    acc = f"; best test accuracy {ckpt.get('best_acc', 0):.2%} at epoch {best}" if best is not None else ""
+    what = "mIoU" if ckpt["config"].get("task") == "segmentation" else "accuracy"
+    acc = f"; best test {what} {ckpt.get('best_acc', 0):.2%} at epoch {best}" if best is not None else ""
     log(f"{run_dir} already finished its {_plural(epochs, 'epoch')}{acc}: nothing to resume. To train longer, "
         f"start a new run with a larger --epochs (the learning-rate schedule is laid out over --epochs, so a "
         f"finished run is not extended)")

@@ -140,3 +140,10 @@ def test_task_defaults_leave_classification_unchanged():
     cfg = train.resolve_config(train.build_parser().parse_args(["--device", "cpu", "--task", "segmentation",
                                                                 "--model", "fpn_swin_tiny"]))
     assert (cfg["dataset"], cfg["label_smoothing"]) == ("shapes", 0.0)
+
+
+def test_resume_of_a_finished_run_names_miou(trained):
+    run_dir, summary, _ = trained
+    again, lines = quiet_run(["--resume", str(run_dir)])
+    assert again["status"] == "done" and again["best_acc"] == summary["best_acc"]
+    assert f"best test mIoU {summary['best_acc']:.2%} at epoch" in lines[-1]
