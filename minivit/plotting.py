@@ -122,8 +122,11 @@ def plot_masks(images, true_masks, pred_masks, classes, path, title: str = "", i
     images, true_masks, pred_masks = (np.asarray(backend.to_numpy(a)) for a in (images, true_masks, pred_masks))
     n = len(images)
     pal = mask_colors(len(classes), ignore_index)
-    fig = _figure((6.0, 1.9 * n + 0.8))
+    height = 1.75 * n + 0.9
+    fig = _figure((5.4, height))
     axes = np.asarray(fig.subplots(n, 3, squeeze=False))
+    fig.subplots_adjust(left=0.02, right=0.98, wspace=0.05, hspace=0.08, top=1 - 0.55 / height,
+                        bottom=0.4 / height)
     for i in range(n):
         for j, (pic, name) in enumerate(((images[i].transpose(1, 2, 0), "image"),
                                          (pal[true_masks[i]], "true mask"), (pal[pred_masks[i]], "predicted"))):
