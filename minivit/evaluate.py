@@ -7,6 +7,10 @@
 Evaluates on the run's dataset (the whole test split unless ``--test-subset``),
 prints the accuracy overall and per class, and saves ``confusion.png`` in the
 run directory (the checkpoint's folder).
+
+A segmentation run (``--task segmentation``) prints mIoU, pixel accuracy and each class's IoU
+(``minivit.metrics``' convention) and saves ``masks.png`` there instead: the first ``--num-masks``
+test images, their true masks and the predicted masks side by side.
 """
 from __future__ import annotations
 
@@ -18,12 +22,12 @@ from pathlib import Path
 import numpy as np
 
 from minivit import backend, cli, data
-from minivit.plotting import confusion_matrix, plot_confusion
-from minivit.train import CheckpointError, evaluate, load_model_from_checkpoint
+from minivit.plotting import confusion_matrix, plot_confusion, plot_masks
+from minivit.train import CheckpointError, evaluate, evaluate_segmentation, load_model_from_checkpoint
 
 
 def evaluate_checkpoint(path, *, device=None, data_dir=None, test_subset=None, batch_size=500,
-                        figure=None, log=print, progress=False, tta=None) -> dict:
+                        figure=None, log=print, progress=False, tta=None, num_masks: int = 6) -> dict:
     """Evaluate a checkpoint; returns accuracy, loss, per-class accuracy and the confusion matrix.
     ``progress=True`` shows a progress bar on stderr while the test split runs; ``tta="flip"``
     averages each image's logits with its mirror image's (``train.evaluate``)."""
@@ -38,6 +42,10 @@ def evaluate_checkpoint(path, *, device=None, data_dir=None, test_subset=None, b
     # A run trained with --precision fp16 is evaluated under autocast on the GPU, as the trainer
     # did (the same numbers as its metrics.jsonl); on the CPU in fp32 (no float16 BLAS there).
     precision = cfg.get("precision", "fp32") if device == "cuda" else "fp32"
+    if cfg.get("task", "classification") == "segmentation":
+        if tta is not None:
+            raise ValueError("--tta flip is for classification runs; leave it out for a segmentation run")
+        return _evaluate_segmentation(model, ckpt, ds, loader, precision, figure, log, progress, num_masks)
     ev = evaluate(model, loader, precision, progress=progress, desc=f"evaluating {cfg['model']}", tta=tta)
     views = " (flip test-time augmentation: each image and its mirror)" if tta == "flip" else ""
     labels = ds.test.labels
@@ -61,6 +69,31 @@ def evaluate_checkpoint(path, *, device=None, data_dir=None, test_subset=None, b
             "figure": str(figure)}
 
 
+def _evaluate_segmentation(model, ckpt, ds, loader, precision, figure, log, progress, num_masks) -> dict:
+    """A segmentation run: mIoU, pixel accuracy, per-class IoU, and the figure of masks."""
+    cfg = ckpt["config"]
+    ignore = ds.test.ignore_index
+    ev = evaluate_segmentation(model, loader, ds.num_classes, precision, ignore_index=ignore, progress=progress,
+                               desc=f"evaluating {cfg['model']}")
+    ckpt_path = Path(ckpt["path"])
+    figure = Path(figure) if figure else ckpt_path.parent / "masks.png"
+    k = max(1, min(num_masks, len(ds.test)))
+    plot_masks(ds.test.images[:k], ds.test.labels[:k], ev["preds"][:k], ds.classes, figure, ignore_index=ignore,
+               title=f"{cfg['model']} ({ckpt_path.name}, epoch {ckpt['epoch']}): mIoU {ev['miou']:.2%} on "
+                     f"{cfg['dataset']}")
+    log(f"{ckpt_path}: {cfg['model']}, epoch {ckpt['epoch']}, {cfg['dataset']} test split "
+        f"({len(ds.test)} images from {ds.source})")
+    log(f"test mIoU {ev['miou']:.2%}   pixel accuracy {ev['pixel_acc']:.2%}   test loss {ev['loss']:.4f}")
+    width = max(len(c) for c in ds.classes)
+    pixels = ev["confusion"].sum(axis=1)
+    for c, iou, n in zip(ds.classes, ev["iou"], pixels):
+        log(f"  {c:<{width}}  IoU {iou:7.2%}  ({n} pixels)")
+    log(f"masks (image, true, predicted) saved to {figure}")
+    return {"checkpoint": str(ckpt_path), "task": "segmentation", "miou": ev["miou"], "pixel_acc": ev["pixel_acc"],
+            "loss": ev["loss"], "per_class_iou": dict(zip(ds.classes, ev["iou"].tolist())),
+            "confusion": ev["confusion"].tolist(), "figure": str(figure)}
+
+
 def main(argv=None) -> dict:
     p = cli.ArgumentParser(prog="python -m minivit.evaluate", description=__doc__.split("\n\n")[0],
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -72,7 +105,9 @@ def main(argv=None) -> dict:
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--tta", choices=("none", "flip"), default="none",
                    help="test-time augmentation: 'flip' averages each image's logits with its mirror image's")
-    p.add_argument("--figure", default=None, help="where to save the confusion matrix; default RUN_DIR/confusion.png")
+    p.add_argument("--figure", default=None, help="where to save the confusion matrix; default RUN_DIR/confusion.png "
+                                                  "(a segmentation run: the masks, RUN_DIR/masks.png)")
+    p.add_argument("--num-masks", type=int, default=6, help="segmentation runs: test images shown in masks.png")
     p.add_argument("--json", action="store_true", help="also print the results as one JSON line")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar on stderr; default: when stderr is a terminal")
@@ -80,10 +115,11 @@ def main(argv=None) -> dict:
     progress = args.progress if args.progress is not None else sys.stderr.isatty()
 
     def checked():
-        cli.check_positive(args, "test_subset", "batch_size")
+        cli.check_positive(args, "test_subset", "batch_size", "num_masks")
         return evaluate_checkpoint(args.checkpoint, device=args.device, data_dir=args.data_dir,
                                    test_subset=args.test_subset, batch_size=args.batch_size, figure=args.figure,
-                                   progress=progress, tta=None if args.tta == "none" else args.tta)
+                                   progress=progress, tta=None if args.tta == "none" else args.tta,
+                                   num_masks=args.num_masks)
 
     out = cli.run_cli(checked, errors=(CheckpointError, data.DatasetError))
     if args.json:

@@ -1,4 +1,5 @@
-r"""Training losses: cross-entropy with label smoothing, and DeiT's distillation losses.
+r"""Training losses: cross-entropy with label smoothing, DeiT's distillation losses, and the
+per-pixel cross-entropy of segmentation (logits upsampled to the masks, an ignore label).
 
 DeiT (Touvron et al. 2021, §4) trains a transformer student from a CNN teacher.
 With Zs the student's logits, Zt the teacher's, ψ the softmax, y the label, τ a
@@ -155,6 +156,41 @@ def merge_heads(outputs):
     return outputs
 
 
-__all__ = ["cross_entropy", "soft_distillation_term", "hard_distillation_term", "soft_distillation_loss",
+# =========================================================================== segmentation
+def upsample_logits(logits, size):
+    """Per-pixel logits (B, K, h, w) → (B, K, H, W), bilinear (align_corners=False): a decoder's
+    coarse map (SegFormer's and Semantic FPN's are at 1/4 of the input) brought to the label size,
+    as SegFormer's and mmsegmentation's training does before the loss."""
+    if logits.ndim != 4:
+        raise ValueError(f"segmentation logits must be (B, K, h, w), got shape {tuple(logits.shape)}: "
+                         f"is this a classification model? (--task segmentation needs a per-pixel model)")
+    if tuple(logits.shape[2:]) == tuple(size):
+        return logits
+    return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+def segmentation_cross_entropy(logits, target, ignore_index: int = 255, label_smoothing: float = 0.0):
+    """Per-pixel cross-entropy: logits (B, K, h, w) upsampled bilinearly to the masks' (H, W), then
+    ``F.cross_entropy`` over every pixel whose label is not ``ignore_index``, averaged over those
+    pixels (``torch.nn.functional.cross_entropy(up, target, ignore_index=...)``'s mean)."""
+    if target.ndim != 3:
+        raise ValueError(f"segmentation target must be (B, H, W) class masks, got shape {tuple(target.shape)}")
+    up = upsample_logits(logits, target.shape[1:])                        # (B, K, H, W)
+    return F.cross_entropy(up, target, ignore_index=ignore_index, label_smoothing=label_smoothing)
+
+
+class SegmentationLoss:
+    """The trainer's criterion for ``--task segmentation``: ``criterion(inputs, outputs, target)``,
+    the same call as :class:`DistillationLoss`."""
+
+    def __init__(self, ignore_index: int = 255, label_smoothing: float = 0.0):
+        self.ignore_index, self.label_smoothing = ignore_index, label_smoothing
+
+    def __call__(self, inputs, outputs, target):
+        return segmentation_cross_entropy(outputs, target, self.ignore_index, self.label_smoothing)
+
+
+__all__ = ["upsample_logits", "segmentation_cross_entropy", "SegmentationLoss",
+           "cross_entropy", "soft_distillation_term", "hard_distillation_term", "soft_distillation_loss",
            "hard_distillation_loss", "distillation_loss", "DistillationLoss", "merge_heads",
            "DISTILLATION_TYPES"]

@@ -8,15 +8,18 @@
     python -m minivit.train --model deit_tiny --teacher runs/teacher --distillation hard
     python -m minivit.train --resume runs/pvt_tiny-20250101-120000
     python -m minivit.evaluate runs/pvt_tiny-20250101-120000
+    python -m minivit.train --task segmentation --model fpn_pvt_v2_tiny --dataset shapes --epochs 5
 
 A run directory holds:
 
     config.json     the whole configuration (defaults resolved), parameter count, device, versions
     metrics.jsonl   one JSON object per epoch: epoch, train_loss, train_acc, test_loss, test_acc,
                     lr, epoch_time_s, images_per_s, ... (accuracies as fractions in [0, 1]);
-                    with --precision fp16 also loss_scale and skipped_steps (inf/NaN gradients)
+                    with --precision fp16 also loss_scale and skipped_steps (inf/NaN gradients);
+                    with --task segmentation: train_loss, test_loss (per non-ignored pixel),
+                    test_miou, test_pixel_acc instead of the accuracies
     last.ckpt       the state after the last epoch (or the step where Ctrl-C stopped it)
-    best.ckpt       the state with the best test accuracy so far
+    best.ckpt       the state with the best test accuracy (segmentation: mIoU) so far
     curves.png      loss and accuracy curves (written at the end)
 
 A checkpoint holds the model, optimiser, schedule, loss scaler and RNG states, the epoch and
@@ -53,10 +56,12 @@ from minivit import amp, backend, cli, data, nn, optim
 from minivit.autograd import Tensor, no_grad
 from minivit.data.io import atomic_write, safe_load_pickle
 from minivit.models.registry import parse_model_kwargs
-from minivit.losses import DISTILLATION_TYPES, DistillationLoss, merge_heads
+from minivit.losses import DISTILLATION_TYPES, DistillationLoss, SegmentationLoss, merge_heads, upsample_logits
+from minivit.metrics import mean_iou, pixel_accuracy, segmentation_confusion
 
 CHECKPOINT_FORMAT = "minivit-checkpoint"
 CHECKPOINT_VERSION = 1
+TASKS = ("classification", "segmentation")
 PRECISIONS = ("fp32", "tf32", "fp16")     # fp16: autocast + GradScaler, float32 master weights
 EXIT_INTERRUPTED = 130     # the shell's code for "stopped by Ctrl-C"
 
@@ -238,6 +243,78 @@ def read_on_host(*arrays):
     return out
 
 
+def evaluate_segmentation(model, loader, num_classes: int, precision: str = "fp32", *, ignore_index: int = 255,
+                          progress: bool = False, log=None, desc: str = "test") -> dict:
+    """Per-pixel loss, mIoU and pixel accuracy over a whole split (``minivit.metrics``' convention:
+    one confusion matrix over every non-ignored pixel of the split). The logits are upsampled
+    bilinearly to the masks' size, as in training; ``loss`` is the mean over non-ignored pixels.
+    Returns also the confusion matrix, per-class IoU, and the predicted masks (N, H, W) uint8."""
+    from tqdm import tqdm
+    from minivit.metrics import iou_per_class
+    was_training = model.training
+    model.eval()
+    xp = loader.xp
+    loss_sum = xp.zeros((), dtype=np.float64)
+    n_valid = xp.zeros((), dtype=np.int64)
+    cm = xp.zeros((num_classes, num_classes), dtype=np.int64)
+    preds = []
+    n_batches, seen = len(loader), 0
+    every = -(-n_batches // 4)
+    bar = tqdm(total=loader.n, unit="img", unit_scale=True, desc=desc, leave=False, disable=not progress,
+               dynamic_ncols=True)
+    with no_grad(), amp.autocast(enabled=precision == "fp16"):
+        for i, (x, _, masks) in enumerate(loader.batches()):
+            logits = upsample_logits(model(Tensor(x)), masks.shape[1:])          # (B, K, H, W)
+            loss_sum += F.cross_entropy(logits, masks, ignore_index=ignore_index, reduction="sum").data
+            n_valid += (masks != ignore_index).sum()
+            pred = logits.data.argmax(axis=1)                                     # (B, H, W)
+            cm += segmentation_confusion(masks, pred, num_classes, ignore_index)
+            preds.append(pred.astype(np.uint8))
+            seen += len(masks)
+            bar.update(len(masks))
+            if log is not None and not progress and (i + 1) % every == 0 and i + 1 < n_batches:
+                log(f"  {desc}: {seen}/{loader.n} images")
+    bar.close()
+    model.train(was_training)
+    loss_sum, n_valid, cm = read_on_host(loss_sum, n_valid, cm)
+    preds = backend.to_numpy(xp.concatenate(preds))
+    return {"loss": float(loss_sum) / max(int(n_valid), 1), "miou": mean_iou(cm), "pixel_acc": pixel_accuracy(cm),
+            "iou": iou_per_class(cm), "confusion": cm, "preds": preds}
+
+
+def model_task(model, x) -> str:
+    """'segmentation' if the model maps images to per-pixel logits (B, K, h, w), else 'classification'
+    (logits (B, K), or a distilled DeiT's pair). A model's ``task`` attribute says it; else one forward
+    pass of a single image in eval mode tells (a classifier built for other image sizes, which cannot
+    take the image, is told by its ``forward_head``)."""
+    if getattr(model, "task", None) in TASKS:
+        return model.task
+    was_training = model.training
+    model.eval()
+    try:
+        with no_grad():
+            out = model(Tensor(x[:1]))
+    except ValueError:
+        if hasattr(model, "forward_head"):
+            return "classification"
+        raise
+    finally:
+        model.train(was_training)
+    return "segmentation" if not isinstance(out, (tuple, list)) and out.ndim == 4 else "classification"
+
+
+def check_model_task(name: str, task: str, found: str) -> None:
+    """The one-line error for a classifier trained with --task segmentation, and vice versa."""
+    if found == task:
+        return
+    seg = ", ".join(n for n in minivit.models.list_models() if n.startswith(("fpn_", "segformer"))) or "fpn_*"
+    if task == "segmentation":
+        raise cli.UsageError(f"--task segmentation needs a model that outputs per-pixel logits (B, K, h, w), but "
+                             f"--model {name} is a classifier (logits (B, K)); use one of {seg}")
+    raise cli.UsageError(f"--model {name} outputs per-pixel logits (B, K, h, w): it is a segmentation model; "
+                         f"train it with --task segmentation --dataset {data.SEGMENTATION_DATASETS[0]}")
+
+
 # =========================================================================== configuration
 
 
@@ -271,14 +348,20 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Resuming: --resume RUN_DIR takes everything from RUN_DIR/last.ckpt (only --device, "
                "--progress/--no-progress and --log-every may be changed). Ctrl-C saves a checkpoint first.")
     g = p.add_argument_group("model")
+    g.add_argument("--task", choices=TASKS, default="classification",
+                   help="classification (one label per image), or segmentation (a class per pixel: "
+                        "--dataset shapes and a per-pixel model such as fpn_pvt_v2_tiny; per-pixel cross-entropy "
+                        "with ignore label 255, mIoU and pixel accuracy per epoch)")
     g.add_argument("--model", default="vit_tiny", help=f"registered model name: {models}")
     g.add_argument("--model-kwargs", type=parse_model_kwargs, default=None, metavar="K=V,...",
                    help="extra constructor arguments, e.g. depth=8,width=8 (timm's names)")
     g.add_argument("--drop-path", type=float, default=None,
                    help="stochastic depth rate (drop_path_rate); default: the model's own")
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", choices=data.DATASETS, default="cifar10",
-                   help="cifar10, or synthetic: generated shapes, no download (10,000 train / 2,000 test)")
+    g.add_argument("--dataset", choices=data.DATASETS, default=None,
+                   help="cifar10, or synthetic: generated shapes, no download (10,000 train / 2,000 test); for "
+                        "--task segmentation: shapes, generated 64×64 scenes with per-pixel masks (4,000 train / "
+                        "1,000 test). Default: cifar10, or shapes with --task segmentation")
     g.add_argument("--data-dir", default=None,
                    help="cifar-10-python.tar.gz, cifar-10-batches-py/, or an ImageFolder folder or .tar.gz (a path "
                         "without one is an error, unless --download); default: the cache (~/.cache/minivit or "
@@ -315,16 +398,18 @@ def build_parser() -> argparse.ArgumentParser:
                         "default: --weight-decay")
     g.add_argument("--warmup-epochs", type=float, default=None,
                    help="linear warmup length; default min(5, epochs/5)")
-    g.add_argument("--label-smoothing", type=float, default=0.1, help="ε of label smoothing (DeiT: 0.1)")
+    g.add_argument("--label-smoothing", type=float, default=None,
+                   help="ε of label smoothing; default 0.1 (DeiT) for classification, 0 for segmentation")
     g.add_argument("--clip-grad", type=float, default=None, metavar="NORM", help="clip the global gradient norm")
     g.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="fp32; tf32 (float32 with TF32 tensor-core matmuls, GPUs from Ampere on); or fp16 "
                         "(mixed precision: float16 matmuls under minivit.amp.autocast, float32 master weights, "
                         "dynamic loss scaling; slow on the CPU, which has no float16 BLAS)")
     g = p.add_argument_group("augmentation (on the device)")
-    g.add_argument("--crop-padding", type=int, default=4, help="random crop with this zero padding; 0 = off")
+    g.add_argument("--crop-padding", type=int, default=4,
+                   help="random crop with this zero padding; 0 = off (classification only)")
     g.add_argument("--no-hflip", dest="hflip", action="store_false",
-                   help="turn off the random horizontal flips (on by default)")
+                   help="turn off the random horizontal flips (on by default; segmentation flips image and mask)")
     g.add_argument("--randaugment", type=_randaugment, default=None, metavar="N,M",
                    help="RandAugment: N ops per image at magnitude M (0-10), e.g. 2,9")
     g.add_argument("--random-erasing", type=float, default=0.0, metavar="P", help="random erasing probability")
@@ -354,10 +439,36 @@ def build_parser() -> argparse.ArgumentParser:
 _RESUMABLE = ("device", "progress", "log_every", "resume")
 
 
+def _resolve_task(cfg: dict) -> None:
+    """--task's defaults (dataset, label smoothing) and the flags it rules out."""
+    seg = cfg["task"] == "segmentation"
+    if cfg["dataset"] is None:
+        cfg["dataset"] = data.SEGMENTATION_DATASETS[0] if seg else "cifar10"
+    if seg and cfg["dataset"] not in data.SEGMENTATION_DATASETS:
+        raise cli.UsageError(f"--task segmentation needs a dataset with per-pixel masks, but --dataset "
+                             f"{cfg['dataset']} has one label per image: use --dataset "
+                             f"{' or '.join(data.SEGMENTATION_DATASETS)}")
+    if not seg and cfg["dataset"] in data.SEGMENTATION_DATASETS:
+        raise cli.UsageError(f"--dataset {cfg['dataset']} is a segmentation set (per-pixel masks): add --task "
+                             f"segmentation and a segmentation model (e.g. --model fpn_pvt_v2_tiny)")
+    if cfg["label_smoothing"] is None:
+        cfg["label_smoothing"] = 0.0 if seg else 0.1
+    if seg:
+        used = [f for f, on in (("--randaugment", cfg["randaugment"]), ("--random-erasing", cfg["random_erasing"]),
+                                ("--mixup", cfg["mixup"]), ("--cutmix", cfg["cutmix"]),
+                                ("--teacher", cfg["teacher"]), ("--distillation", cfg["distillation"] not in
+                                                                (None, "none"))) if on]
+        if used:
+            raise cli.UsageError(f"{', '.join(used)}: classification only; --task segmentation trains "
+                                 f"with horizontal flips of image and mask (--no-hflip to turn them off): drop them")
+        cfg["crop_padding"] = 0                 # a crop would have to move the mask too: not done
+
+
 def resolve_config(args: argparse.Namespace) -> dict:
     """The arguments with every default filled in (what goes into config.json)."""
     cfg = dict(vars(args))
     cfg["model_kwargs"] = cfg["model_kwargs"] or {}
+    _resolve_task(cfg)
     cfg["lr"] = cfg["lr"] if cfg["lr"] is not None else {"adamw": 1e-3, "sgd": 0.1, "adafactor": 1e-2}[cfg["opt"]]
     if cfg["weight_decay"] is None:
         cfg["weight_decay"] = {"adamw": 0.05, "sgd": 5e-4, "adafactor": 0.005}[cfg["opt"]]
@@ -428,17 +539,22 @@ class Trainer:
         if cfg["subset"] is not None or cfg["test_subset"] is not None:
             log(f"test pass: {ds.test_selection}")
         xp = backend.xp_for(device)
+        self.task = cfg.get("task", "classification")       # checkpoints from before --task: classification
+        self.segmentation = self.task == "segmentation"
         aug_cfg = data.AugmentConfig(
             crop_padding=cfg["crop_padding"], hflip=cfg["hflip"],
             randaugment=tuple(float(v) for v in cfg["randaugment"].split(",")) if cfg["randaugment"] else None,
             random_erasing=cfg["random_erasing"], mixup=cfg["mixup"], cutmix=cfg["cutmix"])
         augment = data.Augment(xp, aug_cfg, ds.num_classes, seed=cfg["seed"])
+        if self.segmentation:
+            augment = data.SegmentationAugment(xp, hflip=cfg["hflip"], seed=cfg["seed"])
         self.train_loader = data.DeviceLoader(ds.train, device, cfg["batch_size"], shuffle=True,
                                               augment=augment, seed=cfg["seed"])
         self.test_loader = data.DeviceLoader(ds.test, device, cfg["eval_batch_size"])
 
         self.model = build_model(cfg["model"], ds.num_classes, cfg["model_kwargs"], cfg["drop_path"])
         self.model.to(device=device)
+        check_model_task(cfg["model"], self.task, model_task(self.model, next(self.test_loader.batches())[0]))
         self.model.train()
         wd = cfg["weight_decay"]
         # .get: checkpoints written before these flags existed resume with their defaults
@@ -487,6 +603,8 @@ class Trainer:
                 f"(test acc {tck.get('best_acc', float('nan')):.2%})")
         self.criterion = DistillationLoss(teacher, cfg["distillation"], cfg["alpha"], cfg["tau"],
                                           cfg["label_smoothing"])
+        if self.segmentation:
+            self.criterion = SegmentationLoss(ds.train.ignore_index, cfg["label_smoothing"])
         self.cfg.update({"num_classes": ds.num_classes, "classes": list(ds.classes), "data_source": ds.source,
                          "n_train": len(ds.train), "n_test": len(ds.test), "test_selection": ds.test_selection,
                          "steps_per_epoch": self.steps_per_epoch,
@@ -559,6 +677,8 @@ class Trainer:
             self.scaler.update()
         self._skipped += self.scaler.get_scale() < scale   # the scale only shrinks after a skipped step
         self.scheduler.step()
+        if self.segmentation:            # no train accuracy: test mIoU and pixel accuracy per epoch instead
+            return loss.data, self.xp.zeros((), dtype=np.int64)
         correct = (merge_heads(outputs).data.argmax(axis=1) == labels).sum()
         return loss.data, correct
 
@@ -676,7 +796,8 @@ class Trainer:
                 if not math.isfinite(avg):
                     bar.close()
                     self._diverged(epoch, step, avg)
-                bar.set_postfix(loss=f"{avg:.4f}", acc=f"{int(host_sums[1]) / seen:.2%}",
+                bar.set_postfix(loss=f"{avg:.4f}",
+                                **({} if self.segmentation else {"acc": f"{int(host_sums[1]) / seen:.2%}"}),
                                 lr=f"{self.scheduler.get_last_lr()[-1]:.2e}", refresh=False,
                                 **({"scale": f"{self.scaler.get_scale():g}"} if self.fp16 else {}))
             if self._stop_requested and not last_step:
@@ -700,17 +821,29 @@ class Trainer:
                   "test_loss": None, "test_acc": None, "lr": self.scheduler.get_last_lr()[-1],
                   "epoch_time_s": None, "train_time_s": train_time, "eval_time_s": None,
                   "images_per_s": n / train_time, "step": (epoch + 1) * self.steps_per_epoch}
+        if self.segmentation:
+            del record["train_acc"], record["test_acc"]
+            record.update(test_miou=None, test_pixel_acc=None)
         if self.fp16:        # the loss scale at the epoch's end, and the steps skipped for inf/NaN gradients
             record["loss_scale"], record["skipped_steps"] = self.scaler.get_scale(), self._skipped
         t0 = time.perf_counter()
         is_best = False
         if (epoch + 1) % cfg["eval_every"] == 0 or epoch + 1 == cfg["epochs"]:
             progress = self._progress()
-            ev = evaluate(self.model, self.test_loader, cfg.get("precision", "fp32"), progress=progress,
-                          log=None if progress else self.log, desc=f"epoch {epoch + 1}/{cfg['epochs']} test")
-            record["test_loss"], record["test_acc"] = ev["loss"], ev["acc"]
-            if ev["acc"] > self.best_acc:
-                self.best_acc, self.best_epoch, is_best = ev["acc"], epoch + 1, True
+            kw = dict(progress=progress, log=None if progress else self.log,
+                      desc=f"epoch {epoch + 1}/{cfg['epochs']} test")
+            if self.segmentation:
+                ev = evaluate_segmentation(self.model, self.test_loader, self.dataset.num_classes,
+                                           cfg.get("precision", "fp32"), ignore_index=self.dataset.test.ignore_index,
+                                           **kw)
+                record.update(test_loss=ev["loss"], test_miou=ev["miou"], test_pixel_acc=ev["pixel_acc"])
+                score = ev["miou"]                                  # best.ckpt: the best mIoU
+            else:
+                ev = evaluate(self.model, self.test_loader, cfg.get("precision", "fp32"), **kw)
+                record["test_loss"], record["test_acc"] = ev["loss"], ev["acc"]
+                score = ev["acc"]
+            if score > self.best_acc:
+                self.best_acc, self.best_epoch, is_best = score, epoch + 1, True
         record["eval_time_s"] = time.perf_counter() - t0
         record["epoch_time_s"] = train_time + record["eval_time_s"]
         self.metrics.append(record)
@@ -763,6 +896,11 @@ def estimate_message(cfg: dict, step_s: float, forward_s: float, steps_timed: in
 
 
 def _epoch_line(r: dict, epochs: int) -> str:
+    if "test_miou" in r:                                   # --task segmentation
+        test = (f"test loss {r['test_loss']:.4f} mIoU {r['test_miou']:6.2%} pixel acc {r['test_pixel_acc']:6.2%}"
+                if r["test_miou"] is not None else "test  (not evaluated)")
+        return (f"epoch {r['epoch']:3d}/{epochs}  train loss {r['train_loss']:.4f}  {test}  lr {r['lr']:.2e}  "
+                f"{r['epoch_time_s']:.1f}s  ({r['images_per_s']:,.0f} img/s)")
     test = (f"test loss {r['test_loss']:.4f} acc {r['test_acc']:6.2%}" if r["test_acc"] is not None
             else "test  (not evaluated)")
     return (f"epoch {r['epoch']:3d}/{epochs}  train loss {r['train_loss']:.4f} acc {r['train_acc']:6.2%}  "
@@ -845,6 +983,10 @@ def run(argv=None, log=print) -> dict:
     if status == "interrupted":
         log(f"interrupted at epoch {trainer.epoch + 1}, step {trainer.step_in_epoch}: checkpoint saved to "
             f"{run_dir / 'last.ckpt'}. Resume with: python -m minivit.train --resume {run_dir}")
+    elif trainer.best_epoch is not None and trainer.segmentation:
+        log(f"done: test mIoU {trainer.metrics[-1]['test_miou']:.2%} pixel acc "
+            f"{trainer.metrics[-1]['test_pixel_acc']:.2%} (best mIoU {trainer.best_acc:.2%} at epoch "
+            f"{trainer.best_epoch}); run directory {run_dir}")
     elif trainer.best_epoch is not None:
         log(f"done: test acc {trainer.metrics[-1]['test_acc']:.2%} (best {trainer.best_acc:.2%} at epoch "
             f"{trainer.best_epoch}); run directory {run_dir}")
@@ -858,7 +1000,8 @@ def _plural(n: int, word: str) -> str:
 def _already_finished(ckpt: dict, run_dir: Path, log) -> dict:
     """--resume of a run that has done all its epochs: say so, and how to train longer."""
     epochs, best = ckpt["config"]["epochs"], ckpt.get("best_epoch")
-    acc = f"; best test accuracy {ckpt.get('best_acc', 0):.2%} at epoch {best}" if best is not None else ""
+    what = "mIoU" if ckpt["config"].get("task") == "segmentation" else "accuracy"
+    acc = f"; best test {what} {ckpt.get('best_acc', 0):.2%} at epoch {best}" if best is not None else ""
     log(f"{run_dir} already finished its {_plural(epochs, 'epoch')}{acc}: nothing to resume. To train longer, "
         f"start a new run with a larger --epochs (the learning-rate schedule is laid out over --epochs, so a "
         f"finished run is not extended)")
@@ -871,7 +1014,7 @@ def _curves_title(cfg: dict) -> str:
     source = str(cfg.get("data_source", "")).split(" (")[0]          # without "(decoded cache ...)"
     subset = " (--subset)" if cfg.get("subset") else ""
     return (f"{cfg['model']} on {cfg['dataset']}: {cfg['n_train']:,} train images{subset}, {cfg['n_test']:,} test"
-            + (f", from {Path(source).name}" if source and cfg["dataset"] != "synthetic" else ""))
+            + (f", from {Path(source).name}" if source and cfg["dataset"] not in ("synthetic", "shapes") else ""))
 
 
 def main(argv=None) -> dict:

@@ -1,5 +1,5 @@
 """Datasets and batches: CIFAR-10 (official archive, ImageFolder folder or tar), a synthetic set,
-and device-side augmentation.
+a generated segmentation set (``shapes``), and device-side augmentation.
 
     from minivit import data
     ds = data.load_dataset("cifar10")                 # or "synthetic"; data_dir=... to point at a copy
@@ -8,8 +8,12 @@ and device-side augmentation.
     loader = data.DeviceLoader(ds.train, "cuda", 128, shuffle=True, augment=aug)
     for x, target, labels in loader.batches(epoch=0): ...
 
+Segmentation (``--task segmentation``): ``load_dataset("shapes")`` gives 64×64 scenes of
+overlapping textured shapes with per-pixel masks (N, H, W): classes background, disk,
+square, triangle, ring, and 255 (ignore) on every boundary; see :mod:`minivit.data.segmentation`.
+
 Modules: ``cifar10`` (finding, checking, parsing and caching CIFAR-10), ``synthetic``
-(generated shapes), ``augment`` (crop/flip, RandAugment, random erasing, mixup/cutmix
+(generated shapes), ``segmentation`` (generated segmentation scenes), ``augment`` (crop/flip, RandAugment, random erasing, mixup/cutmix
 on the device), ``loader`` (batching on the device), ``io`` (atomic writes, safe unpickling).
 """
 from __future__ import annotations
@@ -22,9 +26,12 @@ from minivit.data.cifar10 import (CIFAR10_CLASSES, CIFAR10_MD5, CIFAR10_URL, Dat
                                   load_imagefolder, load_imagefolder_cached, load_official_archive,
                                   load_official_folder)
 from minivit.data.loader import DeviceLoader  # noqa: F401
+from minivit.data.segmentation import (IGNORE_INDEX, SHAPES_CLASSES, SHAPES_SIZES,  # noqa: F401
+                                       SegmentationAugment, SegmentationSplit, load_shapes)
 from minivit.data.synthetic import SYNTHETIC_CLASSES, load_synthetic  # noqa: F401
 
-DATASETS = ("cifar10", "synthetic")
+DATASETS = ("cifar10", "synthetic", "shapes")
+SEGMENTATION_DATASETS = ("shapes",)        # per-pixel masks: python -m minivit.train --task segmentation
 SYNTHETIC_SIZES = (10000, 2000)   # train, test
 
 
@@ -45,6 +52,13 @@ def load_dataset(name: str, data_dir=None, *, subset: int | None = None, test_su
         n_train = min(subset or full_train, full_train) if need_train else 1
         n_test = min(test_subset or SYNTHETIC_SIZES[1], SYNTHETIC_SIZES[1])
         ds = load_synthetic(n_train, n_test)
+    elif name == "shapes":
+        full_train, full_test = SHAPES_SIZES
+        n_train = min(subset or full_train, full_train) if need_train else 1
+        n_test = min(test_subset or full_test, full_test)
+        if test_subset is None and subset is not None and subset < full_train:
+            n_test = max(1, round(full_test * subset / full_train))
+        ds = load_shapes(n_train, n_test)
     elif name == "cifar10":
         ds = load_cifar10(data_dir, download=download, verbose=verbose)
         full_train, full_test = len(ds.train), len(ds.test)
