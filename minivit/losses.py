@@ -173,10 +173,9 @@ def _one_hot_target(target, num_classes: int, dtype, name: str):
     xp = get_array_module(target)
     labels = target[:, 0] if target.ndim >= 2 and target.shape[1] == 1 else target
     if labels.dtype.kind not in "iu":
-        if not xp.all(labels == xp.round(labels)):
-            raise ValueError(f"{name}: to_onehot_y=True needs class indices, got non-integer values")
-        labels = labels.astype(np.int64)
-    if labels.size and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        labels = labels.astype(np.int64)              # float labels (B, 1, *S) from a loader: truncated, as MONAI
+    # (the range check reads the labels on the host: on the CPU only, so a GPU step never syncs here)
+    if xp is np and labels.size and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
         raise ValueError(f"{name}: class indices must be in [0, {num_classes}), got [{int(labels.min())}, "
                          f"{int(labels.max())}]; the logits have {num_classes} channels")
     classes = xp.arange(num_classes).reshape((1, num_classes) + (1,) * (labels.ndim - 1))
