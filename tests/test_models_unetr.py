@@ -15,7 +15,7 @@ from minivit.models import create_model
 from minivit.models.unetr import UNETR
 from minivit.testing import gradcheck
 
-from conftest import torch_or_skip
+from conftest import _cupy_or_skip, torch_or_skip
 
 
 def host(a):
@@ -85,48 +85,61 @@ def _pair(monai_nets, kwargs, seed=0):
     return ref
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_from_monai_matches_output_and_every_gradient(monai_nets, case):
+def _check_parity(monai_nets, case, device="cpu"):
     import torch
     kwargs, shape = CASES[case]
     ref = _pair(monai_nets, kwargs)
     ref.train()                                                 # batch norm: batch statistics
-    ours = from_monai(ref)
+    ours = from_monai(ref).to(device)
+    xp = mv.backend.xp_for(device)
     assert ours.training and next(iter(ours.parameters())).dtype == np.float64
     assert {k: tuple(v.shape) for k, v in ours.state_dict().items()} == \
         {k: tuple(v.shape) for k, v in ref.state_dict().items()}
     x = np.random.default_rng(1).standard_normal(shape)
     xt = torch.tensor(x, requires_grad=True)
-    xm = Tensor(x, requires_grad=True)
+    xm = Tensor(xp.asarray(x), requires_grad=True)
     yt, y = ref(xt), ours(xm)
     assert y.shape == tuple(yt.shape) == (shape[0], kwargs["out_channels"], *shape[2:])
-    np.testing.assert_allclose(y.data, yt.detach().numpy(), rtol=0, atol=1e-10)
+    np.testing.assert_allclose(host(y.data), yt.detach().numpy(), rtol=0, atol=1e-10)
     w = np.random.default_rng(2).standard_normal(y.shape)
     (yt * torch.tensor(w)).sum().backward()
-    (y * Tensor(w)).sum().backward()
+    (y * Tensor(xp.asarray(w))).sum().backward()
     mine = dict(ours.named_parameters())
     checked = 0
     for name, p in ref.named_parameters():
         g_ref = p.grad
         if g_ref is None:                                       # MONAI's unused norm_cross_attn
             assert "norm_cross_attn" in name
-            assert mine[name].grad is None or not np.any(mine[name].grad)
+            assert mine[name].grad is None or not np.any(host(mine[name].grad))
             continue
         g_ref = g_ref.numpy()
-        err = np.abs(mine[name].grad - g_ref).max() / max(np.abs(g_ref).max(), 1e-300)
+        err = np.abs(host(mine[name].grad) - g_ref).max() / max(np.abs(g_ref).max(), 1e-300)
         assert err <= 1e-8, f"{name}: relative gradient error {err:.2e}"
         checked += 1
     assert checked >= 100
     g_ref = xt.grad.numpy()
-    assert np.abs(xm.grad - g_ref).max() <= 1e-8 * np.abs(g_ref).max()
+    assert np.abs(host(xm.grad) - g_ref).max() <= 1e-8 * np.abs(g_ref).max()
     if kwargs.get("norm_name") == "batch":                      # the running statistics moved alike
         for k, v in ref.state_dict().items():
             if "running" in k:
-                np.testing.assert_allclose(ours.state_dict()[k], v.numpy(), rtol=0, atol=1e-12, err_msg=k)
+                np.testing.assert_allclose(host(ours.state_dict()[k]), v.numpy(), rtol=0, atol=1e-12, err_msg=k)
         ref.eval()
         ours.eval()
         with torch.no_grad():
-            np.testing.assert_allclose(ours(Tensor(x)).data, ref(torch.tensor(x)).numpy(), rtol=0, atol=1e-10)
+            np.testing.assert_allclose(host(ours(Tensor(xp.asarray(x))).data), ref(torch.tensor(x)).numpy(),
+                                       rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_from_monai_matches_output_and_every_gradient(monai_nets, case):
+    _check_parity(monai_nets, case)
+
+
+@pytest.mark.parametrize("case", ["batch_basic", "affine_perceptron_noconv_qkvbias"])
+def test_from_monai_parity_on_the_cupy_side(monai_nets, case):
+    """The same on the GPU path: CuPy on a GPU, or the strict CuPy stand-in on the CPU."""
+    _cupy_or_skip()
+    _check_parity(monai_nets, case, device="cuda")
 
 
 def test_from_monai_keeps_attention_maps_and_eval_mode(monai_nets):
