@@ -104,3 +104,20 @@ def test_attention_pool_init_and_errors():
     abs_pool = AttentionPoolLatent(8, num_heads=2, pos_embed="abs", feat_size=4)
     with pytest.raises(ValueError, match="got 5 tokens but pos_embed has 4"):
         abs_pool(Tensor(np.zeros((1, 5, 8), dtype=np.float32)))
+
+
+def test_store_attn_keeps_the_weights_and_gives_the_same_output():
+    """store_attn: the written-out softmax(q kᵀ·scale) v, weights (B, h, L, N) kept, rows summing to 1,
+    and the same output as the one-op path."""
+    import minivit as mv
+    from minivit.layers.attention_pool import AttentionPoolLatent
+    mv.manual_seed(0)
+    pool = AttentionPoolLatent(16, num_heads=4, latent_len=2, pool_type="")
+    x = mv.randn(3, 10, 16)
+    with mv.no_grad():
+        ref = pool(x).numpy()
+        pool.store_attn = True
+        out = pool(x).numpy()
+    assert pool.attn_map.shape == (3, 4, 2, 10)
+    np.testing.assert_allclose(pool.attn_map.numpy().sum(-1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6)

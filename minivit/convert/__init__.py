@@ -5,7 +5,8 @@ minivit's models use timm's parameter names and shapes, so moving weights is
 a reference model's *configuration* to build the matching minivit model (MONAI's UNETR:
 ``from_monai``, convert/monai.py, with MONAI's names). That
 lives in one small module per architecture (``convert/<arch>.py``, a function
-``build_from_timm(torch_model)``). No module here imports torch: the torch
+``build_from_timm(torch_model)``; for Hugging Face transformers, ``from_transformers(hf_model)``,
+dispatched on the class by :func:`from_transformers`). No module here imports torch: the torch
 model is only read through its attributes and ``state_dict()``.
 """
 from __future__ import annotations
@@ -51,6 +52,26 @@ def from_timm(torch_model, dtype=None):
     return model.eval()
 
 
+# Hugging Face transformers class name → minivit.convert module with from_transformers(hf_model, dtype)
+_TRANSFORMERS = {
+    "CvtForImageClassification": "cvt",
+    "SegformerForSemanticSegmentation": "segformer",
+    "SegformerModel": "segformer",
+    "SegformerForImageClassification": "segformer",
+}
+
+
+def from_transformers(hf_model, dtype=None):
+    """The minivit twin of a Hugging Face transformers model: same configuration, same
+    weights, in eval mode; dtype defaults to the model's own (float32 or float64)."""
+    name = type(hf_model).__name__
+    if name not in _TRANSFORMERS:
+        raise ValueError(f"from_transformers: no converter for transformers' {name}; supported: "
+                         f"{', '.join(sorted(_TRANSFORMERS))}")
+    module = importlib.import_module(f"minivit.convert.{_TRANSFORMERS[name]}")
+    return module.from_transformers(hf_model, dtype=dtype)
+
+
 def from_monai(monai_model, dtype=None):
     """The minivit twin of a MONAI model (``monai.networks.nets.UNETR``): same configuration, same
     weights and buffers, in the MONAI model's train/eval mode; dtype defaults to the MONAI model's."""
@@ -65,6 +86,7 @@ def from_monai(monai_model, dtype=None):
 
 
 def cvt_from_transformers(hf_model, dtype=None):
-    """The minivit CvT twin of Hugging Face transformers' ``CvtForImageClassification``."""
+    """The minivit CvT twin of Hugging Face transformers' ``CvtForImageClassification``
+    (the CvT case of :func:`from_transformers`, kept under its old name)."""
     from minivit.convert import cvt
     return cvt.from_transformers(hf_model, dtype=dtype)

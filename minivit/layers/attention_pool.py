@@ -43,6 +43,7 @@ class AttentionPoolLatent(nn.Module):
     the first latent; 'avg': the mean over latents; '': all of them), ``norm_layer`` (the
     MLP's pre-norm; None is no norm, as timm), ``act_layer`` GELU, ``drop`` (after ``proj``).
     ``out_features=0`` keeps only the attention (no proj, norm or MLP: timm's pre-logits mode).
+    ``store_attn = True`` keeps the last attention weights (B, h, latent_len, N) in ``self.attn_map``.
     """
 
     def __init__(self, in_features: int, out_features: int | None = None, embed_dim: int | None = None,
@@ -97,6 +98,7 @@ class AttentionPoolLatent(nn.Module):
             self.mlp = None
             out_features = embed_dim
         self.out_features = out_features
+        self.store_attn, self.attn_map = False, None
         self.init_weights()
 
     def init_weights(self):
@@ -121,7 +123,12 @@ class AttentionPoolLatent(nn.Module):
         kv = self.kv(x).reshape(B, N, 2, h, d).permute(2, 0, 3, 1, 4)            # (2, B, h, N, d)
         k, v = kv.unbind(0)                                                      # each (B, h, N, d)
         q, k = self.q_norm(q), self.k_norm(k)
-        x = F.scaled_dot_product_attention(q, k, v, scale=self.scale)            # (B, h, L, d)
+        if self.store_attn:                                                      # the steps written out
+            attn = F.softmax((q * self.scale) @ k.transpose(-2, -1), dim=-1)     # (B, h, L, N)
+            self.attn_map = attn.detach()
+            x = attn @ v                                                         # (B, h, L, d)
+        else:
+            x = F.scaled_dot_product_attention(q, k, v, scale=self.scale)        # (B, h, L, d)
         x = x.transpose(1, 2).reshape(B, L, C)                                   # heads side by side
         x = self.proj_drop(self.proj(x))                                         # (B, L, out)
         if self.mlp is not None:

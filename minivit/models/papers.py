@@ -1,4 +1,4 @@
-"""The papers' own numbers for the 224×224 ImageNet configurations.
+"""The papers' own numbers for the 224×224 ImageNet configurations (and SegFormer's encoders).
 
 Parameters in millions and FLOPs in GMACs (multiply-accumulates, the papers'
 convention), as printed in each paper's main table. Where the paper's table
@@ -78,4 +78,25 @@ PAPERS = {
         "XCiT-S12/16", "XCiT Table 1", 26.0, 4.8,
         note="printed as 26M; the released model (and timm's) has 26,253,304 parameters, 0.97% more, "
              "within the 1% of the check"),
+    "mit_b0": PaperEntry(
+        "MiT-B0", "SegFormer Table 1a", 3.3, None,
+        note="the encoder alone (no classifier). SegFormer's tables give the encoders' parameters, "
+             "not FLOPs (those only for whole models at 512×512): the GMACs are minivit's count at 224"),
+    "mit_b1": PaperEntry("MiT-B1", "SegFormer Table 1a", 13.1, None,
+                         note="the encoder alone; parameters, not FLOPs, in the paper (see MiT-B0)"),
+    "mit_b2": PaperEntry("MiT-B2", "SegFormer Table 1a", 24.2, None,
+                         note="the encoder alone; parameters, not FLOPs, in the paper (see MiT-B0)"),
+    "mit_b3": PaperEntry("MiT-B3", "SegFormer Table 1a", 44.0, None,
+                         note="the encoder alone; parameters, not FLOPs, in the paper (see MiT-B0)"),
+    "mit_b4": PaperEntry("MiT-B4", "SegFormer Table 1a", 60.8, None,
+                         note="the encoder alone; parameters, not FLOPs, in the paper (see MiT-B0)"),
+    "mit_b5": PaperEntry("MiT-B5", "SegFormer Table 1a", 81.4, None,
+                         note="the encoder alone; parameters, not FLOPs, in the paper (see MiT-B0)"),
+    "segformer_b0": PaperEntry(
+        "SegFormer-B0", "SegFormer Table 2", 3.8, None, released_params_m=3.75,
+        note="encoder + all-MLP decoder (width 256) + 150-class ADE20K classifier: 3,752,694 "
+             "parameters, the same as the released model (Hugging Face's B0 config), printed as 3.8M. "
+             "The paper's 8.4 GFLOPs are at 512×512, where minivit counts 8.388 GMACs "
+             "(5.184 of them in the decoder); at 224 the paper prints parameters, not FLOPs: the GMACs "
+             "are minivit's count"),
 }

@@ -30,7 +30,7 @@ def model_entrypoint(name: str):
 
 
 # The pyramid models that give multi-scale features (``features_only=True``).
-FEATURE_MODELS = ("pvt_*", "pvt_v2_*", "swin_*", "pit_*", "mvitv2_*", "cvt_*")
+FEATURE_MODELS = ("pvt_*", "pvt_v2_*", "swin_*", "pit_*", "mvitv2_*", "cvt_*", "mit_*")
 
 
 def create_model(name: str, pretrained: bool = False, features_only: bool = False, out_indices=None,

@@ -1,0 +1,219 @@
+"""Data parallelism on an existing communication library: MPI between CPU processes, NCCL between GPUs.
+
+Every process (a *rank*) holds a full copy of the model. Each step, rank r computes the gradient
+of the mean loss over its own part of the global batch; the gradients are then summed over the
+ranks and divided by their number (one *all-reduce*), so every rank holds the gradient of the
+mean loss over the whole global batch, takes the same optimiser step and keeps the same weights.
+With equal parts this is exactly one process training on the global batch (float64 tests hold
+the two equal); BatchNorm's batch statistics are the exception, they stay per rank.
+
+    mpiexec -n 2 python my_script.py
+
+    from minivit import distributed as dist
+    dist.init()                                    # from the MPI environment (mpi4py)
+    dist.broadcast_parameters(model)               # every rank starts from rank 0's weights
+    for step, idx in ...:
+        mine = dist.shard(idx)                     # this rank's part of the global batch
+        loss = loss_fn(model(x[mine]), y[mine]); loss.backward()
+        dist.all_reduce_gradients(model.parameters())   # a few bucketed all-reduces, then / world_size
+        opt.step()
+
+On the CPU the arrays go through MPI's buffer interface (mpi4py's upper-case methods: no
+pickling). On GPUs (``init(backend="nccl")``) they go through NCCL (``cupy.cuda.nccl``), one GPU per
+rank, its communicator set up with a unique id that rank 0 makes and MPI broadcasts. mpi4py and an
+MPI (the ``mpich`` wheel) are the optional extra ``minivit[mpi]``; without them, or outside
+``mpiexec``, :func:`init` gives a world of one process and every collective is the identity.
+
+A rank that raises inside :func:`guard` prints ``error: rank R: ...`` and aborts the whole MPI job
+(``MPI_Abort``), so the others stop instead of waiting forever in their next all-reduce.
+"""
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+
+import numpy as np
+
+from minivit import backend
+
+_state = {"comm": None, "rank": 0, "size": 1, "backend": None, "nccl": None}
+
+# The gradients go in buckets of about this many bytes: a few large all-reduces instead of one
+# per parameter (each collective has a fixed latency), as PyTorch's DDP (25 MB).
+BUCKET_BYTES = 25 * 2**20
+
+
+def init(backend_name: str | None = None) -> int:
+    """Join the job started by ``mpiexec`` (or a scheduler); returns the world size.
+
+    ``backend_name``: ``"mpi"`` (CPU arrays), ``"nccl"`` (CuPy arrays, one GPU per rank: the
+    rank's GPU is ``rank % device count``), or None: ``"mpi"`` when mpi4py is importable and the
+    job has more than one rank, else a single process (rank 0 of 1)."""
+    if backend_name not in (None, "mpi", "nccl"):
+        raise ValueError(f"distributed.init: backend must be 'mpi', 'nccl' or None, got {backend_name!r}")
+    try:
+        from mpi4py import MPI
+    except ImportError:
+        if backend_name is not None:
+            raise RuntimeError(f"distributed.init(backend={backend_name!r}) needs mpi4py and an MPI: "
+                               f"pip install 'minivit[mpi]'") from None
+        _state.update(comm=None, rank=0, size=1, backend=None)
+        return 1
+    comm = MPI.COMM_WORLD
+    _state.update(comm=comm, rank=comm.Get_rank(), size=comm.Get_size(), backend=backend_name or "mpi")
+    if _state["backend"] == "nccl":
+        _init_nccl(comm)
+    return _state["size"]
+
+
+def _init_nccl(comm):
+    """One NCCL communicator over the ranks: rank 0 makes the unique id, MPI broadcasts it."""
+    import cupy
+    from cupy.cuda import nccl
+    cupy.cuda.Device(_state["rank"] % cupy.cuda.runtime.getDeviceCount()).use()
+    uid = nccl.get_unique_id() if _state["rank"] == 0 else None
+    uid = comm.bcast(uid, root=0)                 # a small tuple of bytes: the one pickled message
+    _state["nccl"] = nccl.NcclCommunicator(_state["size"], uid, _state["rank"])
+
+
+def is_initialized() -> bool:
+    return _state["comm"] is not None
+
+
+def rank() -> int:
+    return _state["rank"]
+
+
+def world_size() -> int:
+    return _state["size"]
+
+
+def is_main() -> bool:
+    """Rank 0: the one that writes the run directory, the logs and the checkpoints."""
+    return _state["rank"] == 0
+
+
+_OPS = ("sum", "mean", "max", "min")
+
+
+def all_reduce(array, op: str = "sum"):
+    """Reduce ``array`` over the ranks, in place (every rank gets the result); returns it."""
+    if op not in _OPS:
+        raise ValueError(f"all_reduce: op must be one of {_OPS}, got {op!r}")
+    if _state["size"] == 1:
+        return array
+    if backend.is_cupy_array(array):
+        return _nccl_all_reduce(array, op)
+    if not isinstance(array, np.ndarray) or not array.flags.c_contiguous:
+        raise ValueError("all_reduce: pass a C-contiguous NumPy array (MPI reads it as a buffer, in place)")
+    from mpi4py import MPI
+    mpi_op = {"sum": MPI.SUM, "mean": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN}[op]
+    _state["comm"].Allreduce(MPI.IN_PLACE, array, op=mpi_op)
+    if op == "mean":
+        array /= _state["size"]
+    return array
+
+
+def _nccl_all_reduce(array, op):
+    import cupy
+    from cupy.cuda import nccl
+    if _state["nccl"] is None:
+        raise RuntimeError("all_reduce of a CuPy array needs distributed.init(backend='nccl')")
+    dtypes = {np.dtype(np.float32): nccl.NCCL_FLOAT32, np.dtype(np.float64): nccl.NCCL_FLOAT64,
+              np.dtype(np.float16): nccl.NCCL_FLOAT16}
+    if array.dtype not in dtypes or not array.flags.c_contiguous:
+        raise ValueError(f"all_reduce: NCCL takes C-contiguous float16/32/64 arrays, got {array.dtype}")
+    nccl_op = {"sum": nccl.NCCL_SUM, "mean": nccl.NCCL_SUM, "max": nccl.NCCL_MAX, "min": nccl.NCCL_MIN}[op]
+    stream = cupy.cuda.get_current_stream()
+    _state["nccl"].allReduce(array.data.ptr, array.data.ptr, array.size, dtypes[array.dtype], nccl_op, stream.ptr)
+    if op == "mean":
+        array /= _state["size"]
+    return array
+
+
+def broadcast(array, root: int = 0):
+    """Overwrite ``array`` on every rank with ``root``'s, in place; returns it."""
+    if _state["size"] == 1:
+        return array
+    if backend.is_cupy_array(array):
+        import cupy
+        from cupy.cuda import nccl
+        dtype = {np.dtype(np.float32): nccl.NCCL_FLOAT32, np.dtype(np.float64): nccl.NCCL_FLOAT64}[array.dtype]
+        _state["nccl"].bcast(array.data.ptr, array.size, dtype, root, cupy.cuda.get_current_stream().ptr)
+        return array
+    _state["comm"].Bcast(array, root=root)
+    return array
+
+
+def barrier():
+    if _state["size"] > 1:
+        _state["comm"].Barrier()
+
+
+def broadcast_parameters(model, root: int = 0):
+    """Every parameter and buffer of ``model`` set to ``root``'s values (a DDP's start)."""
+    for _, t in list(model.named_parameters()) + list(model.named_buffers()):
+        data = t.data if hasattr(t, "data") else t
+        broadcast(data, root)
+
+
+def _buckets(params, bucket_bytes):
+    """Consecutive groups of parameters (with gradients), each about ``bucket_bytes``, one dtype."""
+    bucket, size = [], 0
+    for p in params:
+        if p.grad is None:
+            continue
+        if bucket and (size + p.grad.nbytes > bucket_bytes or p.grad.dtype != bucket[0].grad.dtype):
+            yield bucket
+            bucket, size = [], 0
+        bucket.append(p)
+        size += p.grad.nbytes
+    if bucket:
+        yield bucket
+
+
+def all_reduce_gradients(params, bucket_bytes: int = BUCKET_BYTES) -> int:
+    """Average every parameter's gradient over the ranks: the gradients are copied into a few flat
+    buffers (about ``bucket_bytes`` each), summed by one all-reduce per buffer, divided by the
+    world size and copied back. Returns the number of all-reduces (0 in a world of one)."""
+    if _state["size"] == 1:
+        return 0
+    calls = 0
+    for bucket in _buckets(list(params), bucket_bytes):
+        xp = bucket[0].xp
+        flat = xp.concatenate([p.grad.reshape(-1) for p in bucket])            # one buffer
+        all_reduce(flat, "sum")
+        flat /= _state["size"]
+        start = 0
+        for p in bucket:
+            n = p.grad.size
+            p.grad = flat[start:start + n].reshape(p.grad.shape)               # a view of the buffer
+            start += n
+        calls += 1
+    return calls
+
+
+def shard(indices, rank_: int | None = None, world: int | None = None):
+    """This rank's part of a global batch of ``indices``: contiguous and equal (the global batch
+    must divide by the world size), so the ranks' parts are disjoint and cover the batch."""
+    r = _state["rank"] if rank_ is None else rank_
+    w = _state["size"] if world is None else world
+    n = len(indices)
+    if n % w:
+        raise ValueError(f"shard: a global batch of {n} does not split over {w} ranks: make the batch size "
+                         f"a multiple of the number of ranks")
+    per = n // w
+    return indices[r * per:(r + 1) * per]
+
+
+@contextmanager
+def guard():
+    """Run the body; if it raises on one rank, print ``error: rank R: ...`` and abort the whole job
+    (every rank), instead of leaving the others blocked in a collective."""
+    try:
+        yield
+    except BaseException as e:                                                 # noqa: BLE001 (then abort)
+        if _state["size"] == 1 or isinstance(e, SystemExit) and not e.code:
+            raise
+        print(f"error: rank {_state['rank']} of {_state['size']}: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        _state["comm"].Abort(1)

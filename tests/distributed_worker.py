@@ -1,0 +1,61 @@
+"""A data-parallel run for tests/test_distributed.py: ``mpiexec -n R python tests/distributed_worker.py OUT MODE``.
+
+Every rank builds the same small float64 model (no BatchNorm), rank 0's weights are broadcast,
+and each step every rank takes its shard of the global batch, backpropagates the mean loss over
+its shard, averages the gradients over the ranks and steps AdamW. ``MODE``:
+``train`` — 5 steps; rank 0 writes the weights after 3 and 5 steps, and the state after 3;
+``raise`` — rank 1 raises in step 2 (the job must stop with an error naming it).
+"""
+import pickle
+import sys
+
+import numpy as np
+
+import minivit as mv
+import minivit.functional as F
+from minivit import distributed as dist
+from minivit import nn, optim
+
+GLOBAL_BATCH, STEPS = 8, 5
+
+
+def make_model(seed):
+    mv.manual_seed(seed)
+    return nn.Sequential(nn.Linear(6, 16), nn.GELU(), nn.LayerNorm(16), nn.Linear(16, 4)).to(dtype=np.float64)
+
+
+def batches():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((GLOBAL_BATCH * STEPS, 6))
+    y = rng.integers(0, 4, GLOBAL_BATCH * STEPS)
+    for s in range(STEPS):
+        idx = np.arange(s * GLOBAL_BATCH, (s + 1) * GLOBAL_BATCH)
+        yield s, x[idx], y[idx]
+
+
+def main(out, mode):
+    dist.init()
+    with dist.guard():
+        model = make_model(seed=dist.rank())            # different on every rank ...
+        dist.broadcast_parameters(model)                 # ... until rank 0's weights are broadcast
+        opt = optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.05)
+        saved = {}
+        for s, x, y in batches():
+            if mode == "raise" and s == 2 and dist.rank() == 1:
+                raise RuntimeError("a failure on purpose")
+            xs, ys = dist.shard(x), dist.shard(y)
+            opt.zero_grad()
+            F.cross_entropy(model(mv.tensor(xs)), mv.tensor(ys)).backward()
+            dist.all_reduce_gradients(model.parameters(), bucket_bytes=256)   # small buckets: several calls
+            opt.step()
+            if s + 1 == 3:
+                saved["after3"] = {k: np.array(v) for k, v in model.state_dict().items()}
+                saved["opt3"] = opt.state_dict()
+        saved["after5"] = {k: np.array(v) for k, v in model.state_dict().items()}
+        if dist.is_main():
+            with open(out, "wb") as f:
+                pickle.dump(saved, f)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
