@@ -1,5 +1,6 @@
-r"""Training losses: cross-entropy with label smoothing, DeiT's distillation losses, and the
-per-pixel cross-entropy of segmentation (logits upsampled to the masks, an ignore label).
+r"""Training losses: cross-entropy with label smoothing, DeiT's distillation losses, the
+per-pixel cross-entropy of segmentation (logits upsampled to the masks, an ignore label), and soft
+Dice (with the hard Dice metric) for volume segmentation.
 
 DeiT (Touvron et al. 2021, §4) trains a transformer student from a CNN teacher.
 With Zs the student's logits, Zt the teacher's, ψ the softmax, y the label, τ a
@@ -40,10 +41,16 @@ is the paper's formula.
 """
 from __future__ import annotations
 
+import warnings
+
+import numpy as np
+
 import minivit.functional as F
+from minivit import backend
 from minivit.autograd import Tensor, no_grad
 
 DISTILLATION_TYPES = ("none", "soft", "hard")
+get_array_module = backend.get_array_module
 
 
 def cross_entropy(logits, target, label_smoothing: float = 0.0):
@@ -149,6 +156,137 @@ class DistillationLoss:
                                  self.label_smoothing, self.kl_reduction)
 
 
+# =========================================================================== Dice (volumes, masks)
+# Soft Dice (Milletari et al., V-Net, 2016), as MONAI's ``DiceLoss`` computes it (UNETR trains
+# with Dice + cross-entropy). With p the predicted probabilities and g the one-hot target of one
+# sample's class c, summed over the voxels (and over the batch too when ``batch=True``):
+#
+#     Dice loss = 1 − (2·Σ p·g + smooth_nr) / (Σ p + Σ g + smooth_dr)
+#     Jaccard   = 1 − (Σ p·g + smooth_nr/2) / (Σ p + Σ g − Σ p·g + smooth_dr/2)    (jaccard=True)
+#
+# then averaged over the (sample, class) pairs. The smooth terms (MONAI's defaults, 1e-5) make a
+# class absent from both prediction and target score loss 0, not 0/0.
+DICE_REDUCTIONS = ("mean", "sum", "none")
+
+
+def _one_hot_target(target, num_classes: int, dtype, name: str):
+    """Class indices (B, *S) or (B, 1, *S) → a one-hot array (B, C, *S) (not a graph input)."""
+    xp = get_array_module(target)
+    labels = target[:, 0] if target.ndim >= 2 and target.shape[1] == 1 else target
+    if labels.dtype.kind not in "iu":
+        labels = labels.astype(np.int64)              # float labels (B, 1, *S) from a loader: truncated, as MONAI
+    # (the range check reads the labels on the host: on the CPU only, so a GPU step never syncs here)
+    if xp is np and labels.size and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        raise ValueError(f"{name}: class indices must be in [0, {num_classes}), got [{int(labels.min())}, "
+                         f"{int(labels.max())}]; the logits have {num_classes} channels")
+    classes = xp.arange(num_classes).reshape((1, num_classes) + (1,) * (labels.ndim - 1))
+    return (labels[:, None] == classes).astype(dtype)
+
+
+def dice_loss(input, target, include_background: bool = True, to_onehot_y: bool = False,  # noqa: A002
+              sigmoid: bool = False, softmax: bool = False, jaccard: bool = False, reduction: str = "mean",
+              smooth_nr: float = 1e-5, smooth_dr: float = 1e-5, batch: bool = False):
+    """Soft Dice loss, ``monai.losses.DiceLoss(...)(input, target)`` with the same arguments.
+
+    input (B, C, *S): probabilities, or logits with ``softmax=True`` (over C) / ``sigmoid=True``.
+    target: (B, C, *S) one-hot (or soft) masks, or with ``to_onehot_y=True`` class indices
+    (B, 1, *S) or (B, *S). ``include_background=False`` drops channel 0 after the activation.
+    reduction 'mean' | 'sum' over the (B, C) losses, or 'none': the (B, C, 1, …) losses ((C, 1, …)
+    with ``batch=True``: MONAI's shapes)."""
+    name = "dice_loss"
+    if sigmoid and softmax:
+        raise ValueError(f"{name}: sigmoid=True and softmax=True are exclusive; pick one")
+    if reduction not in DICE_REDUCTIONS:
+        raise ValueError(f"{name}: reduction must be one of {DICE_REDUCTIONS}, got {reduction!r}")
+    if input.ndim < 3:
+        raise ValueError(f"{name}: input must be (B, C, *spatial), got shape {tuple(input.shape)}")
+    C = input.shape[1]
+    if sigmoid:
+        input = F.sigmoid(input)
+    if softmax and C > 1:                          # (MONAI ignores softmax on one channel, too)
+        input = F.softmax(input, dim=1)
+    t = target.data if isinstance(target, Tensor) else get_array_module(input.data).asarray(target)
+    if to_onehot_y and C > 1:
+        t = _one_hot_target(t, C, input.dtype, name)
+    t = t.astype(input.dtype, copy=False)
+    if tuple(t.shape) != tuple(input.shape):
+        raise ValueError(f"{name}: target shape {tuple(t.shape)} does not match input {tuple(input.shape)}; "
+                         f"pass one-hot (B, C, *S) masks, or class indices with to_onehot_y=True")
+    if not include_background and C > 1:
+        input, t = input[:, 1:], t[:, 1:]
+    axes = tuple(range(2, input.ndim))
+    if batch:
+        axes = (0,) + axes
+    inter = F.sum(input * Tensor(t), dim=axes)                            # (B, C), or (C,) with batch
+    denom = F.sum(input, dim=axes) + Tensor(t.sum(axis=axes))
+    if jaccard:
+        denom = (denom - inter) * 2.0
+    f = 1.0 - (inter * 2.0 + smooth_nr) / (denom + smooth_dr)
+    if reduction == "mean":
+        return F.mean(f)
+    if reduction == "sum":
+        return F.sum(f)
+    return f.reshape(*f.shape[:2], *(1,) * (input.ndim - 2))  # MONAI's: (B, C, 1, …), or (C, 1, …) with batch
+
+
+class DiceLoss:
+    """``monai.losses.DiceLoss``'s arguments and call: ``DiceLoss(softmax=True, to_onehot_y=True)(logits,
+    labels)``; see :func:`dice_loss`."""
+
+    def __init__(self, include_background: bool = True, to_onehot_y: bool = False, sigmoid: bool = False,
+                 softmax: bool = False, jaccard: bool = False, reduction: str = "mean", smooth_nr: float = 1e-5,
+                 smooth_dr: float = 1e-5, batch: bool = False):
+        self.kwargs = dict(include_background=include_background, to_onehot_y=to_onehot_y, sigmoid=sigmoid,
+                           softmax=softmax, jaccard=jaccard, reduction=reduction, smooth_nr=smooth_nr,
+                           smooth_dr=smooth_dr, batch=batch)
+        if reduction not in DICE_REDUCTIONS:
+            raise ValueError(f"DiceLoss: reduction must be one of {DICE_REDUCTIONS}, got {reduction!r}")
+
+    def __call__(self, input, target):  # noqa: A002
+        return dice_loss(input, target, **self.kwargs)
+
+
+def dice_per_class(pred, target, num_classes: int, include_background: bool = True, ignore_empty: bool = True):
+    """Hard Dice 2|P∩G| / (|P| + |G|) per sample and class, as MONAI's ``compute_dice`` on one-hot
+    masks: (B, C) float64 on the host (C − 1 columns without the background).
+
+    pred: class indices (B, *S), or logits / probabilities (B, num_classes, *S) (argmax over C);
+    target: class indices (B, *S). A class absent from a sample's target scores NaN
+    (``ignore_empty=True``, left out of the means) or else 1 if also absent from the prediction, 0 if not."""
+    pred = backend.to_numpy(pred.data if isinstance(pred, Tensor) else pred)
+    target = backend.to_numpy(target.data if isinstance(target, Tensor) else target)
+    if pred.ndim == target.ndim + 1:
+        if pred.shape[1] != num_classes:
+            raise ValueError(f"dice_per_class: pred has {pred.shape[1]} channels, num_classes is {num_classes}")
+        pred = pred.argmax(axis=1)
+    if pred.shape != target.shape:
+        raise ValueError(f"dice_per_class: pred labels {pred.shape} and target labels {target.shape} differ; "
+                         f"pass (B, *S) labels or (B, C, *S) logits for pred, (B, *S) labels for target")
+    classes = np.arange(0 if include_background else 1, num_classes)
+    axes = tuple(range(1, pred.ndim))
+    P = pred[:, None] == classes.reshape((1, -1) + (1,) * (pred.ndim - 1))       # (B, C, *S) bool
+    G = target[:, None] == classes.reshape((1, -1) + (1,) * (pred.ndim - 1))
+    inter = (P & G).sum(axis=tuple(a + 1 for a in axes)).astype(np.float64)      # (B, C)
+    p_sum = P.sum(axis=tuple(a + 1 for a in axes)).astype(np.float64)
+    g_sum = G.sum(axis=tuple(a + 1 for a in axes)).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        dice = 2 * inter / (p_sum + g_sum)
+    empty = g_sum == 0
+    dice[empty] = np.nan if ignore_empty else (p_sum[empty] == 0).astype(np.float64)
+    return dice
+
+
+def mean_dice(pred, target, num_classes: int, include_background: bool = False, ignore_empty: bool = True):
+    """(mean Dice over classes, per-class Dice (C,)): each class's Dice averaged over the samples
+    whose target has it (NaN-mean of :func:`dice_per_class`), then the mean of those. The
+    background is left out by default, as the segmentation papers (BTCV's) report organs."""
+    d = dice_per_class(pred, target, num_classes, include_background, ignore_empty)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)          # a class no sample has: NaN
+        per_class = np.nanmean(d, axis=0)
+        return float(np.nanmean(per_class)), per_class
+
+
 def merge_heads(outputs):
     """The logits to score: a distilled DeiT's two heads averaged, or the logits themselves."""
     if isinstance(outputs, (tuple, list)):
@@ -194,3 +332,4 @@ __all__ = ["upsample_logits", "segmentation_cross_entropy", "SegmentationLoss",
            "cross_entropy", "soft_distillation_term", "hard_distillation_term", "soft_distillation_loss",
            "hard_distillation_loss", "distillation_loss", "DistillationLoss", "merge_heads",
            "DISTILLATION_TYPES"]
+__all__ += ["dice_loss", "DiceLoss", "dice_per_class", "mean_dice", "DICE_REDUCTIONS"]

@@ -2,7 +2,8 @@
 
 minivit's models use timm's parameter names and shapes, so moving weights is
 ``model.load_state_dict(torch_model.state_dict())``; what needs code is reading
-a reference model's *configuration* to build the matching minivit model. That
+a reference model's *configuration* to build the matching minivit model (MONAI's UNETR:
+``from_monai``, convert/monai.py, with MONAI's names). That
 lives in one small module per architecture (``convert/<arch>.py``, a function
 ``build_from_timm(torch_model)``; for Hugging Face transformers, ``from_transformers(hf_model)``,
 dispatched on the class by :func:`from_transformers`). No module here imports torch: the torch
@@ -69,6 +70,19 @@ def from_transformers(hf_model, dtype=None):
                          f"{', '.join(sorted(_TRANSFORMERS))}")
     module = importlib.import_module(f"minivit.convert.{_TRANSFORMERS[name]}")
     return module.from_transformers(hf_model, dtype=dtype)
+
+
+def from_monai(monai_model, dtype=None):
+    """The minivit twin of a MONAI model (``monai.networks.nets.UNETR``): same configuration, same
+    weights and buffers, in the MONAI model's train/eval mode; dtype defaults to the MONAI model's."""
+    from minivit.convert import monai
+    model = monai.build_from_monai(monai_model)
+    state = torch_state_dict(monai_model)
+    if dtype is None:
+        dtype = next(iter(v.dtype for v in state.values() if v.dtype.kind == "f"), np.float32)
+    model.to(dtype=dtype)
+    model.load_state_dict(state)
+    return model.train(monai_model.training)
 
 
 def cvt_from_transformers(hf_model, dtype=None):

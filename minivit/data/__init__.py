@@ -29,6 +29,7 @@ from minivit.data.loader import DeviceLoader  # noqa: F401
 from minivit.data.segmentation import (IGNORE_INDEX, SHAPES_CLASSES, SHAPES_SIZES,  # noqa: F401
                                        SegmentationAugment, SegmentationSplit, load_shapes)
 from minivit.data.synthetic import SYNTHETIC_CLASSES, load_synthetic  # noqa: F401
+from minivit.data.volumes import VOLUME_CLASSES, VolumeSplit, load_volumes  # noqa: F401
 
 DATASETS = ("cifar10", "synthetic", "shapes")
 SEGMENTATION_DATASETS = ("shapes",)        # per-pixel masks: python -m minivit.train --task segmentation

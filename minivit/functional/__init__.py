@@ -3,8 +3,8 @@
 Each op is a ``Function`` whose backward sits right below its forward; the
 lowercase functions here are what models call.
 """
-from minivit.functional.activation import (drop_path, dropout, gelu, log_softmax, relu,  # noqa: F401
-                                           sigmoid, softmax)
+from minivit.functional.activation import (drop_path, dropout, gelu, leaky_relu, log_softmax,  # noqa: F401
+                                           relu, sigmoid, softmax)
 from minivit.functional.attention import (attention_simple, qkv_attention,  # noqa: F401
                                         scaled_dot_product_attention)
 from minivit.functional.basic import (abs, add, amax, argmax, cat, chunk, clamp, div, exp,  # noqa: F401

@@ -1,4 +1,4 @@
-"""Activations and regularisers: relu, gelu, sigmoid, softmax, log_softmax, dropout, drop_path.
+"""Activations and regularisers: relu, leaky_relu, gelu, sigmoid, softmax, log_softmax, dropout, drop_path.
 
 Each has a closed-form backward (no graph of elementary ops), and the
 softmaxes subtract a detached row max first, so ``exp`` never overflows.
@@ -240,6 +240,30 @@ def relu(input):  # noqa: A002
     return ReLU()(input)
 
 
+class LeakyReLU(Function):
+    """x where x > 0, negative_slope·x elsewhere; the gradient is 1 or negative_slope
+    (negative_slope at x == 0, as PyTorch). UNETR's and nnU-Net's conv blocks use slope 0.01."""
+
+    def __init__(self, negative_slope):
+        self.negative_slope = negative_slope
+
+    def forward(self, x):
+        xp = get_array_module(x)
+        self.mask = x > 0
+        return xp.where(self.mask, x, x * x.dtype.type(self.negative_slope))
+
+    def backward(self, gy):
+        xp = get_array_module(gy)
+        return xp.where(self.mask, gy, gy * gy.dtype.type(self.negative_slope))
+
+
+def leaky_relu(input, negative_slope: float = 0.01, inplace: bool = False):  # noqa: A002
+    """``torch.nn.functional.leaky_relu``; ``inplace`` is accepted and ignored (ops never overwrite)."""
+    if not isinstance(negative_slope, (int, float)):
+        raise ValueError(f"leaky_relu: negative_slope must be a number, got {negative_slope!r}")
+    return LeakyReLU(float(negative_slope))(input)
+
+
 def gelu(input, approximate="none"):  # noqa: A002
     """``torch.nn.functional.gelu``; ``approximate='tanh'`` is the GPT-2/BERT tanh form."""
     if approximate not in ("none", "tanh"):
@@ -424,4 +448,4 @@ def drop_path(x, drop_prob=0.0, training=False, scale_by_keep=True):
     return MaskScale(mask)(x)
 
 
-__all__ = ["relu", "gelu", "sigmoid", "softmax", "log_softmax", "dropout", "drop_path"]
+__all__ = ["relu", "leaky_relu", "gelu", "sigmoid", "softmax", "log_softmax", "dropout", "drop_path"]

@@ -24,7 +24,7 @@ import math
 
 import numpy as np
 
-from minivit.functional.activation import drop_path, dropout, gelu, relu, softmax
+from minivit.functional.activation import drop_path, dropout, gelu, leaky_relu, relu, softmax
 from minivit.functional.conv import adaptive_avg_pool2d, conv2d
 from minivit.functional.linear import linear
 from minivit.functional.norm import batch_norm, layer_norm
@@ -196,9 +196,12 @@ class BatchNorm2d(Module):
             self.running_var.data[...] = 1
             self.num_batches_tracked.data[...] = 0
 
+    _input_ndim, _layout = 4, "NCHW"
+
     def forward(self, x):
-        if x.ndim != 4:
-            raise ValueError(f"BatchNorm2d expects a 4-D NCHW input, got shape {x.shape}")
+        if x.ndim != self._input_ndim:
+            raise ValueError(f"{type(self).__name__} expects a {self._input_ndim}-D {self._layout} input, "
+                             f"got shape {x.shape}")
         momentum = 0.0 if self.momentum is None else self.momentum
         if self.training and self.track_running_stats:
             self.num_batches_tracked.data += 1
@@ -214,6 +217,12 @@ class BatchNorm2d(Module):
         bias = f", bias={self.bias is not None}" if self.affine else ""  # torch ≥ 2.13 shows it
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}{bias}, "
                 f"track_running_stats={self.track_running_stats}")
+
+
+class BatchNorm3d(BatchNorm2d):
+    """Batch normalisation over (N, D, H, W) per channel of an NCDHW volume; as BatchNorm2d."""
+
+    _input_ndim, _layout = 5, "NCDHW"
 
 
 # =========================================================================== regularisers
@@ -274,6 +283,20 @@ class ReLU(Module):
 
     def forward(self, x):
         return relu(x)
+
+
+class LeakyReLU(Module):
+    """x for x > 0, negative_slope·x elsewhere; ``inplace`` accepted and ignored, as ReLU's."""
+
+    def __init__(self, negative_slope: float = 0.01, inplace: bool = False):
+        super().__init__()
+        self.negative_slope = negative_slope
+
+    def forward(self, x):
+        return leaky_relu(x, self.negative_slope)
+
+    def extra_repr(self):
+        return f"negative_slope={self.negative_slope}"
 
 
 class Softmax(Module):
