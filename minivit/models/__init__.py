@@ -20,4 +20,5 @@ from minivit.models.convmixer import ConvMixer  # noqa: F401
 from minivit.models.mvitv2 import MultiScaleVit  # noqa: F401
 from minivit.models.xcit import Xcit  # noqa: F401
 from minivit.models.segformer import MixVisionTransformer, Segformer  # noqa: F401
+from minivit.models.timesformer import TimeSformer  # noqa: F401
 from minivit.models.resnet import ResNet  # noqa: F401  (the CNN teacher for DeiT distillation)
