@@ -119,7 +119,7 @@ class TimeSformer(nn.Module):
 
     def no_weight_decay(self):
         """Embeddings that say where, when or which token: no weight decay (the released code's set)."""
-        return {"pos_embed", "cls_token", "time_embed"}
+        return {"pos_embed", "cls_token"} | ({"time_embed"} if self.time_embed is not None else set())
 
     # ------------------------------------------------------------------ forward
     def _check_clip(self, x):
