@@ -200,16 +200,18 @@ def timesformer_base_patch16_224(**kwargs):
 @register_model
 def timesformer_tiny(**kwargs):
     """A TimeSformer for 8-frame 32×32 clips on a CPU (the generated motion clips,
-    ``minivit.data.motion``): about 0.3M parameters.
+    ``minivit.data.motion``): 225,860 parameters with divided attention (142,148 joint,
+    141,636 space-only).
 
     Design: patch 4 gives an 8×8 grid per frame (as ``vit_tiny`` on CIFAR-10), so a shape
-    moving 1-3 pixels a frame changes patch only every few frames, and the time attention
-    at a patch position sees it arrive and leave; 8 × 64 = 512 tokens. Width 64 (2 heads
-    of 32), 4 blocks, MLP ratio 2: the divided attention's cost per block is about
-    2·(64·8² + 8·65²)·64 ≈ 5.9M MACs of scores against joint's 2·513²·64 ≈ 33.7M,
-    which is what the comparison in the README's video table is about; the linear maps,
-    identical for both, are 512·(4+4·2)·64² ≈ 25M (divided adds 5·64² per token for its
-    time branch). Four classes (the directions of ``minivit.data.motion``).
+    moving 1-2 pixels a frame stays in a patch for a few frames and the time attention at
+    that position sees it arrive and leave; 8 × 64 = 512 tokens. Width 64 (2 heads of 32),
+    4 blocks, MLP ratio 2: small enough to train in minutes on a CPU. Per clip (counted,
+    = ``formulas.timesformer_exact``): divided 130.6M MACs, joint 203.6M, space-only 87.0M.
+    At this size the token count, not the width, sets the cost: joint's scores per block are
+    2·513²·64 = 33.7M MACs against divided's 2·(64·8² + 8·65²)·64 = 4.9M, and the linear
+    maps (8·C² a token, 16.8M a block) are the same for both but for divided's time branch
+    (5·C² a token). Four classes: the directions of ``minivit.data.motion``.
     """
     return _timesformer(dict(img_size=32, patch_size=4, num_frames=8, num_classes=4, embed_dim=64, depth=4,
                              num_heads=2, mlp_ratio=2.0), kwargs)
