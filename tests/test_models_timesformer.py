@@ -185,8 +185,8 @@ def test_tiny_trains_one_step(attention_type):
     assert 1e5 <= count_params(model) <= 1e6
     x = mv.randn(2, 8, 3, 32, 32)
     logits = model(x)
-    assert logits.shape == (2, 4)
-    F.cross_entropy(logits, mv.tensor([1, 3])).backward()
+    assert logits.shape == (2, 2)
+    F.cross_entropy(logits, mv.tensor([1, 0])).backward()
     for name, p in model.named_parameters():
         assert p.grad is not None and np.isfinite(p.grad).all(), name
     assert model.no_weight_decay() <= set(dict(model.named_parameters()))

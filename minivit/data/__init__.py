@@ -23,6 +23,7 @@ from minivit.data.cifar10 import (CIFAR10_CLASSES, CIFAR10_MD5, CIFAR10_URL, Dat
                                   load_official_folder)
 from minivit.data.loader import DeviceLoader  # noqa: F401
 from minivit.data.synthetic import SYNTHETIC_CLASSES, load_synthetic  # noqa: F401
+from minivit.data.motion import MOTION_CLASSES, ClipSplit, load_motion  # noqa: F401
 
 DATASETS = ("cifar10", "synthetic")
 SYNTHETIC_SIZES = (10000, 2000)   # train, test

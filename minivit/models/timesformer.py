@@ -211,7 +211,7 @@ def timesformer_tiny(**kwargs):
     At this size the token count, not the width, sets the cost: joint's scores per block are
     2·513²·64 = 33.7M MACs against divided's 2·(64·8² + 8·65²)·64 = 4.9M, and the linear
     maps (8·C² a token, 16.8M a block) are the same for both but for divided's time branch
-    (5·C² a token). Four classes: the directions of ``minivit.data.motion``.
+    (5·C² a token). Two classes: the two directions of ``minivit.data.motion``.
     """
-    return _timesformer(dict(img_size=32, patch_size=4, num_frames=8, num_classes=4, embed_dim=64, depth=4,
+    return _timesformer(dict(img_size=32, patch_size=4, num_frames=8, num_classes=2, embed_dim=64, depth=4,
                              num_heads=2, mlp_ratio=2.0), kwargs)
