@@ -58,6 +58,7 @@ from minivit.losses import DISTILLATION_TYPES, DistillationLoss, merge_heads
 CHECKPOINT_FORMAT = "minivit-checkpoint"
 CHECKPOINT_VERSION = 1
 PRECISIONS = ("fp32", "tf32", "fp16")     # fp16: autocast + GradScaler, float32 master weights
+TASKS = ("classification", "video")        # video: clips of --dataset motion, no augmentation
 EXIT_INTERRUPTED = 130     # the shell's code for "stopped by Ctrl-C"
 
 
@@ -277,8 +278,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--drop-path", type=float, default=None,
                    help="stochastic depth rate (drop_path_rate); default: the model's own")
     g = p.add_argument_group("data")
+    g.add_argument("--task", choices=TASKS, default="classification",
+                   help="classification (images), or video: clips (B, T, C, H, W) of --dataset motion, for a "
+                        "video model (timesformer_tiny); no augmentation (a flip would reverse the motion)")
     g.add_argument("--dataset", choices=data.DATASETS, default="cifar10",
-                   help="cifar10, or synthetic: generated shapes, no download (10,000 train / 2,000 test)")
+                   help="cifar10, or synthetic: generated shapes, no download (10,000 train / 2,000 test); "
+                        "motion: generated clips for --task video (4,000 train / 1,000 test)")
     g.add_argument("--data-dir", default=None,
                    help="cifar-10-python.tar.gz, cifar-10-batches-py/, or an ImageFolder folder or .tar.gz (a path "
                         "without one is an error, unless --download); default: the cache (~/.cache/minivit or "
@@ -357,6 +362,9 @@ _RESUMABLE = ("device", "progress", "log_every", "resume")
 def resolve_config(args: argparse.Namespace) -> dict:
     """The arguments with every default filled in (what goes into config.json)."""
     cfg = dict(vars(args))
+    if (cfg["task"] == "video") != (cfg["dataset"] == "motion"):
+        raise cli.UsageError(f"--task {cfg['task']} with --dataset {cfg['dataset']}: video clips come from "
+                             f"--dataset motion, and --dataset motion needs --task video; pass both or neither")
     cfg["model_kwargs"] = cfg["model_kwargs"] or {}
     cfg["lr"] = cfg["lr"] if cfg["lr"] is not None else {"adamw": 1e-3, "sgd": 0.1, "adafactor": 1e-2}[cfg["opt"]]
     if cfg["weight_decay"] is None:
@@ -432,7 +440,8 @@ class Trainer:
             crop_padding=cfg["crop_padding"], hflip=cfg["hflip"],
             randaugment=tuple(float(v) for v in cfg["randaugment"].split(",")) if cfg["randaugment"] else None,
             random_erasing=cfg["random_erasing"], mixup=cfg["mixup"], cutmix=cfg["cutmix"])
-        augment = data.Augment(xp, aug_cfg, ds.num_classes, seed=cfg["seed"])
+        # video: no augmentation (a horizontal flip would turn a clip's motion around, not keep its label)
+        augment = None if cfg.get("task") == "video" else data.Augment(xp, aug_cfg, ds.num_classes, seed=cfg["seed"])
         self.train_loader = data.DeviceLoader(ds.train, device, cfg["batch_size"], shuffle=True,
                                               augment=augment, seed=cfg["seed"])
         self.test_loader = data.DeviceLoader(ds.test, device, cfg["eval_batch_size"])

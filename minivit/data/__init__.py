@@ -25,8 +25,9 @@ from minivit.data.loader import DeviceLoader  # noqa: F401
 from minivit.data.synthetic import SYNTHETIC_CLASSES, load_synthetic  # noqa: F401
 from minivit.data.motion import MOTION_CLASSES, ClipSplit, load_motion  # noqa: F401
 
-DATASETS = ("cifar10", "synthetic")
+DATASETS = ("cifar10", "synthetic", "motion")
 SYNTHETIC_SIZES = (10000, 2000)   # train, test
+MOTION_SIZES = (4000, 1000)       # train, test clips (--task video)
 
 
 def load_dataset(name: str, data_dir=None, *, subset: int | None = None, test_subset: int | None = None,
@@ -46,6 +47,10 @@ def load_dataset(name: str, data_dir=None, *, subset: int | None = None, test_su
         n_train = min(subset or full_train, full_train) if need_train else 1
         n_test = min(test_subset or SYNTHETIC_SIZES[1], SYNTHETIC_SIZES[1])
         ds = load_synthetic(n_train, n_test)
+    elif name == "motion":                       # clips (N, 8, 3, 32, 32), generated as far as needed
+        full_train, full_test = MOTION_SIZES
+        n_train = min(subset or full_train, full_train) if need_train else 1
+        ds = load_motion(n_train, min(test_subset or full_test, full_test))
     elif name == "cifar10":
         ds = load_cifar10(data_dir, download=download, verbose=verbose)
         full_train, full_test = len(ds.train), len(ds.test)

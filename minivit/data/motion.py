@@ -65,6 +65,19 @@ class ClipSplit:
     def num_classes(self) -> int:
         return len(self.classes)
 
+    def stratified(self, n: int) -> "ClipSplit":
+        """``n`` clips, each class in proportion to its share: the first ones of each class, in order."""
+        if n >= len(self):
+            return self
+        if n <= 0:
+            raise ValueError(f"subset size must be positive, got {n}")
+        counts = np.bincount(self.labels, minlength=self.num_classes)
+        rank = np.empty(len(self), dtype=np.int64)
+        for c in range(self.num_classes):
+            rank[self.labels == c] = np.arange(counts[c])
+        keep = np.sort(np.lexsort((self.labels, rank / counts[self.labels]))[:n])
+        return ClipSplit(self.clips[keep], self.labels[keep], self.classes)
+
     def subset(self, n: int | None) -> "ClipSplit":
         """The first ``n`` clips (all when n is None)."""
         if n is None or n >= len(self):
