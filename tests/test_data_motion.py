@@ -1,6 +1,6 @@
 """The generated motion clips (minivit.data.motion): deterministic, balanced and prefix-stable;
-the label is in the order of the frames and nowhere else — exactly (a backward clip is a forward
-clip played in reverse; every frame position is uniform), and measured (nearest-class-mean
+the label is in the order of the frames and nowhere else — exactly (a left clip is a right clip
+played in reverse; every frame position is uniform), and measured (nearest-class-mean
 classifiers on one frame or on the frame average stay at chance while a motion estimator reads
 every label)."""
 import numpy as np
@@ -28,14 +28,14 @@ def test_deterministic_balanced_and_prefix_stable(split):
     assert not np.array_equal(ds.train.clips[:20], ds.test.clips)
 
 
-def test_a_backward_clip_is_a_forward_clip_played_in_reverse():
+def test_a_left_clip_is_a_right_clip_played_in_reverse():
     """The label's only trace: reversing time maps one class onto the other, appearance kept."""
     rng = np.random.default_rng(0)
     n, T, S = 6, 5, 16
     masks = np.zeros((n, S, S), dtype=bool)
     masks[:, :5, :5] = sprite("triangle", 5)
     starts = rng.integers(0, S, (n, 2))
-    v = np.array([[0, 1], [0, 2], [1, 0], [2, 0], [0, 1], [1, 0]])
+    v = np.array([[0, 1], [0, 2], [0, 1], [0, 2], [1, 0], [2, 0]])      # any velocity: vertical too
     fg, bg = rng.uniform(0.5, 1, (n, 3)).astype(np.float32), rng.uniform(0, 0.3, n).astype(np.float32)
     noise = rng.standard_normal((n, T, 3, S, S)).astype(np.float32) * 0.05
     forward = render_clips(masks, starts, v, fg, bg, noise)
@@ -46,7 +46,7 @@ def test_a_backward_clip_is_a_forward_clip_played_in_reverse():
 
 @pytest.mark.parametrize("t", [0, 3])
 def test_every_frame_has_the_same_distribution_under_both_labels(t):
-    """Over all S² (uniform) starts, frame t of the forward clips and of the backward clips are
+    """Over all S² (uniform) starts, frame t of the right-moving clips and of the left-moving ones are
     the same multiset of pictures: every translation of the shape, once."""
     S, T = 12, 4
     mask = np.zeros((S, S), dtype=bool)
@@ -76,7 +76,7 @@ def test_one_frame_or_the_frame_average_stays_at_chance_but_the_motion_tells_eve
         acc = _nearest_mean_accuracy(feats[tr], y[tr], feats[te], y[te])
         assert abs(acc - 0.5) < 0.08, acc                       # 400 test clips: std of chance is 0.025
     # a hand-made motion estimator: which shift (±1, ±2 px along rows or columns) best carries
-    # each frame onto the next; forward shifts are positive
+    # each frame onto the next; shifts to the right (label 0) are positive
     g = x.mean(2)
     g = g - g.mean(axis=(2, 3), keepdims=True)                  # (n, T, H, W)
     scores = {}
@@ -95,7 +95,7 @@ def test_shapes_and_errors():
         assert m.shape == (7, 7) and 0 < m.sum() <= 49
     with pytest.raises(ValueError, match="unknown shape"):
         sprite("star", 5)
-    with pytest.raises(ValueError, match="0 \\(forward\\) or 1"):
+    with pytest.raises(ValueError, match="0 \\(right\\) or 1"):
         make_motion_clips(np.array([0, 2]), np.random.default_rng(0))
     with pytest.raises(ValueError, match="at least one clip"):
         motion_split(0, 0)

@@ -2,13 +2,13 @@
 
 Each clip is T frames (default 8) of a size×size RGB picture (default 32×32): one shape
 (square, disk, plus, ring or triangle; 5-9 px) of a random bright colour on a dark grey
-background with Gaussian pixel noise, moving in a straight line at 1 or 2 px a frame along an
-axis (horizontal or vertical), on a torus (what leaves one edge comes back at the other):
+background with Gaussian pixel noise, moving horizontally at 1 or 2 px a frame on a torus
+(what leaves one edge comes back at the other):
 
-    label 0  "forward":  right (horizontal axis) or down (vertical axis)
-    label 1  "backward": left or up
+    label 0  "right"
+    label 1  "left"
 
-Shape, colour, size, background, speed and axis are drawn independently of the label, and the
+Shape, colour, size, background and speed are drawn independently of the label, and the
 starting position is uniform over all size² pixels. Two consequences, by construction:
 
 * **One frame says nothing about the label.** Frame t shows the shape at start + t·v (mod size):
@@ -16,15 +16,15 @@ starting position is uniform over all size² pixels. Two consequences, by constr
   is label-free, so every frame has the same distribution under both labels. A model that sees
   one frame cannot beat chance (50 %).
 * **Neither does the set of frames.** A clip of label 1 played backwards is a clip of label 0
-  (same shape, colour, speed and axis, starting where the other ended, noise in reverse order),
-  and both are equally likely. So any model that treats the frames as an unordered set — one
-  that attends only in space and averages its frames, as TimeSformer's space-only variant —
-  sees the same distribution under both labels and stays at chance too. Only the *order* of
-  the frames carries the label: attention across time (divided or joint) can read it.
+  (same shape, colour and speed, starting where the other ended, noise in reverse order), and
+  both are equally likely. So any model that treats the frames as an unordered set — one that
+  attends only in space and averages its frames, as TimeSformer's space-only variant — sees the
+  same distribution under both labels and stays at chance too. Only the *order* of the frames
+  carries the label: attention across time (divided or joint) can read it.
 
-The horizontal/vertical axis is a nuisance: four directions as four labels would let a
-frame-set model tell the axis (a horizontal streak of positions from a vertical one) and
-reach 50 % of four classes. Two labels keep both claims exact.
+Why two labels and not four directions: up/down/left/right would let a frame-set model tell
+the axis (a horizontal streak of positions from a vertical one) and reach 50 % of four
+classes; right/left keeps both claims exact.
 
 Everything is vectorised NumPy (no loop over clips or frames) and deterministic from the seed;
 clips are made in chunks of 1,000 with their own seeds, so the first k clips do not depend on
@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-MOTION_CLASSES = ("forward (right or down)", "backward (left or up)")
+MOTION_CLASSES = ("right", "left")
 SHAPES = ("square", "disk", "plus", "ring", "triangle")
 CHUNK = 1000
 
@@ -127,10 +127,10 @@ def render_clips(masks: np.ndarray, starts: np.ndarray, velocities: np.ndarray, 
 
 def make_motion_clips(labels: np.ndarray, rng: np.random.Generator, num_frames: int = 8, size: int = 32,
                       noise: float = 0.05) -> np.ndarray:
-    """One clip per label (0 forward, 1 backward); returns (n, num_frames, 3, size, size) uint8."""
+    """One clip per label (0 right, 1 left); returns (n, num_frames, 3, size, size) uint8."""
     labels = np.asarray(labels)
     if labels.size and (labels.min() < 0 or labels.max() > 1):
-        raise ValueError(f"make_motion_clips: labels must be 0 (forward) or 1 (backward), got "
+        raise ValueError(f"make_motion_clips: labels must be 0 (right) or 1 (left), got "
                          f"[{labels.min()}, {labels.max()}]")
     n = len(labels)
     kinds = rng.integers(0, len(SHAPES), n)
@@ -140,11 +140,9 @@ def make_motion_clips(labels: np.ndarray, rng: np.random.Generator, num_frames: 
         k = int(sizes[i])
         masks[i, :k, :k] = sprite(SHAPES[kinds[i]], k)
     starts = rng.integers(0, size, (n, 2))                                # uniform over the torus
-    axis = rng.integers(0, 2, n)                                          # 0 vertical (rows), 1 horizontal
     speed = rng.integers(1, 3, n)                                         # 1 or 2 px a frame
-    sign = 1 - 2 * labels                                                 # forward +1, backward −1
-    velocities = np.zeros((n, 2), dtype=np.int64)
-    velocities[np.arange(n), axis] = sign * speed
+    velocities = np.zeros((n, 2), dtype=np.int64)                         # (rows, columns)
+    velocities[:, 1] = (1 - 2 * labels) * speed                           # right +, left −
     hue = rng.uniform(0, 1, n)
     k = (np.array([5.0, 3.0, 1.0])[None] + hue[:, None] * 6) % 6           # HSV → RGB, saturation 0.8
     value = rng.uniform(0.7, 1.0, n)[:, None]
