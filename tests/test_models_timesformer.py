@@ -129,6 +129,12 @@ def test_converter_reads_the_architecture_and_names():
     assert hf_key_to_minivit("timesformer.embeddings.time_embeddings") == "time_embed"
     with pytest.raises(ValueError, match="TimesformerForVideoClassification"):
         timesformer_from_transformers(torch.nn.Linear(2, 2))
+    # the generic dispatcher finds it too, with the same weights
+    from minivit.convert import from_transformers
+    twin = from_transformers(hf, dtype=np.float64)
+    assert isinstance(twin, TimeSformer) and not twin.training
+    x = mv.randn(1, 3, 3, 12, 12).to(dtype=np.float64)
+    np.testing.assert_array_equal(twin(x).numpy(), model(x).numpy())
 
 
 # =========================================================================== the model itself

@@ -57,6 +57,7 @@ _TRANSFORMERS = {
     "SegformerForSemanticSegmentation": "segformer",
     "SegformerModel": "segformer",
     "SegformerForImageClassification": "segformer",
+    "TimesformerForVideoClassification": "timesformer",
 }
 
 
@@ -79,6 +80,7 @@ def cvt_from_transformers(hf_model, dtype=None):
 
 
 def timesformer_from_transformers(hf_model, dtype=None):
-    """The minivit TimeSformer twin of Hugging Face transformers' ``TimesformerForVideoClassification``."""
+    """The minivit TimeSformer twin of Hugging Face transformers' ``TimesformerForVideoClassification``
+    (the TimeSformer case of :func:`from_transformers`)."""
     from minivit.convert import timesformer
     return timesformer.from_transformers(hf_model, dtype=dtype)
