@@ -61,7 +61,7 @@ from minivit.metrics import mean_iou, pixel_accuracy, segmentation_confusion
 
 CHECKPOINT_FORMAT = "minivit-checkpoint"
 CHECKPOINT_VERSION = 1
-TASKS = ("classification", "segmentation")
+TASKS = ("classification", "segmentation", "video")   # video: clips of --dataset motion, no augmentation
 PRECISIONS = ("fp32", "tf32", "fp16")     # fp16: autocast + GradScaler, float32 master weights
 EXIT_INTERRUPTED = 130     # the shell's code for "stopped by Ctrl-C"
 
@@ -307,6 +307,13 @@ def check_model_task(name: str, task: str, found: str) -> None:
     """The one-line error for a classifier trained with --task segmentation, and vice versa."""
     if found == task:
         return
+    if "video" in (task, found):
+        video = ", ".join(n for n in minivit.models.list_models() if n.startswith("timesformer_")) or "timesformer_*"
+        if task == "video":
+            raise cli.UsageError(f"--task video needs a video model (clips (B, T, C, H, W) → logits), but --model "
+                                 f"{name} is not one; use one of {video}")
+        raise cli.UsageError(f"--model {name} is a video model (clips (B, T, C, H, W)): train it with "
+                             f"--task video --dataset motion")
     seg = ", ".join(n for n in minivit.models.list_models() if n.startswith(("fpn_", "segformer"))) or "fpn_*"
     if task == "segmentation":
         raise cli.UsageError(f"--task segmentation needs a model that outputs per-pixel logits (B, K, h, w), but "
@@ -349,9 +356,11 @@ def build_parser() -> argparse.ArgumentParser:
                "--progress/--no-progress and --log-every may be changed). Ctrl-C saves a checkpoint first.")
     g = p.add_argument_group("model")
     g.add_argument("--task", choices=TASKS, default="classification",
-                   help="classification (one label per image), or segmentation (a class per pixel: "
+                   help="classification (one label per image), segmentation (a class per pixel: "
                         "--dataset shapes and a per-pixel model such as fpn_pvt_v2_tiny; per-pixel cross-entropy "
-                        "with ignore label 255, mIoU and pixel accuracy per epoch)")
+                        "with ignore label 255, mIoU and pixel accuracy per epoch), or video (clips (B, T, C, H, W) "
+                        "of --dataset motion for a video model such as timesformer_tiny; no augmentation: a flip "
+                        "would reverse the motion)")
     g.add_argument("--model", default="vit_tiny", help=f"registered model name: {models}")
     g.add_argument("--model-kwargs", type=parse_model_kwargs, default=None, metavar="K=V,...",
                    help="extra constructor arguments, e.g. depth=8,width=8 (timm's names)")
@@ -361,7 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dataset", choices=data.DATASETS, default=None,
                    help="cifar10, or synthetic: generated shapes, no download (10,000 train / 2,000 test); for "
                         "--task segmentation: shapes, generated 64×64 scenes with per-pixel masks (4,000 train / "
-                        "1,000 test). Default: cifar10, or shapes with --task segmentation")
+                        "1,000 test); for --task video: motion, generated 8-frame clips (4,000 train / 1,000 test). "
+                        "Default: cifar10, shapes or motion, by --task")
     g.add_argument("--data-dir", default=None,
                    help="cifar-10-python.tar.gz, cifar-10-batches-py/, or an ImageFolder folder or .tar.gz (a path "
                         "without one is an error, unless --download); default: the cache (~/.cache/minivit or "
@@ -443,7 +453,10 @@ def _resolve_task(cfg: dict) -> None:
     """--task's defaults (dataset, label smoothing) and the flags it rules out."""
     seg = cfg["task"] == "segmentation"
     if cfg["dataset"] is None:
-        cfg["dataset"] = data.SEGMENTATION_DATASETS[0] if seg else "cifar10"
+        cfg["dataset"] = {"segmentation": data.SEGMENTATION_DATASETS[0], "video": "motion"}.get(cfg["task"], "cifar10")
+    if (cfg["task"] == "video") != (cfg["dataset"] == "motion"):
+        raise cli.UsageError(f"--task {cfg['task']} with --dataset {cfg['dataset']}: video clips come from "
+                             f"--dataset motion, and --dataset motion needs --task video; pass both or neither")
     if seg and cfg["dataset"] not in data.SEGMENTATION_DATASETS:
         raise cli.UsageError(f"--task segmentation needs a dataset with per-pixel masks, but --dataset "
                              f"{cfg['dataset']} has one label per image: use --dataset "
@@ -548,6 +561,8 @@ class Trainer:
         augment = data.Augment(xp, aug_cfg, ds.num_classes, seed=cfg["seed"])
         if self.segmentation:
             augment = data.SegmentationAugment(xp, hflip=cfg["hflip"], seed=cfg["seed"])
+        elif self.task == "video":      # no augmentation: a horizontal flip would turn a clip's motion around
+            augment = None
         self.train_loader = data.DeviceLoader(ds.train, device, cfg["batch_size"], shuffle=True,
                                               augment=augment, seed=cfg["seed"])
         self.test_loader = data.DeviceLoader(ds.test, device, cfg["eval_batch_size"])

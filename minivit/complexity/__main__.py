@@ -51,7 +51,7 @@ def table(args):
         raise cli.UsageError(f"--json {args.json}: its folder does not exist; create it or choose another path")
     from minivit.models.papers import PAPERS
     n, t0 = len(PAPERS), time.perf_counter()
-    print(f"counting the parameters and MACs of {n} models on a 224×224 image, one line each:",
+    print(f"counting the parameters and MACs of {n} models on one 224×224 image (or clip), one line each:",
           file=sys.stderr, flush=True)
 
     def progress(i, row):       # one line per model on stderr: stdout keeps only the table

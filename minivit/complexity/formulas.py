@@ -219,3 +219,76 @@ def lpi_exact(H: int, W: int, C: int, kernel: int = 3) -> int:
     each HW·C·k² MACs ("same" padding keeps the grid): 2·HW·C·k², linear in N = HW, and
     small beside the linear layers (k² = 9 against C in the hundreds)."""
     return 2 * H * W * C * kernel * kernel
+
+
+def joint_space_time(N: int, T: int, C: int) -> int:
+    """TimeSformer §3 ("joint space-time", ST): one MSA over all N·T tokens of a clip (N patches
+    per frame, T frames): 4NT·C² + 2(NT)²·C — quadratic in N·T, so doubling the frames
+    quadruples the attention term."""
+    return 4 * N * T * C * C + 2 * (N * T) ** 2 * C
+
+
+def divided_space_time(N: int, T: int, C: int) -> int:
+    """TimeSformer §3 ("divided space-time", T+S): per block, a time attention at each of the N
+    patch positions over its T frames, then a space attention in each of the T frames over its N
+    patches, each with its four C×C projections, and the time branch's extra ``temporal_fc``:
+
+        time attention    4NT·C² + 2·N·T²·C        (N sequences of T)
+        temporal_fc        NT·C²
+        space attention   4NT·C² + 2·T·N²·C        (T sequences of N)
+
+    The attention terms 2(T·N² + N·T²)·C against joint's 2(NT)²·C: NT/(N+T) times fewer
+    (196·8/204 ≈ 7.7 at the paper's 8×224²), for 5NT·C² more in projections. So divided is
+    cheaper exactly when 2(NT − N − T) > 5C (at C = 768, T = 8: N > 275, frames above 224² with
+    16² patches); at 8×224² itself the whole ViT-B model counts 195.8 GMACs divided, 179.6 joint.
+    What the paper's Fig. 3 shows is the growth: joint's term is quadratic in both N and T,
+    divided's only in each separately, and joint runs out of memory (2(NT)² scores a head) first."""
+    return 9 * N * T * C * C + 2 * (T * N * N + N * T * T) * C
+
+
+def joint_space_time_exact(N: int, T: int, C: int, num_prefix_tokens: int = 1) -> int:
+    """minivit's joint space-time attention: :func:`msa_exact` on 1 + N·T tokens (the class token
+    joins the attention). Equals :func:`joint_space_time` without the class token."""
+    n = N * T + num_prefix_tokens
+    return 4 * n * C * C + 2 * n * n * C
+
+
+def divided_space_time_exact(N: int, T: int, C: int) -> int:
+    """minivit's :class:`~minivit.layers.divided_space_time.DividedSpaceTimeBlock` attention
+    (everything but its MLP), with the class token as the released code treats it: left out of
+    the time attention, copied into each frame's space attention (T sequences of N + 1):
+
+        time attention    4NT·C² + 2·N·T²·C
+        temporal_fc        NT·C²
+        space attention   4T(N+1)·C² + 2·T·(N+1)²·C
+
+    :func:`divided_space_time` plus the class token's T copies: 4T·C² + 2T(2N+1)·C."""
+    return (4 * N * T * C * C + 2 * N * T * T * C + N * T * C * C
+            + 4 * T * (N + 1) * C * C + 2 * T * (N + 1) ** 2 * C)
+
+
+def space_only_exact(N: int, T: int, C: int) -> int:
+    """minivit's space-only attention (TimeSformer's "S"): T independent image attentions of
+    N + 1 tokens each (every frame has its class token): T·(4(N+1)·C² + 2(N+1)²·C)."""
+    return T * msa_exact(N, 1, C, num_prefix_tokens=1)
+
+
+def timesformer_exact(N: int, T: int, C: int, depth: int, hidden: int, patch_in: int, num_classes: int,
+                      attention_type: str = "divided_space_time") -> int:
+    """A whole minivit :class:`~minivit.models.timesformer.TimeSformer` on one clip:
+
+        patch embedding   NT·C·patch_in         (patch_in = C_in·P², one conv per frame)
+        per block         the attention above + its MLP, 2·(tokens)·C·hidden
+        head              C·num_classes         (one class token; space-only averages its T first)
+
+    with tokens 1 + NT (divided, joint) or T(N + 1) (space-only)."""
+    if attention_type == "divided_space_time":
+        attn, tokens = divided_space_time_exact(N, T, C), 1 + N * T
+    elif attention_type == "joint_space_time":
+        attn, tokens = joint_space_time_exact(N, T, C), 1 + N * T
+    elif attention_type == "space_only":
+        attn, tokens = space_only_exact(N, T, C), T * (N + 1)
+    else:
+        raise ValueError(f"timesformer_exact: attention_type must be 'divided_space_time', 'joint_space_time' "
+                         f"or 'space_only', got {attention_type!r}")
+    return N * T * C * patch_in + depth * (attn + 2 * tokens * C * hidden) + C * num_classes

@@ -17,8 +17,9 @@ import numpy as np
 import minivit as mv
 from minivit import autograd, backend
 from minivit.functional.activation import Softmax
-from minivit.layers import (XCA, Attention, ConvProjectionAttention, SpatialReductionAttention,
-                            WindowAttention, window_partition)
+import minivit.functional as F
+from minivit.layers import (XCA, Attention, Block, ConvProjectionAttention, DividedSpaceTimeBlock,
+                            SpatialReductionAttention, WindowAttention, window_partition)
 from minivit.layers.pooling_attention import MultiScaleAttention
 
 # name → (theoretical exponent, grid sides must be multiples of this, reach, builder(C, heads) → fn(x (B, H, W, C)))
@@ -47,6 +48,14 @@ LAYERS = {
     # MViT v2's first stage: Q kept (3×3 pool, stride 1), K and V pooled by stride 4, as SRA R=4,
     # plus the decomposed rel-pos bias, whose (N_q, N_kv) sum is quadratic too.
     "pooling attn kv/4": (2, 4, 3.0, lambda C, h: _pooling(C, h, stride_kv=4)),
+    # TimeSformer on a clip of T = 4 frames of the h×w grid (hw is the tokens *per frame*), whole
+    # blocks (MLP included, the same for both): joint attends over all 1 + 4hw tokens, (1 + 4hw)²
+    # scores a head; divided over each frame's 1 + hw (4·(1 + hw)²) and each position's 4 frames.
+    # Both grow as (hw)² at a fixed T; joint's term is ~T²/T = 4 times divided's, so its reach is
+    # smaller for the same score memory. Formulas: formulas.joint_space_time / divided_space_time.
+    "joint space-time T=4": (2, 1, 0.75, lambda C, h: _clip(Block(C, h, qkv_bias=True), 4, divided=False)),
+    "divided space-time T=4": (2, 1, 1.0, lambda C, h: _clip(DividedSpaceTimeBlock(C, h, qkv_bias=True), 4,
+                                                            divided=True)),
 }
 
 
@@ -54,6 +63,16 @@ def _tokens(layer):
     def fn(x):
         B, H, W, C = x.shape
         return layer(x.reshape(B, H * W, C))
+    return layer, fn
+
+
+def _clip(layer, T, divided):
+    """The grid's hw tokens as every frame of a T-frame clip, plus one class token: (B, 1 + hw·T, C)."""
+    def fn(x):
+        B, H, W, C = x.shape
+        frame = x.reshape(B, H * W, C)
+        tokens = F.cat([frame[:, :1]] + [frame] * T, dim=1)       # order is immaterial to the cost
+        return layer(tokens, T) if divided else layer(tokens)
     return layer, fn
 
 

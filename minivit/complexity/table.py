@@ -1,4 +1,5 @@
-"""The papers' tables, recomputed: parameters and GMACs of every 224×224 configuration."""
+"""The papers' tables, recomputed: parameters and GMACs of every 224×224 configuration (one input of
+each entry's ``input_shape``: an image, or TimeSformer's 8-frame clip)."""
 from __future__ import annotations
 
 import gc
@@ -17,7 +18,7 @@ def paper_table(names=None, progress=None) -> list[dict]:
         entry = PAPERS[name]
         model = create_model(name).eval()
         params = count_params(model)
-        macs = count_macs(model, mv.zeros(1, 3, 224, 224)).total
+        macs = count_macs(model, mv.zeros(1, *entry.input_shape)).total
         target_params = entry.released_params_m or entry.params_m
         rows.append(dict(model=name, label=entry.label, source=entry.paper,
                          params_m=params / 1e6, paper_params_m=entry.params_m,

@@ -58,6 +58,7 @@ _TRANSFORMERS = {
     "SegformerForSemanticSegmentation": "segformer",
     "SegformerModel": "segformer",
     "SegformerForImageClassification": "segformer",
+    "TimesformerForVideoClassification": "timesformer",
 }
 
 
@@ -90,3 +91,10 @@ def cvt_from_transformers(hf_model, dtype=None):
     (the CvT case of :func:`from_transformers`, kept under its old name)."""
     from minivit.convert import cvt
     return cvt.from_transformers(hf_model, dtype=dtype)
+
+
+def timesformer_from_transformers(hf_model, dtype=None):
+    """The minivit TimeSformer twin of Hugging Face transformers' ``TimesformerForVideoClassification``
+    (the TimeSformer case of :func:`from_transformers`)."""
+    from minivit.convert import timesformer
+    return timesformer.from_transformers(hf_model, dtype=dtype)

@@ -30,10 +30,12 @@ from minivit.data.segmentation import (IGNORE_INDEX, SHAPES_CLASSES, SHAPES_SIZE
                                        SegmentationAugment, SegmentationSplit, load_shapes)
 from minivit.data.synthetic import SYNTHETIC_CLASSES, load_synthetic  # noqa: F401
 from minivit.data.volumes import VOLUME_CLASSES, VolumeSplit, load_volumes  # noqa: F401
+from minivit.data.motion import MOTION_CLASSES, ClipSplit, load_motion  # noqa: F401
 
-DATASETS = ("cifar10", "synthetic", "shapes")
+DATASETS = ("cifar10", "synthetic", "shapes", "motion")
 SEGMENTATION_DATASETS = ("shapes",)        # per-pixel masks: python -m minivit.train --task segmentation
 SYNTHETIC_SIZES = (10000, 2000)   # train, test
+MOTION_SIZES = (4000, 1000)       # train, test clips (--task video)
 
 
 def load_dataset(name: str, data_dir=None, *, subset: int | None = None, test_subset: int | None = None,
@@ -60,6 +62,10 @@ def load_dataset(name: str, data_dir=None, *, subset: int | None = None, test_su
         if test_subset is None and subset is not None and subset < full_train:
             n_test = max(1, round(full_test * subset / full_train))
         ds = load_shapes(n_train, n_test)
+    elif name == "motion":                       # clips (N, 8, 3, 32, 32), generated as far as needed
+        full_train, full_test = MOTION_SIZES
+        n_train = min(subset or full_train, full_train) if need_train else 1
+        ds = load_motion(n_train, min(test_subset or full_test, full_test))
     elif name == "cifar10":
         ds = load_cifar10(data_dir, download=download, verbose=verbose)
         full_train, full_test = len(ds.train), len(ds.test)

@@ -14,6 +14,7 @@ from minivit.layers.pos_embed import resample_pos_embed, sincos_1d, sincos_2d  #
 from minivit.layers.sra import SpatialReductionAttention  # noqa: F401
 from minivit.layers.window_attention import (WindowAttention, relative_position_index,  # noqa: F401
                                              shifted_window_mask, window_partition, window_reverse)
+from minivit.layers.divided_space_time import DividedSpaceTimeBlock  # noqa: F401
 from minivit.layers.xca import XCA, l2_normalize  # noqa: F401
 from minivit.layers.xcit_blocks import (LPI, ClassAttention, ClassAttentionBlock, ConvPatchEmbed,  # noqa: F401
                                         PositionalEncodingFourier, XCABlock, fourier_features)

@@ -1,4 +1,5 @@
-"""The papers' own numbers for the 224×224 ImageNet configurations (and SegFormer's encoders).
+"""The papers' own numbers for the 224×224 ImageNet configurations (and SegFormer's encoders,
+TimeSformer's 8×224² clips).
 
 Parameters in millions and FLOPs in GMACs (multiply-accumulates, the papers'
 convention), as printed in each paper's main table. Where the paper's table
@@ -18,6 +19,7 @@ class PaperEntry:
     gmacs: float | None        # GFLOPs (GMACs), as printed; None where the paper prints none (note says so)
     released_params_m: float | None = None   # the authors' released model, where it differs
     note: str = ""
+    input_shape: tuple = (3, 224, 224)       # one input, without the batch: (C, H, W), or (T, C, H, W) for video
 
 
 PAPERS = {
@@ -99,4 +101,8 @@ PAPERS = {
              "The paper's 8.4 GFLOPs are at 512×512, where minivit counts 8.388 GMACs "
              "(5.184 of them in the decoder); at 224 the paper prints parameters, not FLOPs: the GMACs "
              "are minivit's count"),
+    "timesformer_base_patch16_224": PaperEntry(
+        "TimeSformer (8×224²)", "TimeSformer Tables 1, 3", 121.4, 196.0, input_shape=(8, 3, 224, 224),
+        note="divided space-time attention on 8 frames; the paper prints 0.59 TFLOPs for 3 views (Table 3): "
+             "196 GMACs per view, the figure counted here on one clip"),
 }
