@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from minivit import amp, backend
+from minivit import amp, backend, blas
 from minivit.autograd import Function, Tensor
 from minivit.backend import get_array_module
 from minivit.functional.activation import Softmax, dropout, softmax
@@ -108,24 +108,12 @@ class ScaledDotProductAttention(Function):
         step = max(1, self.score_block // (inner * S))
         return [(slice(i, i + 1), slice(r, r + step)) for i in range(n) for r in range(0, L, step)]
 
-    @staticmethod
-    def _pieces_axis(q) -> int:
-        """The leading axis to cut into pieces: the batch, or the heads when the batch is
-        smaller than the threads (one image's attention, e.g. the complexity sweep's, would
-        otherwise run on one core). Both are independent problems; the pieces are views."""
-        return 1 if q.ndim >= 4 and q.shape[0] < backend.get_num_threads() <= q.shape[1] else 0
-
     def _cpu_forward(self, q, k, v, mask):
         dtype = np.result_type(q, k, v)
         a = np.empty(q.shape[:-1] + (k.shape[-2],), dtype=dtype)           # (…, L, S)
         o = np.empty(q.shape[:-1] + (v.shape[-1],), dtype=dtype)           # (…, L, d_v)
         m = None if mask is None else mask.reshape((1,) * (q.ndim - mask.ndim) + mask.shape)
         c = dtype.type(self.scale)
-        self.axis = axis = self._pieces_axis(q)
-        if axis:                                        # heads first: pieces over them (views, same buffers)
-            a_, o_ = a, o
-            q, k, v, a, o = (t.swapaxes(0, 1) for t in (q, k, v, a, o))
-            m = None if m is None else m.swapaxes(0, 1)
 
         def piece(lo, hi):                              # batch elements lo..hi-1, on one of the threads
             # Q, K, V are often strided views (QKVAttention's of the packed qkv): every block's
@@ -148,9 +136,8 @@ class ScaledDotProductAttention(Function):
                 np.exp(s, out=s)
                 s /= s.sum(axis=-1, keepdims=True)
                 np.matmul(s, vp[lead], out=op[lead][..., rows, :])   # O = A V
-        backend.parallel_pieces(q.shape[0], piece)
-        if axis:
-            a, o = a_, o_
+        with blas.single_threaded(min(backend.get_num_threads(), q.shape[0]) > 1):   # one BLAS thread a piece
+            backend.parallel_pieces(q.shape[0], piece)
         self.a = a
         self.score_nbytes = a.nbytes
         return o
@@ -163,10 +150,6 @@ class ScaledDotProductAttention(Function):
         dv = np.empty(v.shape, dtype=a.dtype) if need[2] else None
         want_m = self.has_mask and need[3]
         ds_all = a if want_m else None                  # backward writes dS over A (A is not needed after)
-        grads = dq, dk, dv, ds_all
-        if self.axis:                                   # the forward's pieces: over the heads
-            a, go, q, k, v, dq, dk, dv = (None if t is None else t.swapaxes(0, 1)
-                                          for t in (a, go, q, k, v, dq, dk, dv))
 
         def piece(lo, hi):
             ap, g = a[lo:hi], go[lo:hi]
@@ -188,9 +171,9 @@ class ScaledDotProductAttention(Function):
                 dq[lo:hi] *= c
             if dk is not None:
                 dk[lo:hi] *= c
-        backend.parallel_pieces(q.shape[0], piece)
+        with blas.single_threaded(min(backend.get_num_threads(), q.shape[0]) > 1):   # one BLAS thread a piece
+            backend.parallel_pieces(q.shape[0], piece)
         self.a = None
-        dq, dk, dv, ds_all = grads
         if not self.has_mask:
             return dq, dk, dv
         return dq, dk, dv, (sum_to(ds_all, self.mask_shape) if want_m else None)
