@@ -363,6 +363,16 @@ def _window_view(x, window_shape, axis, as_strided):
 # minivit.functional.fused_cuda writes CUDA C; these two build it into CuPy kernels. A kernel
 # object is made once per distinct source (lru_cache) and CuPy compiles it on its first call
 # (NVRTC; the binary is also cached on disk, in ~/.cupy/kernel_cache).
+def cupy_nccl():
+    """(cupy, cupy.cuda.nccl): CuPy and its NCCL binding, for ``minivit.distributed``'s GPU path
+    (this module is the only one that imports CuPy)."""
+    if _cupy is None:
+        raise DeviceError("NCCL needs CuPy and a GPU: install 'minivit[cuda12]' (or [cuda13]), or use "
+                          "distributed.init(backend='mpi') on the CPU")
+    from cupy.cuda import nccl
+    return _cupy, nccl
+
+
 def _cupy_for_kernels():
     if _cupy is None:
         raise DeviceError("a fused CUDA kernel was asked for, but CuPy is not installed: install "

@@ -68,8 +68,7 @@ def init(backend_name: str | None = None) -> int:
 
 def _init_nccl(comm):
     """One NCCL communicator over the ranks: rank 0 makes the unique id, MPI broadcasts it."""
-    import cupy
-    from cupy.cuda import nccl
+    cupy, nccl = backend.cupy_nccl()
     cupy.cuda.Device(_state["rank"] % cupy.cuda.runtime.getDeviceCount()).use()
     uid = nccl.get_unique_id() if _state["rank"] == 0 else None
     uid = comm.bcast(uid, root=0)                 # a small tuple of bytes: the one pickled message
@@ -115,8 +114,7 @@ def all_reduce(array, op: str = "sum"):
 
 
 def _nccl_all_reduce(array, op):
-    import cupy
-    from cupy.cuda import nccl
+    cupy, nccl = backend.cupy_nccl()
     if _state["nccl"] is None:
         raise RuntimeError("all_reduce of a CuPy array needs distributed.init(backend='nccl')")
     dtypes = {np.dtype(np.float32): nccl.NCCL_FLOAT32, np.dtype(np.float64): nccl.NCCL_FLOAT64,
@@ -136,8 +134,7 @@ def broadcast(array, root: int = 0):
     if _state["size"] == 1:
         return array
     if backend.is_cupy_array(array):
-        import cupy
-        from cupy.cuda import nccl
+        cupy, nccl = backend.cupy_nccl()
         dtype = {np.dtype(np.float32): nccl.NCCL_FLOAT32, np.dtype(np.float64): nccl.NCCL_FLOAT64}[array.dtype]
         _state["nccl"].bcast(array.data.ptr, array.size, dtype, root, cupy.cuda.get_current_stream().ptr)
         return array
