@@ -42,13 +42,14 @@ from minivit.models.features import check_output_fmt, feature_take_indices
 from minivit.models.registry import register_model
 
 
-def _per_stage(v, n: int, name: str) -> tuple:
-    """A number → the same for every stage; a sequence must have one entry per stage."""
+def _per_stage(v, n: int, name: str, owner: str = "PyramidVisionTransformerV2") -> tuple:
+    """A number → the same for every stage; a sequence must have one entry per stage (``owner``
+    names the class in the error)."""
     if isinstance(v, (int, float)):
         return (v,) * n
     v = tuple(v)
     if len(v) != n:
-        raise ValueError(f"PyramidVisionTransformerV2: {name} has {len(v)} entries {v} but there are {n} stages "
+        raise ValueError(f"{owner}: {name} has {len(v)} entries {v} but there are {n} stages "
                          f"(len(depths)); give one per stage")
     return v
 

@@ -60,19 +60,13 @@ from minivit import nn
 from minivit.layers.overlap_patch_embed import OverlapPatchEmbed
 from minivit.layers.patch_embed import check_image
 from minivit.models.features import check_output_fmt, feature_take_indices
+from minivit.models import pvt_v2
 from minivit.models.pvt_v2 import Block
 from minivit.models.registry import register_model
 
 
 def _per_stage(v, n: int, name: str) -> tuple:
-    """A number → the same for every stage; a sequence must have one entry per stage."""
-    if isinstance(v, (int, float)):
-        return (v,) * n
-    v = tuple(v)
-    if len(v) != n:
-        raise ValueError(f"MixVisionTransformer: {name} has {len(v)} entries {v} but there are {n} stages "
-                         f"(len(depths)); give one per stage")
-    return v
+    return pvt_v2._per_stage(v, n, name, owner="MixVisionTransformer")
 
 
 def _init_weights(m):
