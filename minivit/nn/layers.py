@@ -152,16 +152,9 @@ class LayerNorm(Module):
         return s + (f", bias={self.bias is not None}" if self.elementwise_affine else "")  # torch ≥ 2.13
 
 
-class BatchNorm2d(Module):
-    """Batch normalisation over (N, H, W) per channel of an NCHW input (Ioffe & Szegedy, 2015).
-
-    Training: normalise with the batch's statistics and update the running ones,
-    ``running = (1 − momentum)·running + momentum·batch`` (the unbiased batch
-    variance goes into running_var, as PyTorch). Evaluation: use the running
-    ones. ``momentum=None`` gives the cumulative average ``1/num_batches_tracked``.
-    Buffers and their names are PyTorch's: running_mean, running_var,
-    num_batches_tracked (int64).
-    """
+class _NormBase(Module):
+    """What BatchNorm and InstanceNorm share (PyTorch's ``_NormBase``): the affine weight and bias
+    (ones and zeros), and the running statistics with PyTorch's buffer names."""
 
     _optional_state = ("num_batches_tracked",)  # old torchvision checkpoints lack it; torch allows that
 
@@ -195,6 +188,18 @@ class BatchNorm2d(Module):
             self.running_mean.data[...] = 0
             self.running_var.data[...] = 1
             self.num_batches_tracked.data[...] = 0
+
+
+class BatchNorm2d(_NormBase):
+    """Batch normalisation over (N, H, W) per channel of an NCHW input (Ioffe & Szegedy, 2015).
+
+    Training: normalise with the batch's statistics and update the running ones,
+    ``running = (1 − momentum)·running + momentum·batch`` (the unbiased batch
+    variance goes into running_var, as PyTorch). Evaluation: use the running
+    ones. ``momentum=None`` gives the cumulative average ``1/num_batches_tracked``.
+    Buffers and their names are PyTorch's: running_mean, running_var,
+    num_batches_tracked (int64).
+    """
 
     _input_ndim, _layout = 4, "NCHW"
 

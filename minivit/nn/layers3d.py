@@ -23,6 +23,7 @@ from minivit.functional.conv import interpolate
 from minivit.functional.convnd import avg_pool3d, conv3d, conv_transpose2d, conv_transpose3d, max_pool3d
 from minivit.functional.norm import instance_norm
 from minivit.nn import init
+from minivit.nn.layers import _NormBase
 from minivit.nn.module import Module, Parameter
 
 
@@ -169,45 +170,19 @@ class ConvTranspose3d(_ConvTransposeNd):
 
 
 # =========================================================================== instance norm
-class _InstanceNorm(Module):
+class _InstanceNorm(_NormBase):
     """Instance normalisation (Ulyanov et al., 2016): each sample's channel normalised over its
     spatial dims. Uses the instance statistics in training and, unless track_running_stats,
     in evaluation too; with track_running_stats, training updates running_mean/running_var
     (momentum as BatchNorm's) and evaluation uses them."""
 
     n_spatial = 0
-    _optional_state = ("num_batches_tracked",)
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, affine: bool = False,
                  track_running_stats: bool = False, device=None, dtype=None, *, bias: bool = True):
-        super().__init__()
-        self.num_features, self.eps, self.momentum = num_features, eps, momentum
-        self.affine, self.track_running_stats = affine, track_running_stats
-        if affine:
-            self.weight = Parameter(np.ones(num_features, dtype=np.float32))
-            if bias:
-                self.bias = Parameter(np.zeros(num_features, dtype=np.float32))
-            else:
-                self.register_parameter("bias", None)
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
-        if track_running_stats:
-            self.register_buffer("running_mean", np.zeros(num_features, dtype=np.float32))
-            self.register_buffer("running_var", np.ones(num_features, dtype=np.float32))
-            # (PyTorch registers it too, and InstanceNorm never counts with it)
-            self.register_buffer("num_batches_tracked", np.zeros((), dtype=np.int64))
-        else:
-            self.register_buffer("running_mean", None)
-            self.register_buffer("running_var", None)
-            self.register_buffer("num_batches_tracked", None)
-        self.to(device, dtype)
-
-    def reset_running_stats(self):
-        if self.track_running_stats:
-            self.running_mean.data[...] = 0
-            self.running_var.data[...] = 1
-            self.num_batches_tracked.data[...] = 0
+        # PyTorch's defaults differ from BatchNorm's: no affine, no running statistics. With them, the
+        # buffers are BatchNorm's, num_batches_tracked included (PyTorch registers it; InstanceNorm never counts).
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype, bias=bias)
 
     def forward(self, x):
         name, n = type(self).__name__, self.n_spatial
