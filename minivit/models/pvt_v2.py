@@ -115,6 +115,21 @@ class PyramidVisionTransformerStage(nn.Module):
         return x.reshape(B, H, W, C).permute(0, 3, 1, 2)     # (B, C, h, w) for the next stage
 
 
+def _init_weights(m):
+    """timm's (and the authors', SegFormer's too): Linear ~ trunc_normal(std .02), bias 0; Conv ~
+    N(0, 2/fan_out) (He init by fan-out, fan_out = k·k·C_out/groups), bias 0; LayerNorm weight 1,
+    bias 0 (their default)."""
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.Conv2d):
+        fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
+        nn.init.normal_(m.weight, 0.0, (2.0 / fan_out) ** 0.5)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+
 class PyramidVisionTransformerV2(nn.Module):
     """PVT v2: (B, in_chans, H, W) → logits (B, num_classes); any H, W.
 
@@ -165,19 +180,7 @@ class PyramidVisionTransformerV2(nn.Module):
         self.init_weights()
 
     def init_weights(self):
-        """timm's: Linear ~ trunc_normal(std .02), bias 0; Conv ~ N(0, 2/fan_out) (He init by fan-out,
-        fan_out = k·k·C_out/groups), bias 0; LayerNorm weight 1, bias 0."""
-        def init(m):
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Conv2d):
-                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
-                nn.init.normal_(m.weight, 0.0, (2.0 / fan_out) ** 0.5)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-        self.apply(init)
+        self.apply(_init_weights)
 
     def no_weight_decay(self) -> set:
         """Nothing: PVT v2 has no position embeddings or tokens (timm returns an empty set too)."""

@@ -69,18 +69,7 @@ def _per_stage(v, n: int, name: str) -> tuple:
     return pvt_v2._per_stage(v, n, name, owner="MixVisionTransformer")
 
 
-def _init_weights(m):
-    """The authors' (as PVT v2): Linear ~ trunc_normal(std .02), bias 0; Conv ~ N(0, 2/fan_out)
-    with fan_out = k·k·C_out/groups, bias 0; norms weight 1, bias 0 (their default)."""
-    if isinstance(m, nn.Linear):
-        nn.init.trunc_normal_(m.weight, std=0.02)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.Conv2d):
-        fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
-        nn.init.normal_(m.weight, 0.0, (2.0 / fan_out) ** 0.5)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
+_init_weights = pvt_v2._init_weights      # the authors' init, as PVT v2's
 
 
 class MixTransformerStage(nn.Module):
