@@ -464,13 +464,12 @@ def _check_pool_input(op, x, k, p, d=(1, 1)):
                          f"{H + 2 * p[0]}x{W + 2 * p[1]} (input {H}x{W}, padding {p}); use a smaller kernel")
 
 
-class AvgPool2d(Function):
-    """Mean over each k×k window: a shift-and-add over the k·k kernel offsets, divided per window.
+class _AvgPool(Function):
+    """What the average poolings share: their arguments, and the divisor along one dim.
 
-    The divisor follows PyTorch: with count_include_pad it counts the zero padding
-    but not the part of a ceil_mode window that hangs past the padding; without it,
-    only real pixels. It factors as rows(i) · cols(j). Backward spreads g/divisor
-    back over each window (the same slices, added in reverse)."""
+    ``_counts(n, k, s, p, out)``: how many elements each of the ``out`` windows along a dim of size
+    n divides by (PyTorch's rule: with count_include_pad the zero padding counts, but not the part
+    of a ceil_mode window that hangs past it; without it, only real elements)."""
 
     def __init__(self, k, s, p, ceil_mode, count_include_pad, divisor_override):
         self.k, self.s, self.p = k, s, p
@@ -482,6 +481,15 @@ class AvgPool2d(Function):
         if self.count_include_pad:
             return end - start
         return np.minimum(end, n) - np.maximum(start, 0)
+
+
+class AvgPool2d(_AvgPool):
+    """Mean over each k×k window: a shift-and-add over the k·k kernel offsets, divided per window.
+
+    The divisor follows PyTorch: with count_include_pad it counts the zero padding
+    but not the part of a ceil_mode window that hangs past the padding; without it,
+    only real pixels. It factors as rows(i) · cols(j). Backward spreads g/divisor
+    back over each window (the same slices, added in reverse)."""
 
     def forward(self, x):
         xp = get_array_module(x)

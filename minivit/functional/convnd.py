@@ -34,7 +34,7 @@ import numpy as np
 from minivit import amp, backend
 from minivit.autograd import Function, Tensor, is_grad_enabled
 from minivit.functional.basic import squeeze, unsqueeze
-from minivit.functional.conv import _check_positive, _out_size
+from minivit.functional.conv import _AvgPool, _check_positive, _out_size
 
 get_array_module = backend.get_array_module
 
@@ -441,24 +441,13 @@ class MaxPoolNd(Function):
         return flat.astype(np.int64)
 
 
-class AvgPoolNd(Function):
+class AvgPoolNd(_AvgPool):
     """Mean over each window: a sum over the Πk shifted, strided slices, divided per window.
 
     The divisor follows PyTorch: with count_include_pad it counts the zero padding but not
     the part of a ceil_mode window past the padding; without it, only real elements. It
     factors into one count per dim (an outer product). Backward spreads g/divisor back over
     each window (the same slices, added in reverse)."""
-
-    def __init__(self, k, s, p, ceil_mode, count_include_pad, divisor_override):
-        self.k, self.s, self.p = k, s, p
-        self.ceil_mode, self.count_include_pad, self.divisor_override = ceil_mode, count_include_pad, divisor_override
-
-    def _counts(self, n, k, s, p, out):
-        start = np.arange(out) * s - p
-        end = np.minimum(start + k, n + p)          # windows stop at the end of the padding
-        if self.count_include_pad:
-            return end - start
-        return np.minimum(end, n) - np.maximum(start, 0)
 
     def forward(self, x):
         xp = get_array_module(x)
