@@ -84,30 +84,6 @@ class Convolution(nn.Module):
         return self.conv(x)
 
 
-class UnetResBlock(nn.Module):
-    """conv → norm → lrelu → conv → norm, + residual (conv3 1×1 + norm3 when channels or stride
-    change), → lrelu. (B, in, *S) → (B, out, *S/stride)."""
-
-    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, kernel_size: int, stride: int,
-                 norm_name):
-        super().__init__()
-        self.conv1 = Convolution(spatial_dims, in_channels, out_channels, kernel_size, stride)
-        self.conv2 = Convolution(spatial_dims, out_channels, out_channels, kernel_size, 1)
-        self.lrelu = nn.LeakyReLU(0.01)
-        self.norm1 = get_norm_layer(norm_name, spatial_dims, out_channels)
-        self.norm2 = get_norm_layer(norm_name, spatial_dims, out_channels)
-        self.downsample = in_channels != out_channels or stride != 1
-        if self.downsample:
-            self.conv3 = Convolution(spatial_dims, in_channels, out_channels, 1, stride)
-            self.norm3 = get_norm_layer(norm_name, spatial_dims, out_channels)
-
-    def forward(self, inp):
-        out = self.lrelu(self.norm1(self.conv1(inp)))
-        out = self.norm2(self.conv2(out))
-        residual = self.norm3(self.conv3(inp)) if self.downsample else inp
-        return self.lrelu(out + residual)
-
-
 class UnetBasicBlock(nn.Module):
     """conv → norm → lrelu → conv → norm → lrelu, no residual."""
 
@@ -123,6 +99,25 @@ class UnetBasicBlock(nn.Module):
     def forward(self, inp):
         out = self.lrelu(self.norm1(self.conv1(inp)))
         return self.lrelu(self.norm2(self.conv2(out)))
+
+
+class UnetResBlock(UnetBasicBlock):
+    """conv → norm → lrelu → conv → norm, + residual (conv3 1×1 + norm3 when channels or stride
+    change), → lrelu. (B, in, *S) → (B, out, *S/stride). The basic block's layers, and the shortcut."""
+
+    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, kernel_size: int, stride: int,
+                 norm_name):
+        super().__init__(spatial_dims, in_channels, out_channels, kernel_size, stride, norm_name)
+        self.downsample = in_channels != out_channels or stride != 1
+        if self.downsample:
+            self.conv3 = Convolution(spatial_dims, in_channels, out_channels, 1, stride)
+            self.norm3 = get_norm_layer(norm_name, spatial_dims, out_channels)
+
+    def forward(self, inp):
+        out = self.lrelu(self.norm1(self.conv1(inp)))
+        out = self.norm2(self.conv2(out))
+        residual = self.norm3(self.conv3(inp)) if self.downsample else inp
+        return self.lrelu(out + residual)
 
 
 def _conv_block(res_block: bool, *args):
