@@ -33,3 +33,37 @@ def test_first_contact_dry_run(tmp_path):
     for p in ("fp32", "tf32", "fp16"):
         assert f"bench vit_tiny {p}: rc=0" in summary, summary
     assert "ratio" in (out / "bench.log").read_text()            # the PyTorch twin was timed too
+
+
+MiB = 2 ** 20
+TRAVEL_LIMIT = 64 * MiB          # the device tool: tracked + untracked-not-ignored files + carried paths
+
+
+def _checkout_bytes() -> int:
+    """What travels of the checkout: the files git tracks (as they are on disk) and the untracked
+    ones it does not ignore."""
+    out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                         capture_output=True, check=True).stdout
+    return sum((REPO / n).stat().st_size for n in out.decode().split("\0") if n and (REPO / n).is_file())
+
+
+@pytest.mark.skipif(shutil.which("git") is None or not (REPO / ".git").exists(), reason="needs a git checkout")
+def test_checkout_and_data_fit_one_gpu_call(tmp_path):
+    """The first contact carries the 20,000-image subset; a long run carries the whole copy in two
+    parts, one per call. Each call's checkout + data must stay under the 64 MiB that may travel
+    (with 1 MiB to spare), else the GPU session's first call is refused."""
+    from minivit.data import archive
+    from minivit.data.cifar10 import shared_archive_candidates
+    full = next((p for p in shared_archive_candidates() if p.is_file() and "jpeg" in p.name), None)
+    if full is None:
+        pytest.skip("the CIFAR-10 JPEG copy (../shared/data) is not here")
+    checkout = _checkout_bytes()
+    sub = tmp_path / "cifar10-jpeg-20k.tar.gz"
+    archive.subset_archive(full, sub, train_per_class=2000)
+    parts = archive.split_file(full, tmp_path / "p0", 2)
+    largest = max(p.stat().st_size for p in parts)
+    for what, size in (("the 20k subset (first contact)", sub.stat().st_size), ("one of two parts", largest)):
+        total = checkout + size
+        assert total <= TRAVEL_LIMIT - MiB, (
+            f"checkout {checkout / MiB:.1f} MiB + {what} {size / MiB:.1f} MiB = {total / MiB:.1f} MiB: over "
+            f"the 64 MiB a GPU call may carry; make the checkout smaller or the carried data")
