@@ -181,6 +181,70 @@ def _to_param_device(value, p: Tensor):
     return value
 
 
+# ====================================================================== one flat array per group
+class FlatGroup:
+    """A parameter group's parameters, and named state buffers, as views of one flat array each,
+    so that a multi-tensor (``foreach``) step updates them all with one whole-array operation
+    instead of one chain of operations per parameter.
+
+    ``FlatGroup.build(params, state, names)`` concatenates the parameters' arrays into one and
+    makes each ``p.data`` a view of its slice (the model computes with the views, unaware), and
+    does the same for ``state[p][name]`` of every name (zeros where a buffer does not exist yet).
+    ``valid(params, state)`` says whether all of that still holds: code that assigns a new array
+    to ``p.data`` (``Module.to``, a dtype change) or to a state buffer (``load_state_dict``) breaks
+    the link, and the optimizer then builds the group again (one copy). ``grads(params)`` gathers
+    the gradients into one reused flat array (one copy of every gradient, the price of one op)."""
+
+    def __init__(self, params, flat: dict, views: dict):
+        self.params, self.flat, self.views, self._grad = list(params), flat, views, None
+
+    @classmethod
+    def build(cls, params, state: dict, names) -> "FlatGroup":
+        xp = params[0].xp
+        flat, views = {}, {}
+        sizes = [p.data.size for p in params]
+        offsets = np.cumsum([0] + sizes)
+        for name in ("param",) + tuple(names):
+            if name == "param":
+                parts = [p.data.reshape(-1) for p in params]
+            else:
+                parts = [state[p][name].reshape(-1) if name in state.get(p, {}) else xp.zeros(p.data.size, p.dtype)
+                         for p in params]
+            buf = xp.concatenate(parts).astype(params[0].dtype, copy=False)      # (Σ sizes,)
+            views[name] = [buf[offsets[i]:offsets[i + 1]].reshape(p.data.shape) for i, p in enumerate(params)]
+            flat[name] = buf
+        for i, p in enumerate(params):
+            p.data = views["param"][i]
+            for name in names:
+                state.setdefault(p, {})[name] = views[name][i]
+        return cls(params, flat, views)
+
+    def valid(self, params, state: dict) -> bool:
+        if len(params) != len(self.params) or any(p is not q for p, q in zip(params, self.params)):
+            return False
+        return all(p.data is self.views["param"][i] and all(
+                   state.get(p, {}).get(name) is self.views[name][i] for name in self.flat if name != "param")
+                   for i, p in enumerate(params))
+
+    def grads(self, params):
+        """Every gradient, concatenated into one flat array (the same array each step)."""
+        buf = self.flat["param"]
+        if self._grad is None or self._grad.dtype != buf.dtype:
+            self._grad = params[0].xp.empty_like(buf)
+        params[0].xp.concatenate([p.grad.reshape(-1) for p in params], out=self._grad)
+        return self._grad
+
+
+def foreach_applies(params) -> bool:
+    """A multi-tensor step can take the group: every parameter has a gradient of its own shape,
+    all on one device with one floating dtype."""
+    if not params:
+        return False
+    p0 = params[0]
+    return all(p.grad is not None and p.grad.shape == p.data.shape and p.grad.dtype == p.dtype == p0.dtype
+               and p.device == p0.device for p in params) and np.dtype(p0.dtype).kind == "f"
+
+
 # ====================================================================== parameter groups
 def param_groups_weight_decay(model, weight_decay: float = 1e-5, skip_list=(), *, no_weight_decay_list=(),
                               head_weight_decay: float | None = None,
