@@ -3,6 +3,12 @@ the same batches in the same order with the same augmentation draws, the same op
 and loss, on the same CPU, so that the two runs differ only in the engine.
 
     python benchmarks/torch_twin.py runs/vit_nano-speedrun        # → runs/vit_nano-speedrun-torch/
+    python benchmarks/torch_twin.py runs/vit_nano_speedrun13 --set label_smoothing=0 --set crop_padding=0 \
+        --out-dir runs/vit_nano13-ls0-nocrop-torch                 # a recipe minivit has not run (yet)
+
+``--set KEY=VALUE`` changes the run's recipe (any key of its config.json, the value read as JSON,
+else as a string) before the twin is built: the PyTorch twin, about twice as fast on this CPU and
+epoch for epoch the same training, then tries a recipe first (the record says which keys changed).
 
 It reads the minivit run's config.json and rebuilds the run with minivit's own ``Trainer``
 (never stepped): its model supplies the initial weights (minivit → timm by state_dict keys), its
@@ -44,6 +50,8 @@ def main(argv=None):
     ap.add_argument("run", type=Path, help="the minivit run directory (its config.json)")
     ap.add_argument("--out-dir", type=Path, default=None, help="default: RUN-torch")
     ap.add_argument("--threads", type=int, default=None, help="torch threads; default: the cores available")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="change one key of the run's config.json (value as JSON, else a string); repeatable")
     args = ap.parse_args(argv)
     if not (args.run / "config.json").is_file():
         raise SystemExit(f"error: {args.run}/config.json not found: give a minivit run directory")
@@ -55,6 +63,20 @@ def main(argv=None):
     from minivit import train as mtrain
 
     cfg = json.loads((args.run / "config.json").read_text())
+    changed = {}
+    for item in args.set:
+        key, eq, value = item.partition("=")
+        if not eq or key not in cfg:
+            raise SystemExit(f"error: --set {item!r}: give KEY=VALUE with a key of {args.run}/config.json "
+                             f"(e.g. label_smoothing=0, crop_padding=0, epochs=20, lr=0.003)")
+        try:
+            changed[key] = json.loads(value)
+        except json.JSONDecodeError:
+            changed[key] = value
+    cfg.update(changed)
+    if "epochs" in changed or "batch_size" in changed or "warmup_epochs" in changed:
+        for derived in ("steps_per_epoch", "total_steps", "warmup_steps"):
+            cfg.pop(derived, None)                   # the Trainer works them out again
     for key, ok in (("opt", "adamw"), ("mixup", 0.0), ("cutmix", 0.0), ("randaugment", None),
                     ("random_erasing", 0.0), ("teacher", None), ("clip_grad", None), ("precision", "fp32")):
         if cfg.get(key) not in (ok, None, 0, 0.0) and cfg.get(key) != ok:
@@ -79,6 +101,7 @@ def main(argv=None):
     opt = torch.optim.AdamW(groups, lr=cfg["lr"])
     eps = cfg["label_smoothing"]
     record_cfg = dict(cfg, engine=f"torch {torch.__version__}", twin_of=str(args.run), torch_threads=threads,
+                      recipe_changes=changed,
                       num_params=sum(p.numel() for p in model.parameters()))
     (out / "config.json").write_text(json.dumps(record_cfg, indent=1, default=str) + "\n")
 
