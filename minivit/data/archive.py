@@ -24,8 +24,8 @@ import sys
 import tarfile
 from pathlib import Path
 
-from minivit.data.cifar10 import (DatasetError, _imagefolder_entries, _natural_key, _read_tar, _tar_members,
-                                  _tar_read)
+from minivit.data.cifar10 import (DatasetError, _imagefolder_entries, _md5, _natural_key, _read_tar,
+                                  _tar_members, _tar_read)
 from minivit.data.io import atomic_write
 
 
@@ -58,11 +58,7 @@ def subset_archive(src, dst, train_per_class: int, test_per_class: int | None = 
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return _md5(path, "sha256")
 
 
 def split_file(src, out_dir, parts: int) -> list[Path]:

@@ -148,8 +148,9 @@ def shared_archive_candidates() -> list[Path]:
     return out
 
 
-def _md5(path: Path) -> str:
-    h = hashlib.md5()
+def _md5(path: Path, algorithm: str = "md5") -> str:
+    """The file's hex digest (MD5 for CIFAR-10's published checksum; any hashlib name)."""
+    h = hashlib.new(algorithm)
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
