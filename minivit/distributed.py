@@ -29,6 +29,7 @@ A rank that raises inside :func:`guard` prints ``error: rank R: ...`` and aborts
 """
 from __future__ import annotations
 
+import os
 import sys
 from contextlib import contextmanager
 
@@ -73,6 +74,24 @@ def _init_nccl(comm):
     uid = nccl.get_unique_id() if _state["rank"] == 0 else None
     uid = comm.bcast(uid, root=0)                 # a small tuple of bytes: the one pickled message
     _state["nccl"] = nccl.NcclCommunicator(_state["size"], uid, _state["rank"])
+
+
+# Environment variables that MPI launchers set in every process they start (MPICH's and Intel
+# MPI's Hydra: PMI_*; Open MPI: OMPI_COMM_WORLD_*; PMIx-based launchers and Slurm's srun: PMIX_RANK).
+_LAUNCHER_VARS = ("PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS")
+
+
+def launched_by_mpi() -> bool:
+    """Whether this process was started by ``mpiexec`` (or a launcher like it), from its environment."""
+    return any(v in os.environ for v in _LAUNCHER_VARS)
+
+
+def mpi_available() -> bool:
+    try:
+        import mpi4py  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def is_initialized() -> bool:
@@ -139,6 +158,25 @@ def broadcast(array, root: int = 0):
         _state["nccl"].bcast(array.data.ptr, array.size, dtype, root, cupy.cuda.get_current_stream().ptr)
         return array
     _state["comm"].Bcast(array, root=root)
+    return array
+
+
+def broadcast_object(obj, root: int = 0):
+    """``root``'s Python object on every rank (pickled: for small things, a path or a flag)."""
+    if _state["size"] == 1:
+        return obj
+    return _state["comm"].bcast(obj, root=root)
+
+
+def all_reduce_host(values, op: str = "sum") -> np.ndarray:
+    """A few host numbers reduced over the ranks (through MPI even when the gradients go through
+    NCCL): a float64 copy of ``values``, reduced; in a world of one, the copy."""
+    array = np.array(values, dtype=np.float64).reshape(-1)
+    if _state["size"] == 1:
+        return array
+    from mpi4py import MPI
+    mpi_op = {"sum": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN}[op]
+    _state["comm"].Allreduce(MPI.IN_PLACE, array, op=mpi_op)
     return array
 
 
@@ -212,5 +250,14 @@ def guard():
     except BaseException as e:                                                 # noqa: BLE001 (then abort)
         if _state["size"] == 1 or isinstance(e, SystemExit) and not e.code:
             raise
-        print(f"error: rank {_state['rank']} of {_state['size']}: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
-        _state["comm"].Abort(1)
+        abort(f"{type(e).__name__}: {e}")
+
+
+def abort(message: str, code: int = 1):
+    """Print ``error: rank R of N: message`` (one line) and end the whole job with ``code``
+    (``MPI_Abort``: every rank stops, including those waiting in a collective)."""
+    text = " ".join(str(message).split())
+    print(f"error: rank {_state['rank']} of {_state['size']}: {text}", file=sys.stderr, flush=True)
+    if _state["size"] == 1:
+        raise SystemExit(code)
+    _state["comm"].Abort(code)
