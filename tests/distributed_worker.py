@@ -5,6 +5,11 @@ and each step every rank takes its shard of the global batch, backpropagates the
 its shard, averages the gradients over the ranks and steps AdamW. ``MODE``:
 ``train`` — 5 steps; rank 0 writes the weights after 3 and 5 steps, and the state after 3;
 ``raise`` — rank 1 raises in step 2 (the job must stop with an error naming it).
+
+``mpiexec -n R python tests/distributed_worker.py - MODE TRAIN_FLAGS...`` runs ``minivit.train``'s
+command line instead (with ``--distributed`` among the flags). ``MODE``: ``trainer``; ``trainer-stop3``
+— rank 1 alone gets a SIGINT (Ctrl-C) during its 3rd step (every rank must stop after that step and
+rank 0 save the checkpoint); ``trainer-raise`` — rank 1 raises in its 2nd step.
 """
 import pickle
 import sys
@@ -57,5 +62,25 @@ def main(out, mode):
                 pickle.dump(saved, f)
 
 
+def trainer(mode, flags):
+    import signal
+    from minivit import train
+    step, calls = train.Trainer.train_step, {"n": 0}
+
+    def stepping(self, *args):
+        calls["n"] += 1
+        if dist.rank() == 1 and calls["n"] == 3 and mode == "trainer-stop3":
+            signal.raise_signal(signal.SIGINT)
+        if dist.rank() == 1 and calls["n"] == 2 and mode == "trainer-raise":
+            raise RuntimeError("a failure on purpose")
+        return step(self, *args)
+
+    train.Trainer.train_step = stepping
+    train.main(flags)
+
+
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    if sys.argv[2].startswith("trainer"):
+        trainer(sys.argv[2], sys.argv[3:])
+    else:
+        main(sys.argv[1], sys.argv[2])
