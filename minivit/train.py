@@ -9,6 +9,7 @@
     python -m minivit.train --resume runs/pvt_tiny-20250101-120000
     python -m minivit.evaluate runs/pvt_tiny-20250101-120000
     python -m minivit.train --task segmentation --model fpn_pvt_v2_tiny --dataset shapes --epochs 5
+    mpiexec -n 2 python -m minivit.train --distributed --model vit_tiny --epochs 3 --subset 10000
 
 A run directory holds:
 
@@ -469,9 +470,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "takes its 1/N of each global batch (--batch-size, a multiple of N), and the gradients "
                         "are averaged by bucketed all-reduces before the same optimiser step; the test split is "
                         "shared out and its counts summed. Rank 0 alone writes the run directory, the log and the "
-                        "checkpoints; --resume works with any number of ranks. BatchNorm's batch statistics stay "
-                        "per rank (no synchronised BatchNorm yet); with mixup/cutmix each rank mixes within its "
+                        "checkpoints; --resume works with any number of ranks. BatchNorm's batch statistics are "
+                        "each rank's own part's unless --sync-bn; with mixup/cutmix each rank mixes within its "
                         "part. Over MPI between CPU processes (--device cpu), over NCCL between GPUs (--device cuda)")
+    g.add_argument("--sync-bn", action="store_true",
+                   help="with --distributed: BatchNorm normalises with the statistics of the whole global batch "
+                        "(per-channel sums all-reduced in the forward and backward passes: three small all-reduces "
+                        "per BatchNorm layer and step), as torch.nn.SyncBatchNorm; without it, each rank's own")
     return p
 
 
@@ -544,6 +549,9 @@ def resolve_config(args: argparse.Namespace) -> dict:
         minivit.models.registry.model_entrypoint(cfg["model"])
     except ValueError as e:
         raise cli.UsageError(f"--model {cfg['model']}: {e}") from None
+    if cfg["sync_bn"] and not cfg["distributed"]:
+        raise cli.UsageError("--sync-bn synchronises BatchNorm across the ranks of a --distributed run: add "
+                             "--distributed (under mpiexec), or drop --sync-bn")
     if cfg["teacher"] and not Path(cfg["teacher"]).exists():
         raise cli.UsageError(f"--teacher {cfg['teacher']}: no such run directory or .ckpt file")
     cfg["device"] = cli.check_device(cfg["device"] or backend.default_device())
@@ -607,6 +615,9 @@ class Trainer:
         precision = cfg.get("precision", "fp32")
         self.model = build_model(cfg["model"], ds.num_classes, cfg["model_kwargs"], cfg["drop_path"])
         self.model.to(device=device, **({"dtype": np.float64} if precision == "fp64" else {}))
+        if cfg.get("sync_bn"):
+            if dist.convert_sync_batchnorm(self.model) == 0:
+                log(f"note: --sync-bn: {cfg['model']} has no BatchNorm, nothing to synchronise")
         first = data.normalize(self.test_loader.images[:1], self.test_loader.mean, self.test_loader.std)
         check_model_task(cfg["model"], self.task, model_task(self.model, model_input(first, precision)))
         self.model.train()

@@ -77,6 +77,26 @@ def test_two_ranks_equal_one_process_and_resume_on_one(tmp_path):
     assert not np.allclose(saved["after5"]["0.weight"], worker.make_model(seed=0).state_dict()["0.weight"])
 
 
+def test_synchronised_batchnorm_equals_one_process_and_per_rank_does_not(tmp_path):
+    model = worker.make_bn_model(seed=0)                   # one process, plain BatchNorm2d, the global batches
+    opt = optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.05)
+    for _, x, y in worker.bn_batches():
+        opt.zero_grad()
+        F.cross_entropy(model(mv.tensor(x)), mv.tensor(y)).backward()
+        opt.step()
+    ref = {k: np.array(v) for k, v in model.state_dict().items()}
+    for mode in ("syncbn", "bn"):
+        r = _run(2, mode, tmp_path / f"{mode}.pkl")
+        assert r.returncode == 0, r.stderr[-2000:]
+        got = pickle.loads((tmp_path / f"{mode}.pkl").read_bytes())
+        assert got.keys() == ref.keys()
+        if mode == "syncbn":                               # weights and running statistics
+            for k in ref:
+                np.testing.assert_allclose(got[k], ref[k], rtol=1e-10, atol=1e-12, err_msg=k)
+        else:                                              # per-rank statistics: another model
+            assert np.abs(got["1.running_var"] - ref["1.running_var"]).max() > 1e-3
+
+
 def test_a_failing_rank_stops_the_job_with_its_name(tmp_path):
     r = _run(2, "raise", tmp_path / "none.pkl", timeout=60)
     assert r.returncode != 0
@@ -137,6 +157,16 @@ def test_trainer_on_two_ranks_equals_one_process_and_resumes_on_one(tmp_path):
     stopped = _weights(tmp_path / "stop")
     assert stopped[0]["config"]["world_size"] == 1
     _close_runs(stopped, two)
+
+
+def test_trainer_sync_bn_equals_one_process(tmp_path):
+    from minivit import train
+    _mpiexec()
+    flags = TRAIN[4:] + ["--model", "convmixer_tiny", "--model-kwargs", "dim=8,depth=1,kernel_size=3,patch_size=8"]
+    train.run(flags + ["--out-dir", str(tmp_path / "one")], log=lambda *a: None)
+    r = _run_trainer(2, flags + ["--distributed", "--sync-bn", "--out-dir", str(tmp_path / "two")])
+    assert r.returncode == 0, r.stderr[-3000:]
+    _close_runs(_weights(tmp_path / "one"), _weights(tmp_path / "two"))     # running statistics included
 
 
 def test_trainer_rank_that_raises_stops_the_job_with_its_name(tmp_path):
