@@ -157,8 +157,13 @@ def broadcast(array, root: int = 0):
         return array
     if backend.is_cupy_array(array):
         cupy, nccl = backend.cupy_nccl()
-        dtype = {np.dtype(np.float32): nccl.NCCL_FLOAT32, np.dtype(np.float64): nccl.NCCL_FLOAT64}[array.dtype]
-        _state["nccl"].bcast(array.data.ptr, array.size, dtype, root, cupy.cuda.get_current_stream().ptr)
+        dtypes = {np.dtype(np.float16): nccl.NCCL_FLOAT16, np.dtype(np.float32): nccl.NCCL_FLOAT32,
+                  np.dtype(np.float64): nccl.NCCL_FLOAT64, np.dtype(np.int32): nccl.NCCL_INT32,
+                  np.dtype(np.int64): nccl.NCCL_INT64, np.dtype(np.uint8): nccl.NCCL_UINT8}   # buffers: int64 counts
+        if array.dtype not in dtypes or not array.flags.c_contiguous:
+            raise ValueError(f"broadcast: NCCL takes C-contiguous arrays of {sorted(str(d) for d in dtypes)}, "
+                             f"got {array.dtype}")
+        _state["nccl"].bcast(array.data.ptr, array.size, dtypes[array.dtype], root, cupy.cuda.get_current_stream().ptr)
         return array
     _state["comm"].Bcast(array, root=root)
     return array

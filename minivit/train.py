@@ -297,7 +297,8 @@ def evaluate_segmentation(model, loader, num_classes: int, precision: str = "fp3
     if getattr(loader, "world", 1) > 1:         # the ranks' parts of the split: their sums add up
         total = dist.all_reduce_host(np.concatenate([[loss_sum, n_valid], cm.reshape(-1)]))
         loss_sum, n_valid, cm = total[0], total[1], total[2:].reshape(cm.shape).astype(np.int64)
-    preds = backend.to_numpy(xp.concatenate(preds)) if preds else np.zeros((0,) + tuple(loader.images.shape[2:]), np.uint8)
+    preds = (backend.to_numpy(xp.concatenate(preds)) if preds                 # a rank's part may be empty
+             else np.zeros((0,) + tuple(loader.images.shape[2:]), np.uint8))
     return {"loss": float(loss_sum) / max(int(n_valid), 1), "miou": mean_iou(cm), "pixel_acc": pixel_accuracy(cm),
             "iou": iou_per_class(cm), "confusion": cm, "preds": preds}
 
