@@ -746,6 +746,8 @@ class Trainer:
         with amp.autocast(enabled=self.fp16):
             outputs = self.model(inputs)
             loss = self.criterion(inputs, outputs, target)
+        if self.world > 1 and self.segmentation:
+            loss = loss * self._pixel_share(target)
         self.optimizer.zero_grad()
         with amp.overflow_expected(self.fp16):            # the scaler handles float16 overflow
             self.scaler.scale(loss).backward()
@@ -767,6 +769,16 @@ class Trainer:
             return loss.data, self.xp.zeros((), dtype=np.int64)
         correct = (merge_heads(outputs).data.argmax(axis=1) == labels).sum()
         return loss.data, correct
+
+    def _pixel_share(self, masks) -> float:
+        """Segmentation, data parallel: the world size times this rank's share of the global batch's
+        non-ignored pixels. The loss is a mean over a shard's non-ignored pixels, whose number differs
+        from rank to rank; scaled by this, the ranks' gradients average to the gradient of the mean
+        over the global batch's pixels (and the logged loss sums to it). It reads a count from the
+        device: on a GPU, one sync a step."""
+        n = float(backend.to_numpy((masks != self.dataset.train.ignore_index).sum()))
+        total = float(dist.all_reduce_host([n])[0])
+        return n * self.world / total if total else 1.0
 
     # ------------------------------------------------------------------ the loop
     def _request_stop(self, signum, frame):
@@ -1070,7 +1082,8 @@ def run(argv=None, log=print) -> dict:
         run_dir = dist.broadcast_object(_new_run_dir(cfg) if dist.is_main() else None)
         cfg["run_dir"] = str(run_dir)
         launcher = f"mpiexec -n {world} " if args.distributed else ""
-        cfg["command"] = " ".join([launcher + "python -m minivit.train"] + list(sys.argv[1:] if argv is None else argv))
+        cfg["command"] = " ".join([launcher + "python -m minivit.train"]
+                                  + list(sys.argv[1:] if argv is None else argv))
         trainer = Trainer(cfg, run_dir, log=log)
         if trainer.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -1111,8 +1124,9 @@ LAUNCH_HINT = "launch it as: mpiexec -n 2 python -m minivit.train --distributed 
 
 
 def _init_distributed(args) -> int:
-    """--distributed: join the MPI job (mpi4py), set up NCCL for --device cuda; the world size.
-    Without mpi4py or outside mpiexec, a one-line error saying how to install and launch."""
+    """--distributed: join the MPI job (mpi4py); the world size. (NCCL for --device cuda comes with
+    :func:`_gpu_ranks`, once the device is known.) Without mpi4py or outside mpiexec, a one-line
+    error saying how to install and how to launch."""
     if not dist.mpi_available():
         raise cli.UsageError('--distributed needs mpi4py and an MPI: pip install -e ".[mpi]" (mpi4py and the '
                              f'mpich wheel), then {LAUNCH_HINT}')

@@ -169,6 +169,24 @@ def test_trainer_sync_bn_equals_one_process(tmp_path):
     _close_runs(_weights(tmp_path / "one"), _weights(tmp_path / "two"))     # running statistics included
 
 
+def test_trainer_segmentation_on_two_ranks_equals_one_process(tmp_path):
+    # The shards hold different numbers of ignored (border) pixels: each rank's per-pixel mean is
+    # weighted by its share of the global batch's pixels, and mIoU's confusion matrix is summed.
+    from minivit import train
+    _mpiexec()
+    flags = ["--task", "segmentation", "--model", "segformer_tiny", "--dataset", "shapes", "--subset", "16",
+             "--test-subset", "10", "--batch-size", "8", "--eval-batch-size", "4", "--epochs", "1", "--lr", "1e-2",
+             "--precision", "fp64", "--no-progress", "--device", "cpu"]
+    train.run(flags + ["--out-dir", str(tmp_path / "one")], log=lambda *a: None)
+    r = _run_trainer(2, flags + ["--distributed", "--sync-bn", "--out-dir", str(tmp_path / "two")])
+    assert r.returncode == 0, r.stderr[-3000:]
+    (ca, wa), (cb, wb) = _weights(tmp_path / "one"), _weights(tmp_path / "two")
+    for k in wa:
+        np.testing.assert_allclose(wb[k], wa[k], rtol=1e-9, atol=1e-11, err_msg=k)
+    for key in ("train_loss", "test_loss", "test_miou", "test_pixel_acc"):
+        assert cb["metrics"][0][key] == pytest.approx(ca["metrics"][0][key], rel=1e-10), key
+
+
 def test_trainer_rank_that_raises_stops_the_job_with_its_name(tmp_path):
     r = _run_trainer(2, TRAIN + ["--distributed", "--out-dir", str(tmp_path / "r")], mode="trainer-raise", timeout=60)
     assert r.returncode != 0
