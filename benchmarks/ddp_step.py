@@ -145,6 +145,14 @@ def main(argv=None):
         result["measured"] = {f"{r}x{t}": _run(r, t) for r, t in ((1, 1), (1, 2), (2, 1))}
         result["machine"]["load_average_at_end"] = list(os.getloadavg())
     p = result["on_paper_8_gpus"]
+    m = result["machine"]
+    print(f"machine: {m['cpu']}, {m['cores']} cores; load average {m['load_average_at_start'][0]:.1f} at the start"
+          + (f", {m['load_average_at_end'][0]:.1f} at the end" if "load_average_at_end" in m else ""))
+    busy = max(m["load_average_at_start"][0], m.get("load_average_at_end", [0])[0]) > 0.5
+    if "measured" in result and busy:
+        print("warning: other processes were running (load average above 0.5): these timings are not final; "
+              "measure again on a quiet machine")
+    result["quiet_machine"] = not busy
     print(f"{MODEL}: {num_params:,} parameters, {p['gradient_bytes'] / 1e6:.1f} MB of float32 gradients per step")
     for key, m in result.get("measured", {}).items():
         ranks, threads = key.split("x")
