@@ -374,7 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a model on CIFAR-10 (or the synthetic set), with checkpoints, resume and "
                     "DeiT distillation.\n\n" + __doc__.split("\n\n", 1)[1].split("\nA checkpoint")[0],
         epilog="Resuming: --resume RUN_DIR takes everything from RUN_DIR/last.ckpt (only --device, "
-               "--progress/--no-progress and --log-every may be changed). Ctrl-C saves a checkpoint first.")
+               "--progress/--no-progress, --log-every and --distributed, on any number of ranks, may be changed). "
+               "Ctrl-C saves a checkpoint first.")
     g = p.add_argument_group("model")
     g.add_argument("--task", choices=TASKS, default="classification",
                    help="classification (one label per image), segmentation (a class per pixel: "
