@@ -5,7 +5,9 @@ of the mean loss over its own part of the global batch; the gradients are then s
 ranks and divided by their number (one *all-reduce*), so every rank holds the gradient of the
 mean loss over the whole global batch, takes the same optimiser step and keeps the same weights.
 With equal parts this is exactly one process training on the global batch (float64 tests hold
-the two equal); BatchNorm's batch statistics are the exception, they stay per rank.
+the two equal). BatchNorm's batch statistics are the exception: each rank's own part's, unless the
+layers are converted (:func:`convert_sync_batchnorm`, PyTorch's SyncBatchNorm), whose sums are
+all-reduced in the forward and backward passes.
 
     mpiexec -n 2 python my_script.py
 
@@ -29,12 +31,14 @@ A rank that raises inside :func:`guard` prints ``error: rank R: ...`` and aborts
 """
 from __future__ import annotations
 
+import os
 import sys
 from contextlib import contextmanager
 
 import numpy as np
 
-from minivit import backend
+from minivit import amp, backend, nn
+from minivit.functional.norm import BatchNorm as _BatchNormFunction, _stat_array
 
 _state = {"comm": None, "rank": 0, "size": 1, "backend": None, "nccl": None}
 
@@ -73,6 +77,24 @@ def _init_nccl(comm):
     uid = nccl.get_unique_id() if _state["rank"] == 0 else None
     uid = comm.bcast(uid, root=0)                 # a small tuple of bytes: the one pickled message
     _state["nccl"] = nccl.NcclCommunicator(_state["size"], uid, _state["rank"])
+
+
+# Environment variables that MPI launchers set in every process they start (MPICH's and Intel
+# MPI's Hydra: PMI_*; Open MPI: OMPI_COMM_WORLD_*; PMIx-based launchers and Slurm's srun: PMIX_RANK).
+_LAUNCHER_VARS = ("PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS")
+
+
+def launched_by_mpi() -> bool:
+    """Whether this process was started by ``mpiexec`` (or a launcher like it), from its environment."""
+    return any(v in os.environ for v in _LAUNCHER_VARS)
+
+
+def mpi_available() -> bool:
+    try:
+        import mpi4py  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def is_initialized() -> bool:
@@ -135,10 +157,34 @@ def broadcast(array, root: int = 0):
         return array
     if backend.is_cupy_array(array):
         cupy, nccl = backend.cupy_nccl()
-        dtype = {np.dtype(np.float32): nccl.NCCL_FLOAT32, np.dtype(np.float64): nccl.NCCL_FLOAT64}[array.dtype]
-        _state["nccl"].bcast(array.data.ptr, array.size, dtype, root, cupy.cuda.get_current_stream().ptr)
+        dtypes = {np.dtype(np.float16): nccl.NCCL_FLOAT16, np.dtype(np.float32): nccl.NCCL_FLOAT32,
+                  np.dtype(np.float64): nccl.NCCL_FLOAT64, np.dtype(np.int32): nccl.NCCL_INT32,
+                  np.dtype(np.int64): nccl.NCCL_INT64, np.dtype(np.uint8): nccl.NCCL_UINT8}   # buffers: int64 counts
+        if array.dtype not in dtypes or not array.flags.c_contiguous:
+            raise ValueError(f"broadcast: NCCL takes C-contiguous arrays of {sorted(str(d) for d in dtypes)}, "
+                             f"got {array.dtype}")
+        _state["nccl"].bcast(array.data.ptr, array.size, dtypes[array.dtype], root, cupy.cuda.get_current_stream().ptr)
         return array
     _state["comm"].Bcast(array, root=root)
+    return array
+
+
+def broadcast_object(obj, root: int = 0):
+    """``root``'s Python object on every rank (pickled: for small things, a path or a flag)."""
+    if _state["size"] == 1:
+        return obj
+    return _state["comm"].bcast(obj, root=root)
+
+
+def all_reduce_host(values, op: str = "sum") -> np.ndarray:
+    """A few host numbers reduced over the ranks (through MPI even when the gradients go through
+    NCCL): a float64 copy of ``values``, reduced; in a world of one, the copy."""
+    array = np.array(values, dtype=np.float64).reshape(-1)
+    if _state["size"] == 1:
+        return array
+    from mpi4py import MPI
+    mpi_op = {"sum": MPI.SUM, "max": MPI.MAX, "min": MPI.MIN}[op]
+    _state["comm"].Allreduce(MPI.IN_PLACE, array, op=mpi_op)
     return array
 
 
@@ -212,5 +258,115 @@ def guard():
     except BaseException as e:                                                 # noqa: BLE001 (then abort)
         if _state["size"] == 1 or isinstance(e, SystemExit) and not e.code:
             raise
-        print(f"error: rank {_state['rank']} of {_state['size']}: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
-        _state["comm"].Abort(1)
+        abort(f"{type(e).__name__}: {e}")
+
+
+def abort(message: str, code: int = 1):
+    """Print ``error: rank R of N: message`` (one line) and end the whole job with ``code``
+    (``MPI_Abort``: every rank stops, including those waiting in a collective)."""
+    text = " ".join(str(message).split())
+    print(f"error: rank {_state['rank']} of {_state['size']}: {text}", file=sys.stderr, flush=True)
+    if _state["size"] == 1:
+        raise SystemExit(code)
+    _state["comm"].Abort(code)
+
+
+# =========================================================================== synchronised BatchNorm
+class SyncBatchNormFunction(_BatchNormFunction):
+    """BatchNorm whose training statistics are those of the *global* batch, all ranks' parts.
+
+    Forward: the per-channel sums Σx and the counts are all-reduced, giving the global mean μ;
+    then Σ(x − μ)², giving the global (biased) variance: two small all-reduces (two passes, as
+    the one-process BatchNorm computes it, not Σx² − Nμ², which loses digits). Backward: with
+    g' = g·w and x̂ = (x − μ)/σ, ∂x = (1/σ)(g' − mean(g') − x̂·mean(g'·x̂)), the two means over
+    the global batch: one all-reduce of the two per-channel sums. Each rank's gradient is then
+    the world size times the global mean loss's gradient with respect to its own inputs, as
+    for every other layer of a data-parallel step (the gradient all-reduce divides by the world
+    size). Evaluation: the running statistics, no communication."""
+    fast_path = False                    # the reference formulas, with the sums all-reduced
+
+    def forward(self, x, *params):
+        if not self.training:
+            return super().forward(x, *params)
+        xp = backend.get_array_module(x)
+        c = x.shape[1]
+        self.cpu_fast = False
+        self.axes = (0,) + tuple(range(2, x.ndim))                         # every dim but the channel one
+        pshape = (1, c) + (1,) * (x.ndim - 2)
+        s1 = xp.concatenate([x.sum(axis=self.axes), xp.full(1, x.size // c, dtype=x.dtype)])
+        all_reduce(s1, "sum")
+        self.count = float(s1[c])                                          # values per channel, all ranks
+        mu = (s1[:c] / self.count).reshape(pshape)
+        xc = x - mu
+        var = all_reduce(xp.ascontiguousarray((xc * xc).sum(axis=self.axes)), "sum")
+        var = (var / self.count).reshape(pshape)
+        self._update_running_stats(mu, var, n=int(self.count))
+        self.rstd = 1 / (var + self.eps) ** 0.5                            # (1, C, 1, ...)
+        self.xhat = xc * self.rstd
+        w = params[0] if self.has_weight else None
+        b = params[-1] if self.has_bias else None
+        self.w = None if w is None else w.reshape(pshape)
+        y = self.xhat if w is None else self.xhat * self.w
+        return y if b is None else y + b.reshape(pshape)
+
+    def backward(self, gy):
+        if not self.training:
+            return super().backward(gy)
+        xp = backend.get_array_module(gy)
+        grads = [None]
+        if self.needs_grad[0]:
+            gxhat = gy if self.w is None else gy * self.w
+            c = gxhat.shape[1]
+            sums = xp.concatenate([gxhat.sum(axis=self.axes), (gxhat * self.xhat).sum(axis=self.axes)])
+            all_reduce(sums, "sum")
+            mean_g = (sums[:c] / self.count).reshape(self.rstd.shape)
+            mean_gx = (sums[c:] / self.count).reshape(self.rstd.shape)
+            grads[0] = self.rstd * (gxhat - mean_g - self.xhat * mean_gx)
+        if self.has_weight:          # this rank's part: the gradient all-reduce averages it
+            grads.append((gy * self.xhat).sum(axis=self.axes) if self.needs_grad[len(grads)] else None)
+        if self.has_bias:
+            grads.append(gy.sum(axis=self.axes) if self.needs_grad[len(grads)] else None)
+        return tuple(grads)
+
+
+class SyncBatchNorm(nn.BatchNorm2d):
+    """``torch.nn.SyncBatchNorm``: BatchNorm2d whose training statistics are the global batch's
+    (:class:`SyncBatchNormFunction`); evaluation as BatchNorm2d. Same parameters, buffers and
+    state-dict keys. In a world of one it is BatchNorm2d (its reference formulas)."""
+
+    def forward(self, x):
+        if not self.training:
+            return super().forward(x)
+        if x.ndim != self._input_ndim:
+            raise ValueError(f"{type(self).__name__} expects a {self._input_ndim}-D {self._layout} input, "
+                             f"got shape {x.shape}")
+        momentum = 0.0 if self.momentum is None else self.momentum
+        if self.track_running_stats:
+            self.num_batches_tracked.data += 1
+            if self.momentum is None:  # cumulative moving average
+                momentum = 1.0 / float(self.num_batches_tracked.item())
+        w, b = self.weight, self.bias
+        if amp._enabled:                                  # autocast: float32 statistics, as batch_norm
+            x, w, b = amp.cast_inputs("batch_norm", x, w, b)
+        c = x.shape[1]
+        rm = _stat_array("running_mean", self.running_mean, c)
+        rv = _stat_array("running_var", self.running_var, c)
+        fn = SyncBatchNormFunction(rm, rv, True, momentum, self.eps, w is not None, b is not None)
+        return fn(x, *[p for p in (w, b) if p is not None])
+
+
+class SyncBatchNorm3d(SyncBatchNorm):
+    """SyncBatchNorm of an NCDHW volume (BatchNorm3d's)."""
+    _input_ndim, _layout = 5, "NCDHW"
+
+
+def convert_sync_batchnorm(module) -> int:
+    """``torch.nn.SyncBatchNorm.convert_sync_batchnorm``, in place: every BatchNorm2d/3d of
+    ``module`` becomes a SyncBatchNorm (the same object, parameters and buffers; the optimiser
+    built on them still holds them). Returns the number of layers converted."""
+    count = 0
+    for m in module.modules():
+        if type(m) is nn.BatchNorm2d or type(m) is nn.BatchNorm3d:
+            m.__class__ = SyncBatchNorm3d if type(m) is nn.BatchNorm3d else SyncBatchNorm
+            count += 1
+    return count

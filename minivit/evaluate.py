@@ -42,6 +42,7 @@ def evaluate_checkpoint(path, *, device=None, data_dir=None, test_subset=None, b
     # A run trained with --precision fp16 is evaluated under autocast on the GPU, as the trainer
     # did (the same numbers as its metrics.jsonl); on the CPU in fp32 (no float16 BLAS there).
     precision = cfg.get("precision", "fp32") if device == "cuda" else "fp32"
+    precision = "fp32" if precision == "fp64" else precision      # the model is rebuilt in float32
     if cfg.get("task", "classification") == "segmentation":
         if tta is not None:
             raise ValueError("--tta flip is for classification runs; leave it out for a segmentation run")

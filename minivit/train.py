@@ -9,6 +9,7 @@
     python -m minivit.train --resume runs/pvt_tiny-20250101-120000
     python -m minivit.evaluate runs/pvt_tiny-20250101-120000
     python -m minivit.train --task segmentation --model fpn_pvt_v2_tiny --dataset shapes --epochs 5
+    mpiexec -n 2 python -m minivit.train --distributed --model vit_tiny --epochs 3 --subset 10000
 
 A run directory holds:
 
@@ -53,6 +54,7 @@ import minivit
 import minivit.functional as F
 import minivit.models  # registers every architecture, resnet_teacher included
 from minivit import amp, backend, cli, data, nn, optim
+from minivit import distributed as dist
 from minivit.autograd import Tensor, no_grad
 from minivit.data.io import atomic_write, safe_load_pickle
 from minivit.models.registry import parse_model_kwargs
@@ -62,7 +64,8 @@ from minivit.metrics import mean_iou, pixel_accuracy, segmentation_confusion
 CHECKPOINT_FORMAT = "minivit-checkpoint"
 CHECKPOINT_VERSION = 1
 TASKS = ("classification", "segmentation", "video")   # video: clips of --dataset motion, no augmentation
-PRECISIONS = ("fp32", "tf32", "fp16")     # fp16: autocast + GradScaler, float32 master weights
+PRECISIONS = ("fp32", "tf32", "fp16", "fp64")   # fp16: autocast + GradScaler, float32 master weights;
+                                                # fp64: float64 weights and inputs, for exactness checks
 EXIT_INTERRUPTED = 130     # the shell's code for "stopped by Ctrl-C"
 
 
@@ -194,7 +197,11 @@ def evaluate(model, loader, precision: str = "fp32", *, progress: bool = False, 
     tenths of a point. The trainer never uses it: its metrics are single-view.
 
     A test pass takes tens of seconds on the CPU: ``progress=True`` shows a tqdm bar; else,
-    with ``log``, a line after each quarter of the batches (none for a single batch)."""
+    with ``log``, a line after each quarter of the batches (none for a single batch).
+
+    A data-parallel rank's loader (``DeviceLoader(..., rank, world)``) holds its part of the split:
+    the loss and the count correct are summed over the ranks (every rank gets the whole split's),
+    ``preds`` are this rank's part's."""
     from tqdm import tqdm
     if tta not in (None, "none", "flip"):
         raise ValueError(f"evaluate: tta must be None or 'flip', got {tta!r}")
@@ -207,10 +214,12 @@ def evaluate(model, loader, precision: str = "fp32", *, progress: bool = False, 
     preds = []
     n_batches, seen, t0 = len(loader), 0, time.perf_counter()
     every = -(-n_batches // 4)
-    bar = tqdm(total=loader.n, unit="img", unit_scale=True, desc=desc, leave=False, disable=not progress,
+    n_local = getattr(loader, "n_local", loader.n)                       # a data-parallel rank's part
+    bar = tqdm(total=n_local, unit="img", unit_scale=True, desc=desc, leave=False, disable=not progress,
                dynamic_ncols=True)
     with no_grad(), amp.autocast(enabled=precision == "fp16"):
         for i, (x, _, labels) in enumerate(loader.batches()):
+            x = model_input(x, precision)
             logits = merge_heads(model(Tensor(x)))                        # (B, num_classes)
             if tta == "flip":
                 mirrored = xp.ascontiguousarray(x[..., ::-1])             # (B, C, H, W), W reversed
@@ -222,12 +231,19 @@ def evaluate(model, loader, precision: str = "fp32", *, progress: bool = False, 
             seen += len(labels)
             bar.update(len(labels))
             if log is not None and not progress and (i + 1) % every == 0 and i + 1 < n_batches:
-                log(f"  {desc}: {seen}/{loader.n} images, {time.perf_counter() - t0:.0f}s")
+                log(f"  {desc}: {seen}/{n_local} images, {time.perf_counter() - t0:.0f}s")
     bar.close()
     model.train(was_training)
     n = loader.n
     loss_sum, correct, preds = read_on_host(loss_sum, correct, xp.concatenate(preds) if preds else xp.zeros(0, np.int64))
+    if getattr(loader, "world", 1) > 1:         # the ranks' parts of the split: their sums add up
+        loss_sum, correct = dist.all_reduce_host([loss_sum, correct])
     return {"loss": float(loss_sum) / n, "acc": int(correct) / n, "preds": preds.astype(np.int64)}
+
+
+def model_input(x, precision: str):
+    """The batch as the model takes it: float64 for --precision fp64, else as the loader made it."""
+    return x.astype(np.float64) if precision == "fp64" else x
 
 
 def read_on_host(*arrays):
@@ -260,11 +276,12 @@ def evaluate_segmentation(model, loader, num_classes: int, precision: str = "fp3
     preds = []
     n_batches, seen = len(loader), 0
     every = -(-n_batches // 4)
-    bar = tqdm(total=loader.n, unit="img", unit_scale=True, desc=desc, leave=False, disable=not progress,
+    n_local = getattr(loader, "n_local", loader.n)                       # a data-parallel rank's part
+    bar = tqdm(total=n_local, unit="img", unit_scale=True, desc=desc, leave=False, disable=not progress,
                dynamic_ncols=True)
     with no_grad(), amp.autocast(enabled=precision == "fp16"):
         for i, (x, _, masks) in enumerate(loader.batches()):
-            logits = upsample_logits(model(Tensor(x)), masks.shape[1:])          # (B, K, H, W)
+            logits = upsample_logits(model(Tensor(model_input(x, precision))), masks.shape[1:])   # (B, K, H, W)
             loss_sum += F.cross_entropy(logits, masks, ignore_index=ignore_index, reduction="sum").data
             n_valid += (masks != ignore_index).sum()
             pred = logits.data.argmax(axis=1)                                     # (B, H, W)
@@ -273,11 +290,15 @@ def evaluate_segmentation(model, loader, num_classes: int, precision: str = "fp3
             seen += len(masks)
             bar.update(len(masks))
             if log is not None and not progress and (i + 1) % every == 0 and i + 1 < n_batches:
-                log(f"  {desc}: {seen}/{loader.n} images")
+                log(f"  {desc}: {seen}/{n_local} images")
     bar.close()
     model.train(was_training)
     loss_sum, n_valid, cm = read_on_host(loss_sum, n_valid, cm)
-    preds = backend.to_numpy(xp.concatenate(preds))
+    if getattr(loader, "world", 1) > 1:         # the ranks' parts of the split: their sums add up
+        total = dist.all_reduce_host(np.concatenate([[loss_sum, n_valid], cm.reshape(-1)]))
+        loss_sum, n_valid, cm = total[0], total[1], total[2:].reshape(cm.shape).astype(np.int64)
+    preds = (backend.to_numpy(xp.concatenate(preds)) if preds                 # a rank's part may be empty
+             else np.zeros((0,) + tuple(loader.images.shape[2:]), np.uint8))
     return {"loss": float(loss_sum) / max(int(n_valid), 1), "miou": mean_iou(cm), "pixel_acc": pixel_accuracy(cm),
             "iou": iou_per_class(cm), "confusion": cm, "preds": preds}
 
@@ -353,7 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a model on CIFAR-10 (or the synthetic set), with checkpoints, resume and "
                     "DeiT distillation.\n\n" + __doc__.split("\n\n", 1)[1].split("\nA checkpoint")[0],
         epilog="Resuming: --resume RUN_DIR takes everything from RUN_DIR/last.ckpt (only --device, "
-               "--progress/--no-progress and --log-every may be changed). Ctrl-C saves a checkpoint first.")
+               "--progress/--no-progress, --log-every and --distributed, on any number of ranks, may be changed). "
+               "Ctrl-C saves a checkpoint first.")
     g = p.add_argument_group("model")
     g.add_argument("--task", choices=TASKS, default="classification",
                    help="classification (one label per image), segmentation (a class per pixel: "
@@ -414,7 +436,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="fp32; tf32 (float32 with TF32 tensor-core matmuls, GPUs from Ampere on); or fp16 "
                         "(mixed precision: float16 matmuls under minivit.amp.autocast, float32 master weights, "
-                        "dynamic loss scaling; slow on the CPU, which has no float16 BLAS)")
+                        "dynamic loss scaling; slow on the CPU, which has no float16 BLAS); or fp64 (float64 weights "
+                        "and inputs: slow, for checks such as a data-parallel run equalling one process)")
     g = p.add_argument_group("augmentation (on the device)")
     g.add_argument("--crop-padding", type=int, default=4,
                    help="random crop with this zero padding; 0 = off (classification only)")
@@ -443,10 +466,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="read the loss from the device (a GPU sync) every this many steps")
     g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="tqdm progress bar; default: when stderr is a terminal")
+    g.add_argument("--distributed", action="store_true",
+                   help="data parallelism over the processes of `mpiexec -n N python -m minivit.train "
+                        "--distributed ...` (pip install -e \".[mpi]\"): every rank starts from rank 0's weights, "
+                        "takes its 1/N of each global batch (--batch-size, a multiple of N), and the gradients "
+                        "are averaged by bucketed all-reduces before the same optimiser step; the test split is "
+                        "shared out and its counts summed. Rank 0 alone writes the run directory, the log and the "
+                        "checkpoints; --resume works with any number of ranks. BatchNorm's batch statistics are "
+                        "each rank's own part's unless --sync-bn; with mixup/cutmix each rank mixes within its "
+                        "part. Over MPI between CPU processes (--device cpu), over NCCL between GPUs (--device cuda)")
+    g.add_argument("--sync-bn", action="store_true",
+                   help="with --distributed: BatchNorm normalises with the statistics of the whole global batch "
+                        "(per-channel sums all-reduced in the forward and backward passes: three small all-reduces "
+                        "per BatchNorm layer and step), as torch.nn.SyncBatchNorm; without it, each rank's own")
     return p
 
 
-_RESUMABLE = ("device", "progress", "log_every", "resume")
+# flags a resumed run takes from the command line (how it runs, not what it trains)
+_RESUMABLE = ("device", "progress", "log_every", "resume", "distributed")
 
 
 def _resolve_task(cfg: dict) -> None:
@@ -514,6 +551,9 @@ def resolve_config(args: argparse.Namespace) -> dict:
         minivit.models.registry.model_entrypoint(cfg["model"])
     except ValueError as e:
         raise cli.UsageError(f"--model {cfg['model']}: {e}") from None
+    if cfg["sync_bn"] and not cfg["distributed"]:
+        raise cli.UsageError("--sync-bn synchronises BatchNorm across the ranks of a --distributed run: add "
+                             "--distributed (under mpiexec), or drop --sync-bn")
     if cfg["teacher"] and not Path(cfg["teacher"]).exists():
         raise cli.UsageError(f"--teacher {cfg['teacher']}: no such run directory or .ckpt file")
     cfg["device"] = cli.check_device(cfg["device"] or backend.default_device())
@@ -543,6 +583,13 @@ class Trainer:
     def __init__(self, cfg: dict, run_dir: Path, resume: dict | None = None, log=print):
         self.cfg, self.run_dir, self.log = cfg, Path(run_dir), log
         device = cfg["device"]
+        # data parallelism (--distributed): this process's rank of how many; 0 of 1 otherwise
+        self.rank, self.world = (dist.rank(), dist.world_size()) if cfg.get("distributed") else (0, 1)
+        self.is_main = self.rank == 0
+        if cfg["batch_size"] % self.world:
+            again = " (resume it on a number of ranks that divides it)" if resume is not None else ""
+            raise cli.UsageError(f"--batch-size {cfg['batch_size']} is the global batch and does not split evenly "
+                                 f"over {self.world} ranks: make it a multiple of {self.world}{again}")
         backend.manual_seed(cfg["seed"])
         ds = data.load_dataset(cfg["dataset"], cfg["data_dir"], subset=cfg["subset"],
                                test_subset=cfg["test_subset"], verbose=True, download=cfg.get("download", False))
@@ -564,12 +611,17 @@ class Trainer:
         elif self.task == "video":      # no augmentation: a horizontal flip would turn a clip's motion around
             augment = None
         self.train_loader = data.DeviceLoader(ds.train, device, cfg["batch_size"], shuffle=True,
-                                              augment=augment, seed=cfg["seed"])
-        self.test_loader = data.DeviceLoader(ds.test, device, cfg["eval_batch_size"])
-
+                                              augment=augment, seed=cfg["seed"], rank=self.rank, world=self.world)
+        self.test_loader = data.DeviceLoader(ds.test, device, cfg["eval_batch_size"], rank=self.rank,
+                                             world=self.world)
+        precision = cfg.get("precision", "fp32")
         self.model = build_model(cfg["model"], ds.num_classes, cfg["model_kwargs"], cfg["drop_path"])
-        self.model.to(device=device)
-        check_model_task(cfg["model"], self.task, model_task(self.model, next(self.test_loader.batches())[0]))
+        self.model.to(device=device, **({"dtype": np.float64} if precision == "fp64" else {}))
+        if cfg.get("sync_bn"):
+            if dist.convert_sync_batchnorm(self.model) == 0:
+                log(f"note: --sync-bn: {cfg['model']} has no BatchNorm, nothing to synchronise")
+        first = data.normalize(self.test_loader.images[:1], self.test_loader.mean, self.test_loader.std)
+        check_model_task(cfg["model"], self.task, model_task(self.model, model_input(first, precision)))
         self.model.train()
         wd = cfg["weight_decay"]
         # .get: checkpoints written before these flags existed resume with their defaults
@@ -594,9 +646,9 @@ class Trainer:
             self.scheduler = optim.lr_scheduler.CosineWarmupLR(self.optimizer, warmup_steps=warmup,
                                                                total_steps=total, min_lr=cfg["min_lr"])
         # Precision. fp16: autocast in the step and the evaluation, the loss scaled by a
-        # GradScaler (disabled, i.e. a pass-through, for fp32/tf32). TF32 is a process-wide
+        # GradScaler (disabled, i.e. a pass-through, for fp32/tf32/fp64). TF32 is a process-wide
         # CuPy setting: on for tf32, explicitly off otherwise (CUPY_TF32=1 would turn it on).
-        precision = cfg.get("precision", "fp32")
+        self.precision = precision
         self.fp16 = precision == "fp16"
         self.scaler = amp.GradScaler(enabled=self.fp16)
         if device == "cuda":
@@ -611,6 +663,8 @@ class Trainer:
         teacher = None
         if cfg["teacher"]:
             teacher, tck = load_model_from_checkpoint(cfg["teacher"], device)
+            if precision == "fp64":
+                teacher.to(dtype=np.float64)
             if tck["config"]["num_classes"] != ds.num_classes:
                 raise ValueError(f"the teacher {tck['path']} predicts {tck['config']['num_classes']} classes, "
                                  f"the dataset has {ds.num_classes}: use a teacher trained on {cfg['dataset']}")
@@ -634,6 +688,12 @@ class Trainer:
         self._skipped = 0                    # fp16 steps skipped this epoch (a gradient overflowed)
         if resume is not None:
             self._load_state(resume)
+        if self.world > 1:
+            # Every rank built the same model from the same seed (and loaded the same checkpoint);
+            # rank 0's weights are broadcast all the same, so that nothing else can make them differ.
+            dist.broadcast_parameters(self.model)
+            if not self.is_main:                    # a resumed epoch's sums so far: rank 0 holds them
+                self._partial = self._partial and dict(self._partial, loss_sum=0.0, correct=0)
 
     # ------------------------------------------------------------------ state
     def state(self, partial=None) -> dict:
@@ -660,6 +720,8 @@ class Trainer:
         self._partial = ck.get("partial")
 
     def save(self, best: bool = False, partial=None):
+        if not self.is_main:                    # data parallel: the ranks hold the same state
+            return
         blob = checkpoint_bytes(self.state(partial))
         save_checkpoint(self.run_dir / "last.ckpt", blob=blob)
         if best:
@@ -667,6 +729,8 @@ class Trainer:
 
     def write_metrics(self):
         """metrics.jsonl, rewritten whole from the in-memory list (so it always matches last.ckpt)."""
+        if not self.is_main:
+            return
         with atomic_write(self.run_dir / "metrics.jsonl", "w") as f:
             for m in self.metrics:
                 f.write(json.dumps(m) + "\n")
@@ -677,13 +741,23 @@ class Trainer:
 
         PyTorch's mixed-precision recipe; for fp32 the scaler is a pass-through, so this is
         the plain loss.backward(), clip, optimizer.step()."""
-        inputs = Tensor(x)
+        inputs = Tensor(model_input(x, self.precision))
+        if self.precision == "fp64" and target.dtype.kind == "f":
+            target = target.astype(np.float64)            # mixup/cutmix's soft targets
         with amp.autocast(enabled=self.fp16):
             outputs = self.model(inputs)
             loss = self.criterion(inputs, outputs, target)
+        if self.world > 1 and self.segmentation:
+            loss = loss * self._pixel_share(target)
         self.optimizer.zero_grad()
         with amp.overflow_expected(self.fp16):            # the scaler handles float16 overflow
             self.scaler.scale(loss).backward()
+            if self.world > 1:
+                # Each rank's loss is the mean over its part of the global batch; the mean of the
+                # ranks' gradients is the gradient of the mean over the whole batch (equal parts).
+                # Still scaled under fp16: an inf on one rank is an inf in the sum, on every rank,
+                # so every rank skips the same steps.
+                dist.all_reduce_gradients(self.model.parameters())
             if self.cfg["clip_grad"]:
                 self.scaler.unscale_(self.optimizer)       # clip the true gradients, not the scaled ones
                 nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg["clip_grad"])
@@ -697,14 +771,25 @@ class Trainer:
         correct = (merge_heads(outputs).data.argmax(axis=1) == labels).sum()
         return loss.data, correct
 
+    def _pixel_share(self, masks) -> float:
+        """Segmentation, data parallel: the world size times this rank's share of the global batch's
+        non-ignored pixels. The loss is a mean over a shard's non-ignored pixels, whose number differs
+        from rank to rank; scaled by this, the ranks' gradients average to the gradient of the mean
+        over the global batch's pixels (and the logged loss sums to it). It reads a count from the
+        device: on a GPU, one sync a step."""
+        n = float(backend.to_numpy((masks != self.dataset.train.ignore_index).sum()))
+        total = float(dist.all_reduce_host([n])[0])
+        return n * self.world / total if total else 1.0
+
     # ------------------------------------------------------------------ the loop
     def _request_stop(self, signum, frame):
         if self._stop_requested:             # a second Ctrl-C: stop right now, no checkpoint
             raise KeyboardInterrupt
         self._stop_requested = True
         what = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
-        print(f"\n{what}: finishing this step and saving a checkpoint (again: quit without saving)",
-              file=sys.stderr, flush=True)
+        if self.is_main:                     # data parallel: every rank gets the signal, one says so
+            print(f"\n{what}: finishing this step and saving a checkpoint (again: quit without saving)",
+                  file=sys.stderr, flush=True)
 
     @contextlib.contextmanager
     def _sigint_saves(self):
@@ -760,14 +845,17 @@ class Trainer:
         self.model.eval()
         t0 = self.clock()
         with no_grad(), amp.autocast(enabled=self.fp16):
-            self.model(Tensor(x))
+            self.model(Tensor(model_input(x, self.precision)))
         backend.synchronize(self.cfg["device"])
-        forward_s = (self.clock() - t0) / len(x)          # per test image
+        forward_s = (self.clock() - t0) / len(x) / self.world   # per test image (the ranks share the split)
         self.model.train(was_training)
         self.log(estimate_message(self.cfg, step_s, forward_s, step))
 
     def _progress(self) -> bool:
-        """Progress bars: --progress / --no-progress, by default when stderr is a terminal."""
+        """Progress bars: --progress / --no-progress, by default when stderr is a terminal
+        (data parallel: on rank 0 only)."""
+        if not self.is_main:
+            return False
         return self.cfg["progress"] if self.cfg["progress"] is not None else sys.stderr.isatty()
 
     def _train_epoch(self):
@@ -797,9 +885,11 @@ class Trainer:
                 # so dropout/drop-path draws replay exactly after a resume.
                 backend.seed_device((cfg["seed"] * 1_000_003 + epoch) * 1_000_003 + step)
             loss, n_correct = self.train_step(x, target, labels)
+            if self.world > 1:               # a Ctrl-C or SIGTERM seen by any rank stops them all at this step
+                self._stop_requested = bool(dist.all_reduce_host([self._stop_requested], "max")[0])
             if epoch == 0 and start == 0 and step in (0, self._estimate_after):
                 self._time_first_steps(step, x)
-            loss_sum += loss.astype(np.float64) * bs
+            loss_sum += loss.astype(np.float64) * len(labels)       # this rank's part (bs / world images)
             correct += n_correct
             self.step_in_epoch = step + 1
             bar.update(bs)
@@ -807,6 +897,8 @@ class Trainer:
             if (step + 1) % cfg["log_every"] == 0 or last_step or self._stop_requested:
                 seen = (step + 1) * bs
                 host_sums = read_on_host(loss_sum, correct)         # the host sync
+                if self.world > 1:                                  # the ranks' parts: the global batch's sums
+                    host_sums = dist.all_reduce_host(host_sums)
                 avg = float(host_sums[0]) / seen
                 if not math.isfinite(avg):
                     bar.close()
@@ -951,6 +1043,9 @@ def run(argv=None, log=print) -> dict:
     """Parse arguments, train, and return a summary; raises on errors (``main`` prints them)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    world = _init_distributed(args) if args.distributed else 1
+    if not dist.is_main() and args.distributed:
+        log = _silent                          # data parallel: rank 0 speaks for the job
     if args.resume:
         run_dir = Path(args.resume)
         try:
@@ -969,28 +1064,42 @@ def run(argv=None, log=print) -> dict:
         for key in ("device", "progress", "log_every"):
             if key in explicit:
                 cfg[key] = getattr(args, key)
+        saved_world = cfg.get("world_size", 1)
+        cfg["distributed"], cfg["world_size"] = args.distributed, world     # how this launch runs
         cfg["device"] = cli.check_device(cfg["device"], "--device" if "device" in explicit else
                                          "this run was trained with --device")
+        _gpu_ranks(args, cfg)
+        if world != saved_world:
+            log(f"note: the run was saved by {_plural(saved_world, 'rank')} and continues on {world}: the same global "
+                f"batches of {cfg['batch_size']}, split {world} ways")
         log(f"resuming {run_dir} at epoch {ckpt['epoch'] + 1}, step {ckpt.get('step_in_epoch', 0)} "
             f"of {_plural(cfg['epochs'], 'epoch')}")
         trainer = Trainer(cfg, run_dir, resume=ckpt, log=log)
     else:
         cfg = resolve_config(args)
-        run_dir = _new_run_dir(cfg)
+        cfg["world_size"] = world
+        _gpu_ranks(args, cfg)
+        # rank 0 names the run directory (a timestamp) and the others take its name
+        run_dir = dist.broadcast_object(_new_run_dir(cfg) if dist.is_main() else None)
         cfg["run_dir"] = str(run_dir)
-        cfg["command"] = " ".join(["python -m minivit.train"] + list(sys.argv[1:] if argv is None else argv))
+        launcher = f"mpiexec -n {world} " if args.distributed else ""
+        cfg["command"] = " ".join([launcher + "python -m minivit.train"]
+                                  + list(sys.argv[1:] if argv is None else argv))
         trainer = Trainer(cfg, run_dir, log=log)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        with atomic_write(run_dir / "config.json", "w") as f:
-            json.dump(trainer.cfg, f, indent=2, default=str)
+        if trainer.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            with atomic_write(run_dir / "config.json", "w") as f:
+                json.dump(trainer.cfg, f, indent=2, default=str)
         c = trainer.cfg
+        ranks = (f", data parallel over {_plural(world, 'rank')} ({c['batch_size'] // world} images each a step)"
+                 if args.distributed else "")
         log(f"run {run_dir}: {c['model']} ({c['num_params']:,} parameters) on {c['dataset']} "
             f"({c['n_train']} train / {c['n_test']} test from {c['data_source']}), device {c['device']}, "
-            f"{_plural(c['epochs'], 'epoch')} × {_plural(c['steps_per_epoch'], 'step')} of {c['batch_size']}")
+            f"{_plural(c['epochs'], 'epoch')} × {_plural(c['steps_per_epoch'], 'step')} of {c['batch_size']}{ranks}")
     trainer.write_metrics()
     status = trainer.fit()
     from minivit.plotting import plot_curves
-    if trainer.metrics:
+    if trainer.metrics and trainer.is_main:
         plot_curves(trainer.metrics, run_dir / "curves.png", title=_curves_title(trainer.cfg))
     summary = {"status": status, "run_dir": str(run_dir), "epoch": trainer.epoch,
                "step_in_epoch": trainer.step_in_epoch, "best_acc": trainer.best_acc,
@@ -1006,6 +1115,33 @@ def run(argv=None, log=print) -> dict:
         log(f"done: test acc {trainer.metrics[-1]['test_acc']:.2%} (best {trainer.best_acc:.2%} at epoch "
             f"{trainer.best_epoch}); run directory {run_dir}")
     return summary
+
+
+def _silent(*args, **kwargs):
+    """The log of a data-parallel rank other than 0."""
+
+
+LAUNCH_HINT = "launch it as: mpiexec -n 2 python -m minivit.train --distributed ..."
+
+
+def _init_distributed(args) -> int:
+    """--distributed: join the MPI job (mpi4py); the world size. (NCCL for --device cuda comes with
+    :func:`_gpu_ranks`, once the device is known.) Without mpi4py or outside mpiexec, a one-line
+    error saying how to install and how to launch."""
+    if not dist.mpi_available():
+        raise cli.UsageError('--distributed needs mpi4py and an MPI: pip install -e ".[mpi]" (mpi4py and the '
+                             f'mpich wheel), then {LAUNCH_HINT}')
+    if not dist.launched_by_mpi():
+        raise cli.UsageError(f"--distributed runs one process per rank, started by mpiexec: {LAUNCH_HINT} "
+                             "(N processes, --batch-size a multiple of N); without --distributed it trains "
+                             "in this one process")
+    return dist.init("mpi")
+
+
+def _gpu_ranks(args, cfg):
+    """--distributed --device cuda: the gradients go through NCCL, one GPU per rank."""
+    if args.distributed and cfg["device"] == "cuda" and dist.world_size() > 1:
+        dist.init("nccl")
 
 
 def _plural(n: int, word: str) -> str:
@@ -1035,7 +1171,7 @@ def _curves_title(cfg: dict) -> str:
 def main(argv=None) -> dict:
     """The command line: like ``run``, but errors become a message and a non-zero exit."""
     try:
-        summary = run(argv)
+        summary = _run_or_abort(argv)
     except TrainingDiverged as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(1) from None
@@ -1048,6 +1184,20 @@ def main(argv=None) -> dict:
     if summary["status"] == "interrupted":
         raise SystemExit(EXIT_INTERRUPTED)
     return summary
+
+
+def _run_or_abort(argv) -> dict:
+    """``run``; data parallel, an error on any rank prints ``error: rank R of N: ...`` and ends the
+    whole job (MPI_Abort: usage errors with exit code 2, others 1), so that no rank waits forever
+    in a collective for one that is gone."""
+    try:
+        return run(argv)
+    except BaseException as e:                 # noqa: BLE001 (a world of one: re-raised for main)
+        if dist.world_size() == 1 or isinstance(e, SystemExit) and e.code in (0, None, EXIT_INTERRUPTED):
+            raise
+        plain = isinstance(e, (ValueError, TrainingDiverged, data.DatasetError))   # messages meant for the user
+        dist.abort(str(e) if plain else f"{type(e).__name__}: {e}", code=2 if isinstance(e, ValueError) else 1)
+        raise                                  # not reached: MPI_Abort ends the process
 
 
 if __name__ == "__main__":

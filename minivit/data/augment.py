@@ -6,7 +6,10 @@ array ops over the whole batch (gathers, ``where``, broadcasting), never a
 Python loop over images.
 
 Randomness comes from a *counter-based* generator (``CounterRNG``): the random
-numbers of step ``s`` of epoch ``e`` are a hash of ``(seed, e, s, stream, i)``.
+numbers of step ``s`` of epoch ``e`` are a hash of ``(seed, e, s, stream, i)``, ``i`` counting
+from the first image of the step's *global* batch: a rank of a data-parallel run that
+augments images ``first…first+b−1`` of it (``Augment(..., first=first)``) draws for each image
+exactly what one process augmenting the whole batch draws for it.
 There is no generator state to carry around, save in checkpoints or keep in
 sync: a resumed run draws exactly the numbers the uninterrupted one would have
 drawn, and NumPy and CuPy draw the *same* numbers. (The idea is Philox's and
@@ -57,17 +60,26 @@ class CounterRNG:
 
     ``key`` is any tuple of ints (epoch, step, stream, ...); the same key always gives
     the same numbers, on NumPy and CuPy alike.
+
+    Every draw's shape starts with the batch axis. ``first``: the index of the batch's first
+    image in a larger batch (a rank's shard of the global batch): element i of a draw is then
+    element ``first·prod(shape[1:]) + i`` of the same draw over the whole batch.
     """
 
-    def __init__(self, xp, seed: int):
-        self.xp, self.seed = xp, int(seed)
+    def __init__(self, xp, seed: int, first: int = 0):
+        self.xp, self.seed, self.first = xp, int(seed), int(first)
+
+    def at(self, first: int) -> "CounterRNG":
+        """The same generator for a batch that starts at image ``first`` of the global batch."""
+        return self if first == self.first else CounterRNG(self.xp, self.seed, first)
 
     def _bits(self, shape, key) -> "np.ndarray":
         k = _mix64_int(self.seed & _M64)
         for part in key:
             k = _mix64_int((k + _GOLDEN + (int(part) & _M64)) & _M64)
         n = math.prod(shape)
-        counter = self.xp.arange(1, n + 1, dtype=np.uint64) * np.uint64(_GOLDEN) + np.uint64(k)
+        start = self.first * math.prod(shape[1:])
+        counter = self.xp.arange(start + 1, start + n + 1, dtype=np.uint64) * np.uint64(_GOLDEN) + np.uint64(k)
         return _mix64(self.xp, counter).reshape(shape)
 
     def uniform(self, shape, *key, low=0.0, high=1.0):
@@ -306,9 +318,14 @@ class AugmentConfig:
 
 
 class Augment:
-    """``aug(images_uint8, labels, epoch, step) -> (x float32, target)``: the training pipeline.
+    """``aug(images_uint8, labels, epoch, step, first=0) -> (x float32, target)``: the training pipeline.
 
     ``target`` is the labels (int64) or, with mixup/cutmix, soft targets (B, num_classes).
+    ``first``: where ``images`` start in the step's global batch (a data-parallel rank's shard):
+    crop, flip, RandAugment and erasing then draw per image what one process draws for that
+    image of the whole batch. Mixup and cutmix pair each image with one of the same shard (the
+    reversed shard; one λ per step), as timm's data-parallel training does: with them, N ranks
+    are not one process.
     """
 
     def __init__(self, xp, config: AugmentConfig, num_classes: int, seed: int,
@@ -317,17 +334,17 @@ class Augment:
         self.mean, self.std = mean, std
         self.rng = CounterRNG(xp, seed)
 
-    def __call__(self, images, labels, epoch: int, step: int):
-        cfg, key = self.config, (epoch, step)
+    def __call__(self, images, labels, epoch: int, step: int, first: int = 0):
+        cfg, key, rng = self.config, (epoch, step), self.rng.at(first)
         x = images
         if cfg.crop_padding or cfg.hflip:
-            x = random_crop_flip(x, self.rng, key, cfg.crop_padding, cfg.hflip)
+            x = random_crop_flip(x, rng, key, cfg.crop_padding, cfg.hflip)
         if cfg.randaugment:
             n, m = cfg.randaugment
-            x = rand_augment(x.astype(np.float32), self.rng, key, int(n), float(m))
+            x = rand_augment(x.astype(np.float32), rng, key, int(n), float(m))
         x = normalize(x, self.mean, self.std)
         if cfg.random_erasing > 0:
-            x = random_erasing(x, self.rng, key, cfg.random_erasing)
+            x = random_erasing(x, rng, key, cfg.random_erasing)
         target = labels
         if cfg.mixes:
             x, target = mix_batch(x, labels, self.num_classes, self.seed, key, cfg.mixup, cfg.cutmix)

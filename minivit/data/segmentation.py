@@ -98,9 +98,9 @@ class SegmentationAugment:
         self.rng, self.hflip, self.mean, self.std = CounterRNG(xp, seed), hflip, mean, std
         self.xp = xp
 
-    def __call__(self, images, masks, epoch: int, step: int):
-        if self.hflip:
-            flip = self.rng.uniform((len(images),), epoch, step, 7) < 0.5                 # (B,)
+    def __call__(self, images, masks, epoch: int, step: int, first: int = 0):
+        if self.hflip:                     # first: the shard's place in the global batch (as Augment)
+            flip = self.rng.at(first).uniform((len(images),), epoch, step, 7) < 0.5                 # (B,)
             images = self.xp.where(flip[:, None, None, None], images[..., ::-1], images)
             masks = self.xp.where(flip[:, None, None], masks[..., ::-1], masks)
         return normalize(images, self.mean, self.std), masks
