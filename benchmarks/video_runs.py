@@ -19,7 +19,8 @@ anywhere. The same with shuffled labels is the control.
 
 ``--baseline`` trains the smallest model that compares neighbouring frames directly: one 3-D
 convolution (16 filters of 3 frames × 5×5 pixels, stride 2 in space), GELU, the mean over space and
-time, a linear head; AdamW 3e-3, batch 32, 3 epochs of the same 2,000 clips, no schedule.
+time, a linear head; AdamW 3e-3, batch 32, 3 epochs of the same 2,000 clips, no schedule; its
+record goes to runs/motion_conv3d/.
 
 The runs use the trainer (``python -m minivit.train --task video``) with ``RECIPE`` and one
 ``--model-kwargs attention_type=...`` each; time per step is the training time of the run divided
@@ -109,8 +110,9 @@ def signal():
         print(f"{'timesformer_tiny ' + name:34} {true:17.3f} {shuffled:14.3f}", flush=True)
 
 
-def conv3d_baseline(epochs: int = 3, n_train: int = 2000, n_test: int = 500, log=print) -> list[float]:
-    """Train the one-layer 3-D convolution of ``--baseline``; returns the test accuracy after each epoch."""
+def conv3d_baseline(epochs: int = 3, n_train: int = 2000, n_test: int = 500, run_dir=None, log=print) -> list[float]:
+    """Train the one-layer 3-D convolution of ``--baseline``; returns the test accuracy after each epoch,
+    and writes ``run_dir`` (config.json, metrics.jsonl, curves.png) when given."""
     import numpy as np
 
     import minivit.functional as F
@@ -129,25 +131,50 @@ def conv3d_baseline(epochs: int = 3, n_train: int = 2000, n_test: int = 500, log
             x = F.gelu(self.conv(x.permute(0, 2, 1, 3, 4)))             # (B, 16, T − 2, H/2, W/2)
             return self.head(x.mean(dim=(2, 3, 4)))
 
+    import time
+
     manual_seed(0)
     train, test = motion_split(n_train, [0, 0]), motion_split(n_test, [0, 1])
     model = Conv3dBaseline()
     opt = optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
-    accs = []
+    n_params = sum(p.numel() for p in model.parameters())
+    rows = []
     for epoch in range(epochs):
         order = np.random.default_rng([0, epoch]).permutation(n_train)
+        losses, correct, t0 = [], 0, time.perf_counter()
         for step in range(n_train // 32):
             idx = order[step * 32:(step + 1) * 32]
-            loss = F.cross_entropy(model(Tensor(normalize(train.clips[idx]))), train.labels[idx])
+            out = model(Tensor(normalize(train.clips[idx])))
+            loss = F.cross_entropy(out, train.labels[idx])
             opt.zero_grad()
             loss.backward()
             opt.step()
+            losses.append(float(loss.numpy()))
+            correct += int((out.numpy().argmax(axis=1) == train.labels[idx]).sum())
+        train_s = time.perf_counter() - t0
         with no_grad():
-            pred = model(Tensor(normalize(test.clips))).numpy().argmax(axis=1)
-        accs.append(float(np.mean(pred == test.labels)))
-        log(f"3-D conv baseline ({sum(p.numel() for p in model.parameters()):,} parameters), epoch {epoch + 1}: "
-            f"test accuracy {accs[-1]:.1%} on {n_test} clips")
-    return accs
+            logits = model(Tensor(normalize(test.clips)))
+            test_loss = float(F.cross_entropy(logits, test.labels).numpy())
+        rows.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)),
+                     "train_acc": correct / (n_train // 32 * 32), "test_loss": test_loss,
+                     "test_acc": float(np.mean(logits.numpy().argmax(axis=1) == test.labels)),
+                     "lr": 3e-3, "train_time_s": train_s, "step": (epoch + 1) * (n_train // 32)})
+        log(f"3-D conv baseline ({n_params:,} parameters), epoch {epoch + 1}: "
+            f"test accuracy {rows[-1]['test_acc']:.1%} on {n_test} clips")
+    if run_dir is not None:                   # a run directory as the trainer writes one (no checkpoint)
+        from minivit.plotting import plot_curves
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cfg = {"task": "video", "model": "conv3d_baseline (benchmarks/video_runs.py)", "dataset": "motion",
+               "n_train": n_train, "n_test": n_test, "epochs": epochs, "batch_size": 32, "opt": "adamw",
+               "lr": 3e-3, "weight_decay": 0.0, "sched": "constant", "label_smoothing": 0.0,
+               "steps_per_epoch": n_train // 32, "num_params": n_params, "seed": 0,
+               "command": "python benchmarks/video_runs.py --baseline"}
+        (run_dir / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+        (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        plot_curves(rows, run_dir / "curves.png", title=f"3-D conv baseline on motion ({n_train} train / "
+                                                          f"{n_test} test clips)")
+    return [r["test_acc"] for r in rows]
 
 
 def table():
@@ -191,7 +218,7 @@ def main(argv=None):
     if args.signal:
         signal()
     if args.baseline:
-        conv3d_baseline()
+        conv3d_baseline(run_dir=RUNS / "motion_conv3d")
     for name in args.names:
         print(" ".join(command(name)[1:]), flush=True)
         subprocess.run(command(name), check=True, cwd=ROOT)
