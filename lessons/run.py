@@ -3,8 +3,10 @@
     python lessons/run.py                      # every lesson, quick mode, solutions swapped in
     python lessons/run.py 02_self_attention 08_pit
     python lessons/run.py --no-solutions 03_vit   # your own exercise code (stops at the first stub)
+    python lessons/run.py --mode cpu 03_vit 04_deit_distillation 07_cvt   # runs of a few minutes each
 
-Each notebook runs top to bottom with MINIVIT_QUICK=1 (unless MINIVIT_QUICK is already set) and
+Each notebook runs top to bottom in quick mode (MINIVIT_QUICK=1, unless MINIVIT_QUICK or MINIVIT_MODE
+is already set; --mode cpu or --mode full sets MINIVIT_MODE, see minivit.notebook.mode) and
 MINIVIT_SOLUTIONS=1 (the reference solutions of lessons/solutions/ replace the exercise stubs),
 one at a time, and is saved with its outputs. The seconds printed per lesson are the numbers in
 lessons/README.md's table. Paths of this machine in the outputs are written the way a reader's
@@ -44,8 +46,25 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python lessons/run.py", description=__doc__.split("\n\n")[0])
     p.add_argument("lessons", nargs="*", help="notebook names without .ipynb (default: all)")
     p.add_argument("--no-solutions", action="store_true", help="run your own exercise code, not lessons/solutions/")
-    p.add_argument("--timeout", type=int, default=1200, help="seconds per cell")
+    p.add_argument("--mode", choices=("quick", "cpu", "full"), default=None,
+                   help="the lessons' mode (MINIVIT_MODE): quick (default, CI's), cpu (full CIFAR-10, "
+                        "training runs of a few minutes each on a 2-core CPU), full (a GPU)")
+    p.add_argument("--timeout", type=int, default=None,
+                   help="seconds per cell (default: 1200 in quick mode, 7200 in cpu and full mode)")
     args = p.parse_args(argv)
+    if args.mode:
+        os.environ["MINIVIT_MODE"] = args.mode
+        os.environ.pop("MINIVIT_QUICK", None)          # MINIVIT_MODE decides
+    elif not os.environ.get("MINIVIT_MODE"):
+        os.environ.setdefault("MINIVIT_QUICK", "1")
+    sys.path.insert(0, str(REPO))
+    from minivit.notebook import mode
+    try:
+        chosen = mode()
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    timeout = args.timeout or (1200 if chosen == "quick" else 7200)
     try:
         import nbclient
         import nbformat
@@ -60,22 +79,20 @@ def main(argv=None) -> int:
             print(f"error: no lesson {', '.join(unknown)}; the lessons are: {', '.join(by_name)}", file=sys.stderr)
             return 2
         paths = [by_name[n] for n in args.lessons]
-    os.environ.setdefault("MINIVIT_QUICK", "1")
     os.environ["MINIVIT_SOLUTIONS"] = "0" if args.no_solutions else "1"
     os.environ.setdefault("MPLBACKEND", "Agg")
     total = 0.0
     for path in paths:
         nb = nbformat.read(path, as_version=4)
         t0 = time.perf_counter()
-        nbclient.NotebookClient(nb, timeout=args.timeout, kernel_name="python3",
+        nbclient.NotebookClient(nb, timeout=timeout, kernel_name="python3",
                                 resources={"metadata": {"path": str(HERE)}}).execute()
         seconds = time.perf_counter() - t0
         total += seconds
         scrub(nb)
         nbformat.write(nb, path)
         print(f"{path.stem:<24} {seconds:6.1f} s", flush=True)
-    print(f"{'all':<24} {total:6.1f} s  (MINIVIT_QUICK={os.environ['MINIVIT_QUICK']}, "
-          f"MINIVIT_SOLUTIONS={os.environ['MINIVIT_SOLUTIONS']})")
+    print(f"{'all':<24} {total:6.1f} s  (mode {chosen}, MINIVIT_SOLUTIONS={os.environ['MINIVIT_SOLUTIONS']})")
     return 0
 
 

@@ -1,12 +1,21 @@
-"""Small helpers the lessons share: device, quick mode, where figures go.
+"""Small helpers the lessons share: device, mode, where figures go.
 
-    from minivit.notebook import setup, figure_path
+    from minivit.notebook import setup, figure_path, mode
     DEVICE, QUICK = setup()          # prints what produced this notebook's outputs
+    MODE = mode()                    # "quick", "cpu" or "full"
     exercise = exercises("03_vit")   # the decorator of the lesson's exercise stubs
 
-Quick mode shrinks data and epochs so a lesson runs top to bottom on a 2-core
-CPU in about a minute. It is on when ``MINIVIT_QUICK=1``, off when
-``MINIVIT_QUICK=0``, and otherwise on exactly when no GPU is present.
+A lesson that trains in its own cells sizes its runs by the mode:
+
+- **quick**: small data, few epochs, so a lesson runs top to bottom on a 2-core CPU in
+  about a minute (CI); the runs show the machinery, not results.
+- **cpu**: the full CIFAR-10 training and test sets, each run sized to a few minutes on
+  a 2-core CPU: long enough to learn something, short enough to rerun on a laptop.
+- **full**: the papers' schedules (100+ epochs), which need a GPU.
+
+``MINIVIT_MODE=quick|cpu|full`` picks one. Without it, ``MINIVIT_QUICK=1`` means quick and
+``MINIVIT_QUICK=0`` full, and with neither, quick exactly when no GPU is present. Lessons
+that do not train read only ``QUICK`` (``setup()``'s second value: true in quick mode only).
 """
 from __future__ import annotations
 
@@ -22,26 +31,59 @@ import minivit
 from minivit import backend
 
 
-def quick_mode() -> bool:
+MODES = ("quick", "cpu", "full")
+_MODE_LINE = {"quick": "quick (small data, few epochs)",
+              "cpu": "cpu (full CIFAR-10, runs of a few minutes on a 2-core CPU)",
+              "full": "full (the papers' schedules, for a GPU)"}
+
+
+def _quick_flag():
+    """MINIVIT_QUICK as a bool, or None when it is not set."""
     flag = os.environ.get("MINIVIT_QUICK")
-    if flag is not None:
-        return flag.strip() not in ("0", "", "false", "False")
-    return not backend.cupy_available()
+    if flag is None:
+        return None
+    return flag.strip() not in ("0", "", "false", "False")
+
+
+def mode() -> str:
+    """The lessons' mode: ``"quick"``, ``"cpu"`` or ``"full"`` (see the module's docstring).
+
+    ``MINIVIT_MODE`` decides when set; otherwise ``MINIVIT_QUICK`` (1: quick, 0: full); otherwise
+    quick without a GPU and full with one. A ``MINIVIT_QUICK`` that contradicts ``MINIVIT_MODE``
+    is an error rather than a silent choice."""
+    quick = _quick_flag()
+    chosen = os.environ.get("MINIVIT_MODE", "").strip().lower()
+    if chosen:
+        if chosen not in MODES:
+            raise ValueError(f"MINIVIT_MODE={os.environ['MINIVIT_MODE']!r} is not a mode: use one of "
+                             f"{', '.join(MODES)} (or unset it and use MINIVIT_QUICK=1/0)")
+        if quick is not None and quick != (chosen == "quick"):
+            raise ValueError(f"MINIVIT_MODE={chosen} contradicts MINIVIT_QUICK={os.environ['MINIVIT_QUICK']}: "
+                             f"unset MINIVIT_QUICK (MINIVIT_MODE decides)")
+        return chosen
+    if quick is not None:
+        return "quick" if quick else "full"
+    return "full" if backend.cupy_available() else "quick"
+
+
+def quick_mode() -> bool:
+    """True in quick mode (:func:`mode` is ``"quick"``)."""
+    return mode() == "quick"
 
 
 def setup(seed: int = 0):
     """Pick the device (the GPU when CuPy sees one), seed everything, and say so.
 
-    Returns ``(device, quick)``. The printed line is the notebook's record of
-    which device and mode produced its outputs.
+    Returns ``(device, quick)``: ``quick`` is true in quick mode only; :func:`mode` tells quick,
+    cpu and full apart. The printed line is the notebook's record of which device and mode
+    produced its outputs.
     """
     device = backend.default_device()
-    quick = quick_mode()
+    chosen = mode()
     backend.manual_seed(seed)
     print(f"minivit {minivit.__version__} | device: {device} ({backend.device_name(device)}) | "
-          f"mode: {'quick (MINIVIT_QUICK=1: small data, few epochs)' if quick else 'full'} | "
-          f"numpy {np.__version__}, Python {platform.python_version()}")
-    return device, quick
+          f"mode: {_MODE_LINE[chosen]} | numpy {np.__version__}, Python {platform.python_version()}")
+    return device, chosen == "quick"
 
 
 def figure_path(name: str) -> pathlib.Path:

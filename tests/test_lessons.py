@@ -14,6 +14,7 @@ LESSONS = sorted((pathlib.Path(__file__).resolve().parents[1] / "lessons").glob(
 @pytest.mark.parametrize("path", LESSONS, ids=[p.stem for p in LESSONS])
 def test_lesson_runs_in_quick_mode(path, tmp_path, monkeypatch):
     monkeypatch.setenv("MINIVIT_QUICK", "1")
+    monkeypatch.delenv("MINIVIT_MODE", raising=False)           # quick mode, whatever the shell says
     monkeypatch.setenv("MPLBACKEND", "Agg")
     monkeypatch.setenv("MINIVIT_FIGURES", str(tmp_path))       # leave the committed figures alone
     monkeypatch.setenv("MINIVIT_RUNS", str(tmp_path / "runs"))
