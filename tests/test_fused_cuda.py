@@ -283,15 +283,17 @@ def test_gelu_kernels_special_values_and_no_saved_derivative(cp, approximate, dt
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("amsgrad", [False, True])
 @pytest.mark.parametrize("weight_decay", [0.0, 0.05])
-def test_adamw_kernel_matches_the_reference_step_for_step(cp, monkeypatch, dtype, amsgrad, weight_decay):
-    """Same operations in the same order, no FMA: expected bit for bit; checked to a few ulps."""
+@pytest.mark.parametrize("foreach", [False, None])
+def test_adamw_kernel_matches_the_reference_step_for_step(cp, monkeypatch, dtype, amsgrad, weight_decay, foreach):
+    """Same operations in the same order, no FMA: expected bit for bit; checked to a few ulps. One
+    kernel per parameter (foreach=False), or one for the whole group (the multi-tensor default)."""
     rng = np.random.default_rng(10)
     shapes = [(7, 5), (13,), (3, 4, 5), (1,), (300, 301)]
     init = [rng.standard_normal(s) for s in shapes]
     fused_params = [Tensor(cp.asarray(a.astype(dtype)), requires_grad=True) for a in init]
     ref_params = [Tensor(cp.asarray(a.astype(dtype)), requires_grad=True) for a in init]
-    opt = optim.AdamW(fused_params, lr=3e-3, weight_decay=weight_decay, amsgrad=amsgrad)
-    ref = optim.AdamW(ref_params, lr=3e-3, weight_decay=weight_decay, amsgrad=amsgrad, fused=False)
+    opt = optim.AdamW(fused_params, lr=3e-3, weight_decay=weight_decay, amsgrad=amsgrad, foreach=foreach)
+    ref = optim.AdamW(ref_params, lr=3e-3, weight_decay=weight_decay, amsgrad=amsgrad, fused=False, foreach=False)
     calls = _spy(monkeypatch, "adamw_step")
     n_steps = 6
     for step in range(n_steps):
@@ -302,7 +304,7 @@ def test_adamw_kernel_matches_the_reference_step_for_step(cp, monkeypatch, dtype
             group["lr"] = 3e-3 * (step + 1) / n_steps                # a warmup: lr changes every step
         opt.step()
         ref.step()
-    assert len(calls) == n_steps * len(shapes)
+    assert len(calls) == n_steps * (len(shapes) if foreach is False else 1)
     tol = 1e-6 if dtype == np.float32 else 1e-15
     for i, (pf, pr) in enumerate(zip(fused_params, ref_params)):
         np.testing.assert_allclose(backend.to_numpy(pf.data), backend.to_numpy(pr.data), rtol=tol, atol=tol * 1e-3,
