@@ -4,7 +4,10 @@ Every rank builds the same small float64 model (no BatchNorm), rank 0's weights 
 and each step every rank takes its shard of the global batch, backpropagates the mean loss over
 its shard, averages the gradients over the ranks and steps AdamW. ``MODE``:
 ``train`` — 5 steps; rank 0 writes the weights after 3 and 5 steps, and the state after 3;
-``raise`` — rank 1 raises in step 2 (the job must stop with an error naming it).
+``raise`` — rank 1 raises in step 2 (the job must stop with an error naming it);
+``nccl`` — ``train`` with the model and batches on the GPU and the gradients through NCCL
+(``init(backend="nccl")``): on GPUs, or on the strict CuPy stand-in (MINIVIT_STRICT_CUPY=1), whose
+cupy.cuda.nccl is NCCL's interface over MPI.
 
 ``mpiexec -n R python tests/distributed_worker.py - MODE TRAIN_FLAGS...`` runs ``minivit.train``'s
 command line instead (with ``--distributed`` among the flags). ``MODE``: ``trainer``; ``trainer-stop3``
@@ -79,9 +82,10 @@ def batches():
 
 
 def main(out, mode):
-    dist.init()
+    dist.init("nccl" if mode == "nccl" else None)
+    device = "cuda" if mode == "nccl" else "cpu"
     with dist.guard():
-        model = make_model(seed=dist.rank())            # different on every rank ...
+        model = make_model(seed=dist.rank()).to(device)  # different on every rank ...
         dist.broadcast_parameters(model)                 # ... until rank 0's weights are broadcast
         opt = optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.05)
         saved = {}
@@ -90,16 +94,21 @@ def main(out, mode):
                 raise RuntimeError("a failure on purpose")
             xs, ys = dist.shard(x), dist.shard(y)
             opt.zero_grad()
-            F.cross_entropy(model(mv.tensor(xs)), mv.tensor(ys)).backward()
+            F.cross_entropy(model(mv.tensor(xs, device=device)), mv.tensor(ys, device=device)).backward()
             dist.all_reduce_gradients(model.parameters(), bucket_bytes=256)   # small buckets: several calls
             opt.step()
             if s + 1 == 3:
-                saved["after3"] = {k: np.array(v) for k, v in model.state_dict().items()}
-                saved["opt3"] = opt.state_dict()
-        saved["after5"] = {k: np.array(v) for k, v in model.state_dict().items()}
+                saved["after3"] = _host(model.state_dict())
+                saved["opt3"] = opt.state_dict() if device == "cpu" else None
+        saved["after5"] = _host(model.state_dict())
         if dist.is_main():
             with open(out, "wb") as f:
                 pickle.dump(saved, f)
+
+
+def _host(state):
+    from minivit import backend
+    return {k: backend.to_numpy(v) for k, v in state.items()}
 
 
 def trainer(mode, flags):

@@ -32,16 +32,33 @@ def _mpiexec():
     return exe
 
 
-def _run(n, mode, out, timeout=120):
+def _gpu_env():
+    """The environment of a GPU-path run: real GPUs when this machine has at least two (NCCL puts one
+    rank on each), else the strict CuPy stand-in, whose cupy.cuda.nccl runs over MPI; skipped where
+    neither exists."""
+    from minivit import backend
+    if backend.cupy_available() and not backend.is_strict_standin():
+        n = backend.xp_for("cuda").cuda.runtime.getDeviceCount()
+        if n < 2:
+            pytest.skip(f"NCCL runs one rank per GPU and this machine has {n}: two ranks need two GPUs "
+                        "(test_nccl_world_of_one_on_this_gpu checks the one)")
+        return {}
+    from minivit.testing import strict_cupy
+    if strict_cupy.available() is not None:
+        pytest.skip(strict_cupy.available())
+    return {"MINIVIT_STRICT_CUPY": "1"}
+
+
+def _run(n, mode, out, timeout=120, env=None):
     env = dict(os.environ, PYTHONPATH=str(HERE.parent) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               MINIVIT_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+               MINIVIT_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", **(env or {}))
     return subprocess.run([_mpiexec(), "-n", str(n), sys.executable, str(HERE / "distributed_worker.py"), str(out), mode],
                           capture_output=True, text=True, timeout=timeout, env=env)
 
 
-def _run_trainer(n, flags, mode="trainer", timeout=120):
+def _run_trainer(n, flags, mode="trainer", timeout=120, env=None):
     env = dict(os.environ, PYTHONPATH=str(HERE.parent) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               MINIVIT_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+               MINIVIT_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", **(env or {}))
     return subprocess.run([_mpiexec(), "-n", str(n), sys.executable, str(HERE / "distributed_worker.py"), "-", mode,
                            *flags], capture_output=True, text=True, timeout=timeout, env=env)
 
@@ -75,6 +92,47 @@ def test_two_ranks_equal_one_process_and_resume_on_one(tmp_path):
     for k in ref5:
         np.testing.assert_allclose(resumed[k], saved["after5"][k], rtol=1e-10, atol=1e-12, err_msg=k)
     assert not np.allclose(saved["after5"]["0.weight"], worker.make_model(seed=0).state_dict()["0.weight"])
+
+
+def test_nccl_two_ranks_equal_one_process(tmp_path):
+    # The GPU path: the model and batches on the device, the gradients through NCCL (device
+    # pointers, NCCL's datatypes, the unique id broadcast over MPI), 5 AdamW steps in float64.
+    env = _gpu_env()
+    _mpiexec()
+    out = tmp_path / "nccl.pkl"
+    r = _run(2, "nccl", out, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    saved = pickle.loads(out.read_bytes())
+    ref3, ref5 = _one_process(3), _one_process(5)
+    for k in ref5:
+        np.testing.assert_allclose(saved["after3"][k], ref3[k], rtol=1e-10, atol=1e-12, err_msg=k)
+        np.testing.assert_allclose(saved["after5"][k], ref5[k], rtol=1e-10, atol=1e-12, err_msg=k)
+
+
+def test_nccl_world_of_one_on_this_gpu():
+    # One rank, one GPU (the H200 machine has one): the communicator is made from the unique id and
+    # NCCL's all-reduce and broadcast run on device arrays (called directly: in a world of one,
+    # dist.all_reduce returns at once). On a CPU machine, the stand-in's NCCL, one MPI process.
+    from minivit import backend
+    if not backend.cupy_available():
+        pytest.skip("no GPU (the strict stand-in runs this in the CuPy test pass: MINIVIT_STRICT_CUPY=1)")
+    try:
+        import mpi4py  # noqa: F401
+    except ImportError:
+        pytest.skip("mpi4py missing: pip install 'minivit[mpi]'")
+    cp = backend.xp_for("cuda")
+    saved = dict(dist._state)
+    try:
+        assert dist.init("nccl") == 1 and dist._state["nccl"] is not None
+        for dtype in (np.float16, np.float32, np.float64):
+            a = cp.arange(1, 9, dtype=dtype)
+            assert dist._nccl_all_reduce(a, "sum") is a
+            np.testing.assert_array_equal(backend.to_numpy(a), np.arange(1, 9, dtype=dtype))   # one rank: itself
+            dist._nccl_all_reduce(a, "max")
+        with pytest.raises(ValueError, match="NCCL takes C-contiguous float16/32/64 arrays, got int32"):
+            dist._nccl_all_reduce(cp.zeros(3, dtype=np.int32), "sum")
+    finally:
+        dist._state.update(saved)
 
 
 def test_synchronised_batchnorm_equals_one_process_and_per_rank_does_not(tmp_path):
@@ -157,6 +215,22 @@ def test_trainer_on_two_ranks_equals_one_process_and_resumes_on_one(tmp_path):
     stopped = _weights(tmp_path / "stop")
     assert stopped[0]["config"]["world_size"] == 1
     _close_runs(stopped, two)
+
+
+def test_trainer_on_two_gpu_ranks_equals_one_process(tmp_path):
+    # --distributed --device cuda: NCCL between the ranks (on the stand-in: its NCCL over MPI); the
+    # same weights, losses and test counts as one CPU process.
+    from minivit import train
+    env = _gpu_env()
+    _mpiexec()
+    one = train.run(TRAIN + ["--out-dir", str(tmp_path / "one")], log=lambda *a: None)
+    assert one["status"] == "done"
+    flags = TRAIN[:-1] + ["cuda", "--distributed", "--out-dir", str(tmp_path / "two")]
+    r = _run_trainer(2, flags, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    two = _weights(tmp_path / "two")
+    assert two[0]["config"]["device"] == "cuda" and two[0]["config"]["world_size"] == 2
+    _close_runs(_weights(tmp_path / "one"), two)
 
 
 def test_trainer_sync_bn_equals_one_process(tmp_path):

@@ -35,6 +35,20 @@ def test_first_contact_dry_run(tmp_path):
     assert "ratio" in (out / "bench.log").read_text()            # the PyTorch twin was timed too
 
 
+@pytest.mark.skipif(shutil.which("bash") is None or shutil.which("mpiexec") is None, reason="needs bash and mpiexec")
+@pytest.mark.skipif(not backend.is_strict_standin(), reason="needs the strict CuPy stand-in (cupy-cuda12x installed, "
+                    "no GPU); on a GPU run `bash .ci/gpu ddp` itself")
+def test_ddp_phase_on_the_standin(tmp_path):
+    """``bash .ci/gpu ddp`` here: the NCCL checks it runs pass on the stand-in's NCCL (over MPI)."""
+    env = {**os.environ, "OUT": str(tmp_path / "out")}
+    env.pop("PYTEST_XDIST_WORKER", None)
+    proc = subprocess.run(["bash", str(REPO / ".ci" / "gpu"), "ddp"], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=600)
+    log = (tmp_path / "out" / "ddp.txt").read_text()
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "3 passed" in log and "failed" not in log, log[-3000:]
+
+
 MiB = 2 ** 20
 TRAVEL_LIMIT = 64 * MiB          # the device tool: tracked + untracked-not-ignored files + carried paths
 

@@ -936,7 +936,7 @@ def install():
                                              "scatter_min": scatter_min, "scipy": cupyx_scipy})
     sys.modules.update({
         "cupy": cupy, "cupy.cuda": cuda, "cupy.cuda.runtime": runtime, "cupy.cuda.curand": curand,
-        "cupy.cuda.cublas": cuda.cublas, "cupy.cuda.nvrtc": cuda.nvrtc,
+        "cupy.cuda.cublas": cuda.cublas, "cupy.cuda.nvrtc": cuda.nvrtc, "cupy.cuda.nccl": cuda.nccl,
         "cupy._core": core, "cupy._core._routines_linalg": linalg_mod, "cupy.lib": lib,
         "cupy.lib.stride_tricks": stride_tricks, "cupy.random": random, "cupy.linalg": linalg,
         "cupy.fft": fft, "cupyx": cupyx, "cupyx.scipy": cupyx_scipy, "cupyx.scipy.special": special})

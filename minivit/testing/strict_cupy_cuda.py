@@ -3,7 +3,8 @@
 One device (0, compute capability 9.0), one stream; synchronising it counts as a sync
 (:func:`minivit.testing.strict_cupy.count_syncs`). cupy.random draws with NumPy's Philox
 generator (not cuRAND's numbers) under cuRAND's rules: seeds in [0, 2**64), float32 or
-float64 draws only.
+float64 draws only. cupy.cuda.nccl is NCCL's interface with MPI underneath (:func:`nccl_module`),
+so ``minivit.distributed``'s GPU path runs under ``mpiexec`` here, device pointers and all.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from minivit.testing import strict_cupy as sc
 
 class _Stream:
     null = None
+    ptr = 0             # the handle NCCL's calls take (0: the default stream)
 
     def synchronize(self):
         sc._sync("stream.synchronize")
@@ -213,11 +215,87 @@ def cuda_modules(real):
     nvrtc = types.ModuleType("cupy.cuda.nvrtc")
     nvrtc.getVersion = lambda: (12, 0)
     stream = _Stream()
-    cuda.__dict__.update(cublas=cublas, nvrtc=nvrtc)
+    cuda.__dict__.update(cublas=cublas, nvrtc=nvrtc, nccl=nccl_module())
     cuda.__dict__.update(runtime=runtime, curand=curand, Device=_Device, Stream=_Stream, Event=_Event,
                          get_current_stream=lambda device_id=None: stream, get_elapsed_time=_elapsed,
                          is_available=lambda: True, get_device_id=lambda: 0, MemoryPool=_MemoryPool)
     return cuda, runtime, curand
+
+
+# NCCL's enums, from nccl.h (ncclDataType_t, ncclRedOp_t): the real binding needs libnccl to import.
+_NCCL_TYPES = {0: np.int8, 1: np.uint8, 2: np.int32, 3: np.uint32, 4: np.int64, 5: np.uint64, 6: np.float16,
+               7: np.float32, 8: np.float64}
+_NCCL_NAMES = {"NCCL_INT8": 0, "NCCL_CHAR": 0, "NCCL_UINT8": 1, "NCCL_INT32": 2, "NCCL_INT": 2, "NCCL_UINT32": 3,
+               "NCCL_INT64": 4, "NCCL_UINT64": 5, "NCCL_FLOAT16": 6, "NCCL_HALF": 6, "NCCL_FLOAT32": 7,
+               "NCCL_FLOAT": 7, "NCCL_FLOAT64": 8, "NCCL_DOUBLE": 8,
+               "NCCL_SUM": 0, "NCCL_PROD": 1, "NCCL_MAX": 2, "NCCL_MIN": 3, "NCCL_AVG": 4}
+
+
+class NcclError(RuntimeError):
+    pass
+
+
+def _host_view(ptr: int, count: int, datatype: int) -> np.ndarray:
+    """The ``count`` elements at a stand-in "device pointer" (a NumPy array's address), as an array."""
+    import ctypes
+    if datatype not in _NCCL_TYPES:
+        raise NcclError(f"ncclInvalidArgument: datatype {datatype}")
+    dtype = np.dtype(_NCCL_TYPES[datatype])
+    buf = (ctypes.c_char * (count * dtype.itemsize)).from_address(ptr)
+    return np.frombuffer(buf, dtype=dtype)
+
+
+class _NcclCommunicator:
+    """``cupy.cuda.nccl.NcclCommunicator(ndev, commId, rank)`` over MPI's COMM_WORLD: the same
+    checks NCCL makes at creation (every rank passes the same unique id, its own rank, the world's
+    size), then allReduce and bcast on the arrays behind the pointers."""
+
+    def __init__(self, ndev, commId, rank):
+        from mpi4py import MPI
+        world = MPI.COMM_WORLD
+        if ndev != world.Get_size() or rank != world.Get_rank():
+            raise NcclError(f"ncclInvalidArgument: NcclCommunicator({ndev}, id, {rank}) in an MPI world of "
+                            f"{world.Get_size()} where this process is rank {world.Get_rank()}")
+        ids = world.allgather(tuple(commId))
+        if any(i != ids[0] for i in ids):
+            raise NcclError("ncclInvalidUsage: the ranks passed different unique ids (broadcast rank 0's)")
+        self._comm, self._rank, self._size = world.Dup(), rank, ndev
+
+    def _op(self, op):
+        from mpi4py import MPI
+        if op not in (0, 1, 2, 3):
+            raise NcclError(f"ncclInvalidArgument: reduction op {op} (the stand-in has sum, prod, max, min)")
+        return (MPI.SUM, MPI.PROD, MPI.MAX, MPI.MIN)[op]
+
+    def allReduce(self, sendbuf, recvbuf, count, datatype, op, stream):
+        from mpi4py import MPI
+        recv = _host_view(recvbuf, count, datatype)
+        send = MPI.IN_PLACE if sendbuf == recvbuf else _host_view(sendbuf, count, datatype)
+        self._comm.Allreduce(send, recv, op=self._op(op))
+
+    def bcast(self, buff, count, datatype, root, stream):
+        self._comm.Bcast(_host_view(buff, count, datatype), root=root)
+
+    def rank_id(self):
+        return self._rank
+
+    def size(self):
+        return self._size
+
+    def destroy(self):
+        self._comm.Free()
+
+
+def nccl_module():
+    """The stand-in's cupy.cuda.nccl: NCCL's constants, ``get_unique_id`` and the communicator."""
+    m = types.ModuleType("cupy.cuda.nccl")
+    m.__dict__.update(_NCCL_NAMES)
+    m.NcclError = NcclError
+    m.NcclCommunicator = _NcclCommunicator
+    m.get_unique_id = lambda: tuple(int(b) for b in np.random.default_rng().integers(-128, 128, 128))
+    m.get_version = lambda: 22800
+    m.available = True
+    return m
 
 
 def core_modules(real_linalg):
