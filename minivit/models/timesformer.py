@@ -210,8 +210,9 @@ def timesformer_tiny(**kwargs):
     frame: the patch conv (64 filters on 8×8×3 pixels) encodes where in the patch it sits, and
     the time attention at that patch position compares the frames. Patch 4 (an 8×8 grid, 512
     tokens, as ``vit_tiny`` on CIFAR-10) works too but is slow on a CPU: a training step of 32
-    clips took 2.8 s divided and 25 s joint (2·513² scores a head a block), against 0.28 s and
-    0.40 s here. Width 64 (2 heads of 32), 4 blocks, MLP ratio 2. Per clip (counted, and equal
+    clips took 2.8 s divided and 25 s joint (2·513² scores a head a block), about 24× and 300×
+    the 0.115 s and 0.083 s of this model (``benchmarks/video_runs.py`` on a quiet machine; the
+    patch-4 times were taken on a loaded one). Width 64 (2 heads of 32), 4 blocks, MLP ratio 2. Per clip (counted, and equal
     to ``formulas.timesformer_exact``): divided 31.1M MACs, joint 27.0M, space-only 20.6M; the
     attention scores alone, per block, 2·(16·8² + 8·17²)·64 = 0.43M divided against
     2·129²·64 = 2.13M joint — at 128 tokens the linear maps, which divided has more of, still
