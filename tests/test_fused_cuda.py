@@ -238,6 +238,87 @@ def test_layer_norm_kernels_skip_unwanted_gradients(cp, dtype):
     assert_close(wp.grad, wr.grad, dtype, "weight gradient", scale=10)
 
 
+# =========================================================================== batch norm
+BN_SHAPES = [(8, 3), (4, 5, 7), (16, 4, 8, 8), (3, 2, 1, 1), (2, 3, 200, 200), (64, 16, 4, 4)]   # n up to 80,000
+
+
+def _batch_norm(cp, C, affine, dtype, momentum=0.1, stats_dtype=None):
+    """F.batch_norm in training as a function of (x, *params), and its two running statistics."""
+    rng = np.random.default_rng(11)
+    sd = stats_dtype or dtype
+    running = [cp.asarray(rng.standard_normal(C).astype(sd)), cp.asarray((rng.random(C) + 0.5).astype(sd))]
+
+    def fn(x, *params):
+        it = iter(params)
+        w = next(it) if affine in ("weight_and_bias", "weight") else None
+        b = next(it) if affine in ("weight_and_bias", "bias") else None
+        return F.batch_norm(x, running[0], running[1], w, b, training=True, momentum=momentum)
+    params = [rng.standard_normal(C) + 1 for _ in range({"weight_and_bias": 2, "weight": 1, "bias": 1,
+                                                           "none": 0}[affine])]
+    return fn, params, running
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("affine", AFFINE)
+@pytest.mark.parametrize("shape", BN_SHAPES, ids=str)
+def test_batch_norm_kernels_match_the_reference(cp, monkeypatch, shape, affine, dtype):
+    x = np.random.default_rng(12).standard_normal(shape) * 2 + 3                 # a mean far from 0
+    n = shape[0] * int(np.prod(shape[2:]))
+    g = np.random.default_rng(13).standard_normal(shape)
+    out = {}
+    for fused in (True, False):
+        fn, params, running = _batch_norm(cp, shape[1], affine, dtype)
+        fwd, bwd = _spy(monkeypatch, "batch_norm_forward"), _spy(monkeypatch, "batch_norm_backward")
+        y, grads = _run(cp, fn, [x] + params, g, dtype, fused)
+        assert (len(fwd), len(bwd)) == ((1, 1) if fused else (0, 0))
+        out[fused] = y, grads, [backend.to_numpy(r) for r in running]
+    (y1, g1, r1), (y0, g0, r0) = out[True], out[False]
+    assert_close(y1, y0, dtype, f"batch_norm {shape} {affine}: output", scale=10)
+    assert_close(g1[0], g0[0], dtype, "input gradient", scale=10 * max(1.0, n ** 0.25))
+    for i, (a, b) in enumerate(zip(g1[1:], g0[1:])):                             # sums over n values
+        assert_close(a, b, dtype, f"parameter gradient {i}", scale=10 * max(1.0, n ** 0.5))
+    for a, b, what in zip(r1, r0, ("running_mean", "running_var")):
+        assert_close(a, b, dtype, what, scale=10)
+    assert not np.allclose(r1[0], _batch_norm(cp, shape[1], affine, dtype)[2][0].get())   # they moved
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_batch_norm_kernels_leave_other_dtypes_statistics_to_the_caller(cp, dtype):
+    """Running statistics of another dtype than x (float32 buffers, a float64 input): the kernel
+    skips them and the op updates them as the reference does."""
+    other = np.float32 if dtype == np.float64 else np.float64
+    x = np.random.default_rng(14).standard_normal((6, 3, 5))
+    res = {}
+    for fused in (True, False):
+        fn, params, running = _batch_norm(cp, 3, "weight_and_bias", dtype, stats_dtype=other)
+        y, _ = _run(cp, fn, [x] + params, np.ones((6, 3, 5)), dtype, fused)
+        res[fused] = y, [backend.to_numpy(r) for r in running]
+    assert_close(res[True][0], res[False][0], dtype, "output", scale=10)
+    for a, b in zip(res[True][1], res[False][1]):                 # x's rounding: the statistics come from it
+        assert a.dtype == other
+        np.testing.assert_allclose(a, b, rtol=10 * _tol(dtype), atol=10 * _tol(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_batch_norm_kernels_skip_unwanted_gradients_and_evaluation(cp, monkeypatch, dtype):
+    rng = np.random.default_rng(15)
+    x = cp.asarray(rng.standard_normal((4, 3, 5, 5)).astype(dtype))
+    w, b = (Tensor(cp.asarray(rng.standard_normal(3).astype(dtype)), requires_grad=True) for _ in range(2))
+    rm, rv = cp.zeros(3, dtype=dtype), cp.ones(3, dtype=dtype)
+    F.batch_norm(Tensor(x), rm, rv, w, b, training=True).sum().backward()      # no input gradient wanted
+    assert w.grad is not None and b.grad is not None
+    gw = {}
+    for fused in (True, False):
+        w.grad = b.grad = None
+        with fused_cuda.use_fused(fused):
+            F.batch_norm(Tensor(x), cp.zeros(3, dtype=dtype), cp.ones(3, dtype=dtype), w, b, training=True).sum().backward()
+        gw[fused] = w.grad
+    assert_close(gw[True], gw[False], dtype, "weight gradient", scale=100)
+    calls = _spy(monkeypatch, "batch_norm_forward")
+    F.batch_norm(Tensor(x), rm, rv, w, b, training=False)                       # evaluation: the reference
+    assert calls == []
+
+
 # =========================================================================== GELU
 GELU_VALUES = np.concatenate([np.linspace(-12, 12, 4801), [0.0, -0.0, 1e-30, -1e-30, 30.0, -30.0]])
 

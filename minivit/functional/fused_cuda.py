@@ -1,4 +1,4 @@
-"""Fused CUDA kernels: the GPU fast paths of softmax, log_softmax, layer_norm, GELU and AdamW.
+"""Fused CUDA kernels: the GPU fast paths of softmax, log_softmax, layer_norm, batch_norm, GELU and AdamW.
 
 Why. On the GPU every CuPy operation is a kernel launch (a few microseconds of Python and
 driver time) and a full pass over memory. The readable reference code of these ops is a
@@ -20,6 +20,9 @@ expected to be equal. tests/test_fused_cuda.py holds every kernel to its referen
   reference, so ``exp`` never overflows.
 * layer norm forward (y, and the per-row mean and 1/σ for backward, as PyTorch keeps)
   and backward (∂x row by row; ∂w and ∂b as column sums over row chunks, coalesced).
+* batch norm in training (``batch_norm_forward``, ``batch_norm_backward``): one block per
+  channel; forward computes the statistics, y and the running statistics' update in one kernel
+  (the reference: about thirteen operations), backward the channel's sums, ∂w, ∂b and ∂x in one.
 * GELU, exact (erf) and tanh forms: forward writes y alone; backward recomputes the
   derivative from x in the same pass that multiplies it by the incoming gradient.
 * AdamW: the whole update of one parameter (decay, both moments, amsgrad's max, the
@@ -272,6 +275,93 @@ extern "C" __global__ void layer_norm_param_grads(const T* __restrict__ gy, cons
         part_b[blockIdx.y * (long long)D + j] = ab;
     }
 }
+
+// BatchNorm in training, x seen as (N, C, S) (S: the pixels of a channel, 1 for (N, C)): one block
+// per channel c = blockIdx.x, its threads striding over the channel's n = N*S elements, element j
+// at ((j / S)*C + c)*S + j % S. As the reference: mu = sum(x)/n, var = sum((x - mu)^2)/n (biased),
+// rstd = 1/sqrt(var + eps), y = (x - mu)*rstd [*w] [+b]; mean, rstd (C,) kept for backward, var (C,)
+// returned. With has_running, the running statistics are updated here too, in the reference's
+// order: rm = rm*keep + m*mu, rv = rv*keep + m_unbiased*var (keep = 1 - momentum, m_unbiased =
+// momentum*n/(n - 1), both computed on the host as the reference computes them).
+extern "C" __global__ void batch_norm_forward(const T* __restrict__ x, const T* __restrict__ w,
+                                              const T* __restrict__ b, T* __restrict__ y,
+                                              T* __restrict__ mean, T* __restrict__ rstd, T* __restrict__ var_out,
+                                              T* __restrict__ running_mean, T* __restrict__ running_var,
+                                              const long long N, const int C, const long long S, const T eps,
+                                              const int has_w, const int has_b, const int has_running,
+                                              const T keep, const T m, const T m_unbiased) {
+    __shared__ T buf[32];
+    const int c = blockIdx.x;
+    const long long n = N * S;
+    T s = 0;
+    for (long long j = threadIdx.x; j < n; j += blockDim.x) s += x[((j / S) * C + c) * S + j % S];
+    const T mu = row_sum(s, buf) / (T)n;
+    T q = 0;
+    for (long long j = threadIdx.x; j < n; j += blockDim.x) {
+        const T d = x[((j / S) * C + c) * S + j % S] - mu;
+        q += d * d;
+    }
+    const T var = row_sum(q, buf) / (T)n;
+    const T r = (T)1 / sqrt(var + eps);
+    const T wc = has_w ? w[c] : (T)1, bc = has_b ? b[c] : (T)0;
+    for (long long j = threadIdx.x; j < n; j += blockDim.x) {
+        const long long i = ((j / S) * C + c) * S + j % S;
+        T v = (x[i] - mu) * r;
+        if (has_w) v = v * wc;
+        if (has_b) v = v + bc;
+        y[i] = v;
+    }
+    if (threadIdx.x == 0) {
+        mean[c] = mu;
+        rstd[c] = r;
+        var_out[c] = var;
+        if (has_running) {
+            running_mean[c] = running_mean[c] * keep + m * mu;
+            running_var[c] = running_var[c] * keep + m_unbiased * var;
+        }
+    }
+}
+
+// Gradients of BatchNorm in training, one block per channel as above, xhat = (x - mu)*rstd:
+//   gw = sum(gy*xhat), gb = sum(gy)   (the channel's sums, one value each: no partial sums)
+//   gx = ((g' - mean(g')) - xhat*mean(g'*xhat))*rstd,  g' = gy*w   (the reference's formula)
+extern "C" __global__ void batch_norm_backward(const T* __restrict__ gy, const T* __restrict__ x,
+                                               const T* __restrict__ w, const T* __restrict__ mean,
+                                               const T* __restrict__ rstd, T* __restrict__ gx,
+                                               T* __restrict__ gw, T* __restrict__ gb,
+                                               const long long N, const int C, const long long S,
+                                               const int has_w, const int need_x) {
+    __shared__ T buf[32];
+    const int c = blockIdx.x;
+    const long long n = N * S;
+    const T mu = mean[c], r = rstd[c], wc = has_w ? w[c] : (T)1;
+    T sg = 0, sgx = 0, sgw = 0, sgwx = 0;
+    for (long long j = threadIdx.x; j < n; j += blockDim.x) {
+        const long long i = ((j / S) * C + c) * S + j % S;
+        const T g = gy[i];
+        const T xhat = (x[i] - mu) * r;
+        const T gp = has_w ? g * wc : g;
+        sg += g;
+        sgx += g * xhat;
+        sgw += gp;
+        sgwx += gp * xhat;
+    }
+    const T sum_g = row_sum(sg, buf);
+    const T sum_gx = row_sum(sgx, buf);
+    const T mean_g = row_sum(sgw, buf) / (T)n;
+    const T mean_gx = row_sum(sgwx, buf) / (T)n;
+    if (threadIdx.x == 0) {
+        gw[c] = sum_gx;
+        gb[c] = sum_g;
+    }
+    if (!need_x) return;
+    for (long long j = threadIdx.x; j < n; j += blockDim.x) {
+        const long long i = ((j / S) * C + c) * S + j % S;
+        const T gp = has_w ? gy[i] * wc : gy[i];
+        const T xhat = (x[i] - mu) * r;
+        gx[i] = ((gp - mean_g) - xhat * mean_gx) * r;
+    }
+}
 """
 
 _WARP_ROWS = 8          # rows (one warp each) per 256-thread block
@@ -388,6 +478,61 @@ def layer_norm_backward(gy2, x2, w, mean, rstd, need_x=True, need_params=True):
     return gx, gw, gb
 
 
+# =========================================================================== batch norm
+def _bn_block(n: int) -> int:
+    """Threads per channel's block: 1024 for large channels, else 256 (a multiple of 32: row_sum)."""
+    return 1024 if n > 65536 else 256
+
+
+def batch_norm_forward(x, w, b, running_mean, running_var, eps: float, momentum: float):
+    """BatchNorm of x (N, C, *) with batch statistics (training), then ·w + b (each (C,) or None).
+
+    Returns (y, mean, rstd, var, updated): y shaped as x, the other three (C,), and whether the
+    running statistics were updated in the kernel (only when both are contiguous arrays of x's
+    dtype; otherwise the caller updates them from mean and var)."""
+    xp = backend.get_array_module(x)
+    x = xp.ascontiguousarray(x)
+    N, C = x.shape[:2]
+    S = x.size // (N * C) if N * C else 0
+    n = N * S
+    y = xp.empty_like(x)
+    mean, rstd, var = (xp.empty(C, dtype=x.dtype) for _ in range(3))
+    running = (running_mean is not None and running_var is not None and n > 1
+               and all(backend.get_array_module(r) is xp and r.dtype == x.dtype and r.flags.c_contiguous
+                       for r in (running_mean, running_var)))
+    w_arg = x if w is None else xp.ascontiguousarray(w.reshape(C))        # never read when absent
+    b_arg = x if b is None else xp.ascontiguousarray(b.reshape(C))
+    rm = running_mean if running else mean
+    rv = running_var if running else var
+    t = x.dtype.type
+    m_unbiased = momentum * n / (n - 1) if n > 1 else 0.0
+    _row_kernel("batch_norm_forward", x.dtype.char)(
+        (C,), (_bn_block(n), 1),
+        (x, w_arg, b_arg, y, mean, rstd, var, rm, rv, np.int64(N), np.int32(C), np.int64(S), t(eps),
+         np.int32(w is not None), np.int32(b is not None), np.int32(running),
+         t(1 - momentum), t(momentum), t(m_unbiased)))
+    return y, mean, rstd, var, running
+
+
+def batch_norm_backward(gy, x, w, mean, rstd, need_x: bool = True):
+    """Gradients of training-mode BatchNorm from ∂L/∂y and x (N, C, *), the weight (C,) or None,
+    and the forward's mean and rstd (C,). Returns (gx or None, gw (C,), gb (C,))."""
+    xp = backend.get_array_module(x)
+    x = xp.ascontiguousarray(x)
+    gy = xp.ascontiguousarray(gy.astype(x.dtype, copy=False))
+    N, C = x.shape[:2]
+    S = x.size // (N * C) if N * C else 0
+    gx = xp.empty_like(x) if need_x else None
+    gw = xp.empty(C, dtype=x.dtype)
+    gb = xp.empty(C, dtype=x.dtype)
+    w_arg = x if w is None else xp.ascontiguousarray(w.reshape(C))
+    _row_kernel("batch_norm_backward", x.dtype.char)(
+        (C,), (_bn_block(N * S), 1),
+        (gy, x, w_arg, mean, rstd, x if gx is None else gx, gw, gb, np.int64(N), np.int32(C), np.int64(S),
+         np.int32(w is not None), np.int32(need_x)))
+    return gx, gw, gb
+
+
 # =========================================================================== GELU
 # Constants as the reference's Python floats, cast to T (as CuPy casts a Python scalar).
 _SQRT1_2 = 1.0 / math.sqrt(2.0)
@@ -486,4 +631,5 @@ def adamw_step(p, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step: int, lr: floa
 
 
 __all__ = ["enabled", "use_fused", "applies", "softmax_forward", "softmax_backward",
-           "layer_norm_forward", "layer_norm_backward", "gelu_forward", "gelu_backward", "adamw_step"]
+           "layer_norm_forward", "layer_norm_backward", "batch_norm_forward",
+           "batch_norm_backward", "gelu_forward", "gelu_backward", "adamw_step"]

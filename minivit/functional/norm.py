@@ -179,8 +179,9 @@ class BatchNorm(Function):
 
     # On the CPU, a float32/float64 (N, C, ...) input takes the threaded path (_cpu_*, below):
     # the same formulas in fewer passes over memory, pieces of the batch on backend's
-    # threads. False: always this reference code.
+    # threads; on the GPU, in training, the fused kernels. False: always this reference code.
     fast_path = True
+    cpu_fast = gpu_fast = False          # which path the last forward took (backward follows it)
     # On that path, a float32 channels-last input's per-channel sums go by blocks of rows
     # (_sums, below); False: NumPy's float64 sum over the (n, S) axes.
     block_sums = True
@@ -188,6 +189,17 @@ class BatchNorm(Function):
     def forward(self, x, *params):
         w = params[0] if self.has_weight else None
         b = params[-1] if self.has_bias else None
+        # On the GPU, training: one fused kernel forward and one backward (fused_cuda.batch_norm_*),
+        # which keep x, the channels' means and 1/σ (not x̂) and rebuild x̂ in backward.
+        self.gpu_fast = (self.fast_path and self.training and x.ndim >= 2 and x.size > 0
+                         and fused_cuda.applies(x, *params))
+        if self.gpu_fast:
+            y, self.mean_c, self.rstd_c, var, updated = fused_cuda.batch_norm_forward(
+                x, w, b, self.running_mean, self.running_var, self.eps, self.momentum)
+            if not updated:
+                self._update_running_stats(self.mean_c, var, n=x.size // x.shape[1])
+            self.x, self.w = x, w
+            return y
         self.cpu_fast = (self.fast_path and x.ndim >= 3 and x.dtype.kind == "f" and x.dtype.itemsize >= 4
                          and backend.device_of(x) == "cpu"
                          and (self.training or not any(self.needs_grad[1:])))   # eval ∂w, ∂b: the reference
@@ -224,6 +236,15 @@ class BatchNorm(Function):
             rv += (m * n / (n - 1) * var.reshape(-1)).astype(rv.dtype, copy=False)
 
     def backward(self, gy):
+        if self.gpu_fast:
+            gx, gw, gb = fused_cuda.batch_norm_backward(gy, self.x, self.w, self.mean_c, self.rstd_c,
+                                                        need_x=self.needs_grad[0])
+            grads = [gx]
+            if self.has_weight:
+                grads.append(gw if self.needs_grad[len(grads)] else None)
+            if self.has_bias:
+                grads.append(gb if self.needs_grad[len(grads)] else None)
+            return tuple(grads)
         if self.cpu_fast:
             return self._cpu_backward(gy)
         grads = [None]

@@ -388,6 +388,75 @@ def _layer_norm_param_grads(L, gy, x, mean, rstd, part_w, part_b, M, D, rows_per
         pb[c] = g[lo:hi].sum(axis=0)
 
 
+def _channels_launch(L: Launch, N: int, C: int, S: int):
+    """The batch-norm kernels: one block per channel (blockIdx.x), blockDim.x threads striding over
+    the channel's N*S elements and reducing with row_sum (whole warps, one shared buffer a block)."""
+    bx, by, bz = L.block
+    L.require(by == 1 and bz == 1 and L.grid[1] == 1 and L.grid[2] == 1,
+              "the batch-norm kernels use x of the grid (a channel each) and x of the block")
+    L.require(bx % 32 == 0, "blockDim.x must be a whole number of warps (row_sum shuffles over 32 lanes)")
+    L.require(L.grid[0] == C, f"one block per channel: grid {L.grid[0]} for {C} channels")
+    return N, C, S
+
+
+def _channels(a, N, C, S):
+    """The (N, C, S) array behind a kernel's pointer, as (C, N*S): each channel's elements."""
+    return a[:N * C * S].reshape(N, C, S).transpose(1, 0, 2).reshape(C, N * S)
+
+
+@emulates("batch_norm_forward")
+def _batch_norm_forward(L, x, w, b, y, mean, rstd, var_out, running_mean, running_var, N, C, S, eps, has_w, has_b,
+                        has_running, keep, m, m_unbiased):
+    N, C, S = _channels_launch(L, int(N), int(C), int(S))
+    T = x.dtype.type
+    for what, a in (("x", x), ("y", y)):
+        _size(L, what, a, N * C * S)
+    for what, a, used in (("w", w, has_w), ("b", b, has_b), ("mean", mean, 1), ("rstd", rstd, 1),
+                          ("var", var_out, 1), ("running_mean", running_mean, has_running),
+                          ("running_var", running_var, has_running)):
+        if used:
+            _size(L, what, a, C)
+    xc = _channels(x, N, C, S)                                   # (C, n)
+    n = T(N * S)
+    mu = xc.sum(axis=1) / n
+    d = xc - mu[:, None]
+    var = (d * d).sum(axis=1) / n
+    r = T(1) / np.sqrt(var + eps)
+    v = (xc - mu[:, None]) * r[:, None]
+    if has_w:
+        v = v * w[:C, None]
+    if has_b:
+        v = v + b[:C, None]
+    y[:N * C * S] = v.reshape(C, N, S).transpose(1, 0, 2).reshape(-1)
+    mean[:C], rstd[:C], var_out[:C] = mu, r, var
+    if has_running:
+        running_mean[:C] = running_mean[:C] * keep + m * mu
+        running_var[:C] = running_var[:C] * keep + m_unbiased * var
+
+
+@emulates("batch_norm_backward")
+def _batch_norm_backward(L, gy, x, w, mean, rstd, gx, gw, gb, N, C, S, has_w, need_x):
+    N, C, S = _channels_launch(L, int(N), int(C), int(S))
+    T = x.dtype.type
+    for what, a, used in (("gy", gy, 1), ("x", x, 1), ("gx", gx, need_x)):
+        if used:
+            _size(L, what, a, N * C * S)
+    for what, a, used in (("w", w, has_w), ("mean", mean, 1), ("rstd", rstd, 1), ("gw", gw, 1), ("gb", gb, 1)):
+        if used:
+            _size(L, what, a, C)
+    g = _channels(gy, N, C, S)
+    xhat = (_channels(x, N, C, S) - mean[:C, None]) * rstd[:C, None]
+    gp = g * w[:C, None] if has_w else g
+    gw[:C] = (g * xhat).sum(axis=1)
+    gb[:C] = g.sum(axis=1)
+    if need_x:
+        n = T(N * S)
+        mean_g = gp.sum(axis=1, keepdims=True) / n
+        mean_gx = (gp * xhat).sum(axis=1, keepdims=True) / n
+        v = ((gp - mean_g) - xhat * mean_gx) * rstd[:C, None]
+        gx[:N * C * S] = v.reshape(C, N, S).transpose(1, 0, 2).reshape(-1)
+
+
 # =========================================================================== GELU and AdamW (ElementwiseKernels)
 def _erf(x):
     import scipy.special
