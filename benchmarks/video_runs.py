@@ -1,5 +1,5 @@
 """TimeSformer's three attention types on the generated motion clips, under one CPU recipe
-(the paper's Table 1 in miniature; README "Video: TimeSformer", lesson 15).
+(the paper's Table 1 in miniature; README "Video: TimeSformer", lesson 14).
 
     python benchmarks/video_runs.py --check-data            # the labels are in the clips: a hand-made detector
     python benchmarks/video_runs.py --signal                 # does the first gradient see the label? (see below)

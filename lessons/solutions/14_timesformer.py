@@ -1,4 +1,4 @@
-"""Lesson 15_timesformer: reference solutions of its exercises.
+"""Lesson 14_timesformer: reference solutions of its exercises.
 
 The notebook holds stubs that raise NotImplementedError; with MINIVIT_SOLUTIONS=1 (CI, and the
 committed outputs) ``minivit.notebook.exercises`` swaps these in by name. Try the exercise first.
