@@ -21,6 +21,11 @@ The arms (Zhai et al., 2022, "Scaling Vision Transformers", §3):
   head-wd      the head's own, much stronger weight decay (3.0 against the body's 0.05)
   rsqrt        warmup, then 1/sqrt(step), then a linear cooldown to 0 over the last epoch
   adafactor    Adafactor (factored second moment) instead of AdamW, same learning rate
+  adafactor-lr3e-2  the same with lr 3e-2: PyTorch's Adafactor (which minivit follows) steps
+               lr · max(1e-3, RMS(θ)), relative to each parameter's scale (about 0.02-0.05 for
+               these weights at init), and caps the rate at 1/sqrt(step), so AdamW's lr is a
+               step some 20-50 times smaller; 3e-2 is about AdamW's step (added after the
+               first six arms had run)
 """
 from __future__ import annotations
 
@@ -41,6 +46,7 @@ ARMS = {
     "head-wd": ["--head-weight-decay", "3.0"],
     "rsqrt": ["--sched", "rsqrt-cooldown", "--cooldown-epochs", "1"],
     "adafactor": ["--opt", "adafactor"],
+    "adafactor-lr3e-2": ["--opt", "adafactor", "--lr", "3e-2"],
 }
 
 
@@ -79,7 +85,8 @@ def table() -> str:
     rows = ["| arm | what changes | seed 0 | seed 1 | mean | time per step | optimiser state |",
             "|---|---|---:|---:|---:|---:|---:|"]
     what = {"baseline": "GAP, AdamW, cosine", "token": "class token", "map": "attention pooling (MAP)",
-            "head-wd": "head weight decay 3.0", "rsqrt": "rsqrt + linear cooldown", "adafactor": "Adafactor"}
+            "head-wd": "head weight decay 3.0", "rsqrt": "rsqrt + linear cooldown", "adafactor": "Adafactor",
+            "adafactor-lr3e-2": "Adafactor, lr 3e-2"}
     for arm in ARMS:
         accs, steps = [], []
         for seed in (0, 1):
