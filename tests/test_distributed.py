@@ -79,15 +79,20 @@ def _one_process(steps, start=None):
     return {k: np.array(v) for k, v in model.state_dict().items()}
 
 
-def test_two_ranks_equal_one_process_and_resume_on_one(tmp_path):
-    out = tmp_path / "run.pkl"
-    r = _run(2, "train", out)
+def _two_ranks_equal_one_process(mode, out, env=None):
+    """The worker's 5 steps on 2 ranks: the weights after 3 and 5 steps equal one process's."""
+    r = _run(2, mode, out, env=env)
     assert r.returncode == 0, r.stderr[-2000:]
     saved = pickle.loads(out.read_bytes())
     ref3, ref5 = _one_process(3), _one_process(5)
     for k in ref5:
         np.testing.assert_allclose(saved["after3"][k], ref3[k], rtol=1e-10, atol=1e-12, err_msg=k)
         np.testing.assert_allclose(saved["after5"][k], ref5[k], rtol=1e-10, atol=1e-12, err_msg=k)
+    return saved, ref5
+
+
+def test_two_ranks_equal_one_process_and_resume_on_one(tmp_path):
+    saved, ref5 = _two_ranks_equal_one_process("train", tmp_path / "run.pkl")
     resumed = _one_process(5, start=saved)                 # the 2-rank state after 3 steps, 2 more on 1 process
     for k in ref5:
         np.testing.assert_allclose(resumed[k], saved["after5"][k], rtol=1e-10, atol=1e-12, err_msg=k)
@@ -99,14 +104,7 @@ def test_nccl_two_ranks_equal_one_process(tmp_path):
     # pointers, NCCL's datatypes, the unique id broadcast over MPI), 5 AdamW steps in float64.
     env = _gpu_env()
     _mpiexec()
-    out = tmp_path / "nccl.pkl"
-    r = _run(2, "nccl", out, env=env)
-    assert r.returncode == 0, r.stderr[-2000:]
-    saved = pickle.loads(out.read_bytes())
-    ref3, ref5 = _one_process(3), _one_process(5)
-    for k in ref5:
-        np.testing.assert_allclose(saved["after3"][k], ref3[k], rtol=1e-10, atol=1e-12, err_msg=k)
-        np.testing.assert_allclose(saved["after5"][k], ref5[k], rtol=1e-10, atol=1e-12, err_msg=k)
+    _two_ranks_equal_one_process("nccl", tmp_path / "nccl.pkl", env=env)
 
 
 def test_nccl_world_of_one_on_this_gpu():
