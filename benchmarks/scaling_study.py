@@ -90,14 +90,11 @@ def table() -> str:
     for arm in ARMS:
         accs, steps = [], []
         for seed in (0, 1):
-            f = RUNS / f"{arm}-s{seed}" / "metrics.jsonl"
-            if not f.is_file():
+            run = RUNS / f"{arm}-s{seed}"
+            if not _done(run):
                 accs.append(None)
                 continue
-            ms = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
-            if len(ms) < EPOCHS:
-                accs.append(None)
-                continue
+            ms = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
             accs.append(ms[-1]["test_acc"])
             steps += [m["train_time_s"] / (m["step"] - (ms[i - 1]["step"] if i else 0)) for i, m in enumerate(ms)]
         done = [a for a in accs if a is not None]

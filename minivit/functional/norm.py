@@ -194,11 +194,11 @@ class BatchNorm(Function):
         self.gpu_fast = (self.fast_path and self.training and x.ndim >= 2 and x.size > 0
                          and fused_cuda.applies(x, *params))
         if self.gpu_fast:
+            self.x, self.w = get_array_module(x).ascontiguousarray(x), w    # backward reads it as it is
             y, self.mean_c, self.rstd_c, var, updated = fused_cuda.batch_norm_forward(
-                x, w, b, self.running_mean, self.running_var, self.eps, self.momentum)
+                self.x, w, b, self.running_mean, self.running_var, self.eps, self.momentum)
             if not updated:
                 self._update_running_stats(self.mean_c, var, n=x.size // x.shape[1])
-            self.x, self.w = x, w
             return y
         self.cpu_fast = (self.fast_path and x.ndim >= 3 and x.dtype.kind == "f" and x.dtype.itemsize >= 4
                          and backend.device_of(x) == "cpu"
