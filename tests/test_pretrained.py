@@ -111,17 +111,36 @@ def test_pretrained_true_loads_the_shipped_file(tmp_path, monkeypatch):
 @pytest.mark.parametrize("name", pretrained.pretrained_models() or
                          [pytest.param("none", marks=pytest.mark.skip(reason="no trained weights ship yet"))])
 def test_shipped_weights_score_what_their_record_says(name):
-    """Each shipped model, evaluated on the first 1,000 images of the CIFAR-10 test split (the JPEG
-    q75 copy), within 1 point of the accuracy recorded beside its weights."""
+    """Each shipped classifier, evaluated on the first 1,000 images of the CIFAR-10 test split (the JPEG
+    q75 copy), within 1 point of the accuracy recorded beside its weights; a shipped segmentation
+    model's mIoU on the 1,000 generated ``shapes`` test scenes within 1 point of its record's."""
     from minivit import data
-    from minivit.train import evaluate
-    try:
-        ds = data.load_dataset("cifar10", None, test_subset=1000, need_train=False)
-    except Exception as e:                                       # no copy of CIFAR-10 on this machine
-        pytest.skip(f"CIFAR-10 not found: {e}")
+    record = pretrained.pretrained_record(name)
+    if record.get("task") != "segmentation":
+        try:
+            data.load_dataset("cifar10", None, test_subset=1000, need_train=False)
+        except Exception as e:                                   # no copy of CIFAR-10 on this machine
+            pytest.skip(f"CIFAR-10 not found: {e}")
     model = create_model(name, pretrained=True)
-    acc = evaluate(model, data.DeviceLoader(ds.test, "cpu", 250))["acc"]
-    assert abs(acc - model.pretrained_cfg["test_accuracy_1000"]) <= 0.01, (acc, model.pretrained_cfg)
+    key = "test_miou_1000" if record.get("task") == "segmentation" else "test_accuracy_1000"
+    score = pretrained.score_shipped(model, record)
+    assert abs(score - model.pretrained_cfg[key]) <= 0.01, (score, model.pretrained_cfg)
+
+
+def test_pretrained_builds_the_classes_of_its_weights(tmp_path, monkeypatch):
+    """A shipped model trained for other classes than its factory's default (SegFormer: ADE20K's 150)
+    is built for the classes in its record, unless the caller asks for others."""
+    monkeypatch.setattr(pretrained, "WEIGHTS_DIR", tmp_path)
+    trained = create_model("segformer_tiny", num_classes=5)
+    _perturb(trained)
+    save_pretrained(trained, tmp_path / "segformer_tiny.safetensors", dtype=np.float16)
+    (tmp_path / "segformer_tiny.json").write_text(json.dumps({"num_classes": 5, "task": "segmentation"}))
+    m = create_model("segformer_tiny", pretrained=True)
+    x = np.random.default_rng(0).standard_normal((1, 3, 64, 64)).astype(np.float32)
+    assert _logits(m, x).shape[1] == 5
+    np.testing.assert_allclose(_logits(m, x), _logits(trained, x), rtol=0.05, atol=0.05)
+    with pytest.raises(Exception, match="shape|size"):          # 150 classes asked: the head does not fit
+        create_model("segformer_tiny", pretrained=True, num_classes=150)
 
 
 def test_a_variant_that_does_not_ship_says_why():
@@ -161,6 +180,12 @@ def test_ship_refuses_what_pretrained_true_could_not_rebuild(tmp_path):
                "--no-progress", "--out-dir", str(run)], log=lambda *a: None)
     with pytest.raises(ValueError, match="--model-kwargs"):
         pretrained.ship_run(run, tmp_path / "w")
+    seg = tmp_path / "seg"                       # a segmentation run ships only from all of shapes
+    train.run(["--task", "segmentation", "--model", "segformer_tiny", "--dataset", "shapes", "--subset", "32",
+               "--test-subset", "8", "--epochs", "1", "--batch-size", "16", "--device", "cpu", "--no-progress",
+               "--out-dir", str(seg)], log=lambda *a: None)
+    with pytest.raises(ValueError, match="full shapes runs .*task segmentation, dataset shapes, subset 32"):
+        pretrained.ship_run(seg, tmp_path / "w")
     for args, message in (([str(run)], "error: .*--model-kwargs"),
                           ([str(tmp_path)], "error: .*no last.ckpt")):
         r = subprocess.run([sys.executable, "-m", "minivit.ship", *args, "--weights-dir", str(tmp_path / "w")],
@@ -182,6 +207,11 @@ def test_shipped_record_command_reproduces_the_recipe():
     again = train.resolve_config(train.build_parser().parse_args(args))
     for k in pretrained._RECIPE_KEYS + ("hflip",):
         assert again[k] == cfg[k], k
+    seg = train.resolve_config(train.build_parser().parse_args(
+        ["--task", "segmentation", "--model", "segformer_tiny", "--dataset", "shapes", "--epochs", "25"]))
+    again = train.resolve_config(train.build_parser().parse_args(pretrained._recipe_args(seg)))
+    for k in pretrained._RECIPE_KEYS + ("task", "dataset"):
+        assert again[k] == seg[k], k
 
 
 def test_zero_dim_buffers_keep_their_shape(tmp_path):

@@ -53,9 +53,15 @@ def create_model(name: str, pretrained: bool = False, features_only: bool = Fals
     if out_indices is not None and not features_only:
         raise ValueError(f"create_model: out_indices={out_indices!r} picks feature maps, which needs "
                          f"features_only=True")
+    if pretrained:
+        from minivit.models.pretrained import load_shipped, pretrained_record
+        # built for the classes the weights were trained on (a shipped segmentation model: the
+        # 5 of the shapes scenes, where the factory's default is ADE20K's 150)
+        classes = pretrained_record(name).get("num_classes")
+        if classes is not None and "num_classes" not in overrides:
+            overrides["num_classes"] = classes
     model = _MODELS[name](**overrides)
     if pretrained:
-        from minivit.models.pretrained import load_shipped
         load_shipped(model, name)
     if features_only:
         from minivit.models.features import features_only as _features_only, supports_features
