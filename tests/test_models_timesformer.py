@@ -15,6 +15,7 @@ from minivit.convert.timesformer import hf_key_to_minivit
 from minivit.layers import DividedSpaceTimeBlock
 from minivit.models import TimeSformer, create_model
 from minivit.testing import gradcheck_directional
+from minivit.testing.reference import randomize_
 
 
 def host(a):
@@ -38,16 +39,7 @@ def make_hf(attention_type, dtype, **kw):
     torch.manual_seed(0)
     cfg = transformers.TimesformerConfig(**dict(HF_CFG, attention_type=attention_type, **kw))
     hf = transformers.TimesformerForVideoClassification(cfg).to(dtype)
-    with torch.no_grad():
-        for pname, p in hf.named_parameters():
-            if "embeddings" in pname and "patch" not in pname:      # class token, position, time
-                p.normal_(0, 1.0)
-            elif p.ndim >= 2:                                        # linear / conv weights: std 1/√fan_in
-                p.normal_(0, p[0].numel() ** -0.5)
-            elif pname.endswith("weight"):                          # norm scales around 1
-                p.uniform_(0.5, 1.5)
-            else:
-                p.uniform_(-0.5, 0.5)
+    randomize_(hf, is_embedding=lambda name: "embeddings" in name and "patch" not in name)  # class, position, time
     return hf.eval()
 
 
