@@ -14,7 +14,7 @@ from minivit.convert import from_torchvision
 from minivit.layers.pooling_attention import pool_grid_tokens
 from minivit.models import MViT, create_model
 from minivit.models.mvit_video import MSBlockConfig, mvit_v1_block_setting
-from minivit.testing.reference import randomize_
+from minivit.testing.reference import assert_grads_close, backward_both, randomize_
 
 
 def host(a):
@@ -97,29 +97,9 @@ def test_logits_and_grads_match_torchvision_float64(xp, device, name):
     tv = make_tv(name, torch.float64).train()
     model = from_torchvision(tv).to(device).train()
     x = tv_input(torch.float64)
-    tx = x.clone().requires_grad_(True)
-    ref = tv(tx)
-    R = np.random.default_rng(2).standard_normal(tuple(ref.shape))
-    (ref * torch.from_numpy(R)).sum().backward()
-    ref_grads = {k: p.grad.numpy() for k, p in tv.named_parameters()}
-
-    ox = Tensor(xp.asarray(x.numpy()), requires_grad=True)
-    out = model(ox)
-    (out * Tensor(xp.asarray(R))).sum().backward()
-    grads = {k: host(p.grad) for k, p in model.named_parameters()}
-
-    np.testing.assert_allclose(host(out), ref.detach().numpy(), rtol=0, atol=1e-10)
-    gx = tx.grad.numpy()
-    np.testing.assert_allclose(host(ox.grad), gx, rtol=0, atol=1e-8 * np.abs(gx).max())
-    assert sorted(grads) == sorted(ref_grads)
-    largest = max(np.abs(g).max() for g in ref_grads.values())
-    for pname, g in ref_grads.items():
-        scale = np.abs(g).max()
-        if zero_by_construction(pname, tv):
-            np.testing.assert_allclose(grads[pname], g, rtol=0, atol=1e-12 * largest, err_msg=pname)
-            continue
-        assert scale > 1e-6 * largest, f"{pname} gets (almost) no gradient: the test could not see an error"
-        np.testing.assert_allclose(grads[pname], g, rtol=0, atol=1e-8 * scale, err_msg=pname)
+    ref, ours = backward_both(tv, model, x, xp=xp)
+    np.testing.assert_allclose(ours["out"], ref["out"], rtol=0, atol=1e-10)
+    assert_grads_close(ref, ours, rtol=1e-8, zero=lambda name: zero_by_construction(name, tv))
 
 
 def test_converter_reads_the_configuration():
