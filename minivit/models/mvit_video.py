@@ -3,7 +3,7 @@ Transformers"), as torchvision's ``torchvision.models.video.MViT`` builds it.
 
 A clip (B, 3, T, H, W) is cut into overlapping space-time cubes by one 3-D convolution
 (3×7×7, stride 2×4×4 for MViT-B: 16×224² → 8×56×56 = 25,088 tokens of width 96), a class
-token goes in front, and a *separable* position embedding is added (§4.1):
+token goes in front, and a *separable* position embedding is added:
 
     E_pos(t, y, x) = E_time[t] + E_space[y·W + x]            (the class token: its own E_cls)
 
