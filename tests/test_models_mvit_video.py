@@ -190,9 +190,10 @@ def test_the_position_embedding_is_separable():
     t, s = pe.temporal_pos.numpy(), pe.spatial_pos.numpy()
     np.testing.assert_allclose(x[0], pe.class_token.numpy() + pe.class_pos.numpy())
     np.testing.assert_allclose(x[1 + 16 + 5], t[1] + s[5])                    # frame 1, cell 5
-    assert set(model_nwd := tiny().no_weight_decay()) == {"pos_encoding.class_token", "pos_encoding.class_pos",
-                                                          "pos_encoding.spatial_pos", "pos_encoding.temporal_pos"}
-    assert model_nwd <= set(dict(tiny().named_parameters()))
+    no_decay = tiny().no_weight_decay()
+    assert no_decay == {"pos_encoding.class_token", "pos_encoding.class_pos", "pos_encoding.spatial_pos",
+                        "pos_encoding.temporal_pos"}
+    assert no_decay <= set(dict(tiny().named_parameters()))
 
 
 def test_wrong_inputs_and_configurations_name_the_problem():
