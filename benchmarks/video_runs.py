@@ -1,10 +1,12 @@
 """TimeSformer's three attention types on the generated motion clips, under one CPU recipe
-(the paper's Table 1 in miniature; README "Video: TimeSformer", lesson 14).
+(the paper's Table 1 in miniature; README "Video: TimeSformer", lesson 14), and MViT v1's pooling
+attention under the same recipe.
 
     python benchmarks/video_runs.py --check-data            # the labels are in the clips: a hand-made detector
     python benchmarks/video_runs.py --signal                 # does the first gradient see the label? (see below)
     python benchmarks/video_runs.py --baseline               # a one-layer 3-D convolution on the same clips
     python benchmarks/video_runs.py divided joint space_only # train runs/motion_<name>/, one after another
+    python benchmarks/video_runs.py mvit_v1_tiny             # MViT v1 (3-D conv stem, pooling attention)
     python benchmarks/video_runs.py --table                  # the table from the committed runs
 
 ``--check-data`` needs no training: it correlates each frame with the next one shifted one and
@@ -25,7 +27,7 @@ time, a linear head; AdamW 3e-3, batch 32, 3 epochs of the same 2,000 clips, no 
 record goes to runs/motion_conv3d/.
 
 The runs use the trainer (``python -m minivit.train --task video``) with ``RECIPE`` and one
-``--model-kwargs attention_type=...`` each; time per step is the training time of the run divided
+``--model-kwargs attention_type=...`` each (``mvit_v1_tiny``: that model, no kwargs); time per step is the training time of the run divided
 by its steps (evaluation excluded), MACs are counted on one clip (``minivit.complexity``).
 Each run is a few minutes on the project's 2-core CPU; needs a quiet machine for the times.
 """
@@ -41,18 +43,26 @@ ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "runs"
 
 # one recipe for all three: the trainer's defaults but for what is listed
-RECIPE = ["--task", "video", "--dataset", "motion", "--model", "timesformer_tiny", "--subset", "2000",
-          "--batch-size", "32", "--epochs", "6", "--label-smoothing", "0"]
+RECIPE = ["--task", "video", "--dataset", "motion", "--subset", "2000", "--batch-size", "32", "--epochs", "6",
+          "--label-smoothing", "0"]
 VARIANTS = {                       # run name → attention type (Hugging Face's names)
     "divided": "divided_space_time",
     "joint": "joint_space_time",
     "space_only": "space_only",
 }
+OTHER_MODELS = ("mvit_v1_tiny",)   # run name = model name, same recipe
+
+
+def model_args(name: str) -> list:
+    """The run's --model (and --model-kwargs) arguments."""
+    if name in OTHER_MODELS:
+        return ["--model", name]
+    return ["--model", "timesformer_tiny", "--model-kwargs", f"attention_type={VARIANTS[name]}"]
 
 
 def command(name: str) -> list:
-    return [sys.executable, "-m", "minivit.train", *RECIPE, "--model-kwargs", f"attention_type={VARIANTS[name]}",
-            "--out-dir", f"runs/motion_{name}", "--no-progress"]   # relative: cwd is the repository
+    return [sys.executable, "-m", "minivit.train", *RECIPE, *model_args(name), "--out-dir", f"runs/motion_{name}",
+            "--no-progress"]   # relative: cwd is the repository
 
 
 def shift_detector_accuracy(split) -> float:
@@ -200,16 +210,17 @@ def table():
     print("| attention | parameters | MACs / clip | s / step (batch 32) | epochs | training time "
           "| final test accuracy | best |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for name, attention in VARIANTS.items():
+    for name, attention in [*VARIANTS.items(), *((n, f"{n} (pooling)") for n in OTHER_MODELS)]:
         run = RUNS / f"motion_{name}"
         if not (run / "metrics.jsonl").is_file():
             print(f"| {attention} | | | | | | not yet run | |")
             continue
         cfg = json.loads((run / "config.json").read_text())
         rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-        model = create_model(cfg["model"], **cfg["model_kwargs"]).eval()
+        model = create_model(cfg["model"], **(cfg["model_kwargs"] or {})).eval()
+        clip = (1, 3, 8, 32, 32) if getattr(model, "clip_layout", None) == "BCTHW" else (1, 8, 3, 32, 32)
         with no_grad():
-            macs = count_macs(model, zeros(1, 8, 3, 32, 32)).total
+            macs = count_macs(model, zeros(*clip)).total
         train_s = sum(r["train_time_s"] for r in rows)
         steps = len(rows) * cfg["steps_per_epoch"]
         print(f"| {attention} | {cfg['num_params']:,} | {macs / 1e6:.1f}M | {train_s / steps:.3f} | {len(rows)} | "
@@ -218,15 +229,16 @@ def table():
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("names", nargs="*", help=f"runs to train: {', '.join(VARIANTS)}")
+    ap.add_argument("names", nargs="*", help=f"runs to train: {', '.join([*VARIANTS, *OTHER_MODELS])}")
     ap.add_argument("--check-data", action="store_true")
     ap.add_argument("--signal", action="store_true")
     ap.add_argument("--baseline", action="store_true")
     ap.add_argument("--table", action="store_true")
     args = ap.parse_args(argv)
-    unknown = [n for n in args.names if n not in VARIANTS]
+    unknown = [n for n in args.names if n not in VARIANTS and n not in OTHER_MODELS]
     if unknown:
-        raise SystemExit(f"error: unknown run {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
+        raise SystemExit(f"error: unknown run {', '.join(unknown)}; choose from "
+                         f"{', '.join([*VARIANTS, *OTHER_MODELS])}")
     if args.check_data:
         check_data()
     if args.signal:

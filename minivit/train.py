@@ -64,6 +64,7 @@ from minivit.metrics import mean_iou, pixel_accuracy, segmentation_confusion
 CHECKPOINT_FORMAT = "minivit-checkpoint"
 CHECKPOINT_VERSION = 1
 TASKS = ("classification", "segmentation", "video")   # video: clips of --dataset motion, no augmentation
+VIDEO_MODELS = ("timesformer_", "mvit_v1_")              # the registered video models' name prefixes
 PRECISIONS = ("fp32", "tf32", "fp16", "fp64")   # fp16: autocast + GradScaler, float32 master weights;
                                                 # fp64: float64 weights and inputs, for exactness checks
 EXIT_INTERRUPTED = 130     # the shell's code for "stopped by Ctrl-C"
@@ -219,7 +220,7 @@ def evaluate(model, loader, precision: str = "fp32", *, progress: bool = False, 
                dynamic_ncols=True)
     with no_grad(), amp.autocast(enabled=precision == "fp16"):
         for i, (x, _, labels) in enumerate(loader.batches()):
-            x = model_input(x, precision)
+            x = model_input(x, precision, model)
             logits = merge_heads(model(Tensor(x)))                        # (B, num_classes)
             if tta == "flip":
                 mirrored = xp.ascontiguousarray(x[..., ::-1])             # (B, C, H, W), W reversed
@@ -241,8 +242,12 @@ def evaluate(model, loader, precision: str = "fp32", *, progress: bool = False, 
     return {"loss": float(loss_sum) / n, "acc": int(correct) / n, "preds": preds.astype(np.int64)}
 
 
-def model_input(x, precision: str):
-    """The batch as the model takes it: float64 for --precision fp64, else as the loader made it."""
+def model_input(x, precision: str, model=None):
+    """The batch as the model takes it: float64 for --precision fp64, else as the loader made it;
+    clips (B, T, C, H, W) as (B, C, T, H, W) for a model whose ``clip_layout`` is 'BCTHW'
+    (torchvision's layout: minivit's MViT)."""
+    if x.ndim == 5 and getattr(model, "clip_layout", None) == "BCTHW":
+        x = backend.get_array_module(x).ascontiguousarray(x.transpose(0, 2, 1, 3, 4))
     return x.astype(np.float64) if precision == "fp64" else x
 
 
@@ -329,7 +334,7 @@ def check_model_task(name: str, task: str, found: str) -> None:
     if found == task:
         return
     if "video" in (task, found):
-        video = ", ".join(n for n in minivit.models.list_models() if n.startswith("timesformer_")) or "timesformer_*"
+        video = ", ".join(n for n in minivit.models.list_models() if n.startswith(VIDEO_MODELS)) or "timesformer_*"
         if task == "video":
             raise cli.UsageError(f"--task video needs a video model (clips (B, T, C, H, W) → logits), but --model "
                                  f"{name} is not one; use one of {video}")
@@ -381,7 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="classification (one label per image), segmentation (a class per pixel: "
                         "--dataset shapes and a per-pixel model such as fpn_pvt_v2_tiny; per-pixel cross-entropy "
                         "with ignore label 255, mIoU and pixel accuracy per epoch), or video (clips (B, T, C, H, W) "
-                        "of --dataset motion for a video model such as timesformer_tiny; no augmentation: a flip "
+                        "of --dataset motion for a video model such as timesformer_tiny or mvit_v1_tiny; no augmentation: a flip "
                         "would reverse the motion)")
     g.add_argument("--model", default="vit_tiny", help=f"registered model name: {models}")
     g.add_argument("--model-kwargs", type=parse_model_kwargs, default=None, metavar="K=V,...",
@@ -621,7 +626,7 @@ class Trainer:
             if dist.convert_sync_batchnorm(self.model) == 0:
                 log(f"note: --sync-bn: {cfg['model']} has no BatchNorm, nothing to synchronise")
         first = data.normalize(self.test_loader.images[:1], self.test_loader.mean, self.test_loader.std)
-        check_model_task(cfg["model"], self.task, model_task(self.model, model_input(first, precision)))
+        check_model_task(cfg["model"], self.task, model_task(self.model, model_input(first, precision, self.model)))
         self.model.train()
         wd = cfg["weight_decay"]
         # .get: checkpoints written before these flags existed resume with their defaults
@@ -741,7 +746,7 @@ class Trainer:
 
         PyTorch's mixed-precision recipe; for fp32 the scaler is a pass-through, so this is
         the plain loss.backward(), clip, optimizer.step()."""
-        inputs = Tensor(model_input(x, self.precision))
+        inputs = Tensor(model_input(x, self.precision, self.model))
         if self.precision == "fp64" and target.dtype.kind == "f":
             target = target.astype(np.float64)            # mixup/cutmix's soft targets
         with amp.autocast(enabled=self.fp16):
@@ -845,7 +850,7 @@ class Trainer:
         self.model.eval()
         t0 = self.clock()
         with no_grad(), amp.autocast(enabled=self.fp16):
-            self.model(Tensor(model_input(x, self.precision)))
+            self.model(Tensor(model_input(x, self.precision, self.model)))
         backend.synchronize(self.cfg["device"])
         forward_s = (self.clock() - t0) / len(x) / self.world   # per test image (the ranks share the split)
         self.model.train(was_training)

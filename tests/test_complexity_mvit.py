@@ -44,3 +44,33 @@ def test_mvitv2_t_224_matches_the_paper():
     macs = count_macs(model, mv.zeros(1, 3, 224, 224)).total
     assert params == 24_173_320 and abs(params / 1e6 / entry.params_m - 1) <= 0.01     # 24.17M vs 24M
     assert macs == 4_676_957_952 and abs(macs / 1e9 / entry.gmacs - 1) <= 0.05         # 4.677 vs 4.7 GMACs
+
+
+# ---------------------------------------------------------------- MViT v1 on video (3-D pooling attention)
+@given(T=st.integers(1, 4), H=st.integers(2, 6), W=st.integers(2, 6), d=st.integers(1, 3),
+       heads=st.sampled_from([1, 2]), k=st.sampled_from([[], [3, 3, 3], [1, 3, 3]]),
+       s_q=st.sampled_from([[], [1, 2, 2], [2, 2, 2]]), s_kv=st.sampled_from([[], [1, 2, 2], [1, 1, 1]]),
+       proj_after_attn=st.booleans(), K=st.integers(1, 4))
+@settings(max_examples=20, deadline=None)
+def test_mvit_video_counted_equals_exact(T, H, W, d, heads, k, s_q, s_kv, proj_after_attn, K):
+    """A stem and two blocks (the first widening, the second pooling with the drawn kernel and
+    strides; grids need not divide): counted MACs equal ``mvit_video_exact``, as integers."""
+    from minivit.models.mvit_video import MSBlockConfig, MViT
+    C = heads * d
+    kq = k if s_q else ([3, 3, 3] if k else [])
+    blocks = [MSBlockConfig(heads, C, 2 * C, [], [3, 3, 3], [], [1, 2, 2]),
+              MSBlockConfig(heads, 2 * C, 2 * C, kq, k or [1, 1, 1], s_q, s_kv if k else [])]
+    model = MViT((H, W), T, blocks, proj_after_attn=proj_after_attn, num_classes=K, dropout=0.0,
+                 patch_embed_kernel=(1, 3, 3), patch_embed_stride=(1, 1, 1), patch_embed_padding=(0, 1, 1)).eval()
+    counted = count_macs(model, mv.zeros(1, 3, T, H, W)).total
+    assert counted == formulas.mvit_video_exact((T, H, W), blocks, K, 3 * 9, proj_after_attn=proj_after_attn)
+
+
+def test_mvit_v1_b_formula_is_torchvisions_70_6_gmacs():
+    """MViT-B 16×4 on one 16×224² clip: 70,599,407,808 MACs by the formula, which the counted model
+    matches (test_complexity.py counts it against the paper's row); torchvision's mvit_v1_b weights
+    list 70.599 GFLOPs."""
+    from minivit.models.mvit_video import mvit_v1_block_setting
+    from minivit.models.papers import PAPERS
+    macs = formulas.mvit_video_exact((8, 56, 56), mvit_v1_block_setting(), 400, 3 * 3 * 7 * 7)
+    assert macs == 70_599_407_808 and abs(macs / 1e9 / PAPERS["mvit_v1_b"].gmacs - 1) <= 0.05

@@ -17,6 +17,7 @@ from minivit.layers.conv_projection import ConvProjectionAttention
 from minivit.models.cvt import ConvolutionalVisionTransformer
 from minivit.models.registry import create_model
 from minivit.testing import gradcheck_directional
+from minivit.testing.reference import randomize_
 
 
 def host(a):
@@ -67,21 +68,10 @@ def make_hf(name, dtype):
     from transformers import CvtConfig, CvtForImageClassification
     torch.manual_seed(0)
     hf = CvtForImageClassification(CvtConfig(**HF_CONFIGS[name]["cfg"])).to(dtype)
-    with torch.no_grad():
-        for pname, p in hf.named_parameters():
-            if "cls_token" in pname:
-                p.normal_(0, 1.0)
-            elif p.ndim >= 2:                       # linear / conv weights: std 1/√fan_in
-                p.normal_(0, p[0].numel() ** -0.5)
-            elif pname.endswith("weight"):          # norm scales around 1
-                p.uniform_(0.5, 1.5)
-            else:
-                p.uniform_(-0.5, 0.5)
-        for m in hf.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-                m.num_batches_tracked.fill_(7)
+    randomize_(hf, is_embedding=lambda name: "cls_token" in name, batch_norm_stats=True)
+    for m in hf.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.num_batches_tracked.fill_(7)
     return hf.eval()
 
 

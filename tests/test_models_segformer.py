@@ -16,6 +16,7 @@ from minivit.convert.segformer import hf_key_to_minivit
 from minivit.models.registry import create_model
 from minivit.models.segformer import MixVisionTransformer, Segformer, SegformerHead
 from minivit.testing import gradcheck_directional
+from minivit.testing.reference import randomize_
 
 
 def host(a):
@@ -55,18 +56,7 @@ def make_hf(name, dtype, cls="SegformerForSemanticSegmentation", **overrides):
     import torch
     torch.manual_seed(0)
     hf = getattr(transformers, cls)(transformers.SegformerConfig(**{**HF_CONFIGS[name]["cfg"], **overrides})).to(dtype)
-    with torch.no_grad():
-        for pname, p in hf.named_parameters():
-            if p.ndim >= 2:                         # linear / conv weights: std 1/√fan_in
-                p.normal_(0, p[0].numel() ** -0.5)
-            elif pname.endswith("weight"):          # norm scales around 1
-                p.uniform_(0.5, 1.5)
-            else:
-                p.uniform_(-0.5, 0.5)
-        for m in hf.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
+    randomize_(hf, batch_norm_stats=True)
     return hf.eval()
 
 

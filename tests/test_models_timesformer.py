@@ -15,6 +15,7 @@ from minivit.convert.timesformer import hf_key_to_minivit
 from minivit.layers import DividedSpaceTimeBlock
 from minivit.models import TimeSformer, create_model
 from minivit.testing import gradcheck_directional
+from minivit.testing.reference import assert_grads_close, backward_both, randomize_
 
 
 def host(a):
@@ -38,16 +39,7 @@ def make_hf(attention_type, dtype, **kw):
     torch.manual_seed(0)
     cfg = transformers.TimesformerConfig(**dict(HF_CFG, attention_type=attention_type, **kw))
     hf = transformers.TimesformerForVideoClassification(cfg).to(dtype)
-    with torch.no_grad():
-        for pname, p in hf.named_parameters():
-            if "embeddings" in pname and "patch" not in pname:      # class token, position, time
-                p.normal_(0, 1.0)
-            elif p.ndim >= 2:                                        # linear / conv weights: std 1/√fan_in
-                p.normal_(0, p[0].numel() ** -0.5)
-            elif pname.endswith("weight"):                          # norm scales around 1
-                p.uniform_(0.5, 1.5)
-            else:
-                p.uniform_(-0.5, 0.5)
+    randomize_(hf, is_embedding=lambda name: "embeddings" in name and "patch" not in name)  # class, position, time
     return hf.eval()
 
 
@@ -90,27 +82,10 @@ def test_logits_and_grads_match_transformers_float64(xp, device, attention_type)
     assert next(model.parameters()).dtype == np.float64
     x = hf_input(torch.float64)
 
-    tx = x.clone().requires_grad_(True)
-    ref = hf(pixel_values=tx).logits
-    R = np.random.default_rng(2).standard_normal(tuple(ref.shape))
-    (ref * torch.from_numpy(R)).sum().backward()
-    ref_grads = {k: p.grad.numpy() for k, p in hf.named_parameters()}
-
-    ox = Tensor(xp.asarray(x.numpy()), requires_grad=True)
-    out = our_logits(model, ox)
-    (out * Tensor(xp.asarray(R))).sum().backward()
-    grads = {k: host(p.grad) for k, p in model.named_parameters()}
-
-    np.testing.assert_allclose(host(out), ref.detach().numpy(), rtol=0, atol=1e-10)
-    gx = tx.grad.numpy()
-    np.testing.assert_allclose(host(ox.grad), gx, rtol=0, atol=1e-8 * np.abs(gx).max())
-    assert len(grads) == len(ref_grads)
-    largest = max(np.abs(g).max() for g in ref_grads.values())
-    for hf_name, g in ref_grads.items():
-        scale = np.abs(g).max()
-        assert scale > 1e-6 * largest, f"{hf_name} gets (almost) no gradient: the test could not see an error"
-        np.testing.assert_allclose(grads[hf_key_to_minivit(hf_name)], g, rtol=0, atol=1e-8 * scale,
-                                   err_msg=hf_name)
+    ref, ours = backward_both(hf, model, x, xp=xp, torch_call=lambda m, x: m(pixel_values=x).logits,
+                              twin_call=our_logits)
+    np.testing.assert_allclose(ours["out"], ref["out"], rtol=0, atol=1e-10)
+    assert_grads_close(ref, ours, rtol=1e-8, rename=hf_key_to_minivit)
 
 
 def test_converter_reads_the_architecture_and_names():

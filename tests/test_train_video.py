@@ -1,12 +1,12 @@
-"""`python -m minivit.train --task video`: TimeSformer on the generated motion clips, end to end
-(a tiny run), the clip batches it trains on, and the one-line errors for a task/dataset mismatch."""
+"""`python -m minivit.train --task video`: TimeSformer and MViT on the generated motion clips, end to
+end (tiny runs), the clip batches they train on, and the one-line errors for a task/dataset mismatch."""
 import json
 
 import numpy as np
 import pytest
 
 from minivit import data
-from minivit.train import main, run
+from minivit.train import main, model_input, run
 
 
 def test_video_run_trains_and_records_the_task(tmp_path):
@@ -22,6 +22,21 @@ def test_video_run_trains_and_records_the_task(tmp_path):
     assert (cfg["task"], cfg["dataset"], cfg["num_classes"], cfg["n_train"], cfg["n_test"]) == \
         ("video", "motion", 2, 32, 16)
     assert (out / "last.ckpt").exists()
+
+
+def test_mvit_gets_the_clips_channels_first(tmp_path):
+    """mvit_v1_tiny takes torchvision's (B, C, T, H, W): the trainer permutes the loader's
+    (B, T, C, H, W) clips for it (``clip_layout``), and leaves TimeSformer's as they are."""
+    from minivit.models import create_model
+    x = np.arange(2 * 8 * 3 * 4 * 4, dtype=np.float32).reshape(2, 8, 3, 4, 4)
+    np.testing.assert_array_equal(model_input(x, "fp32", create_model("mvit_v1_tiny")), x.transpose(0, 2, 1, 3, 4))
+    assert model_input(x, "fp64", create_model("timesformer_tiny", depth=1)).shape == x.shape
+    summary = run(["--task", "video", "--dataset", "motion", "--model", "mvit_v1_tiny", "--subset", "32",
+                   "--test-subset", "16", "--batch-size", "16", "--epochs", "1", "--device", "cpu",
+                   "--out-dir", str(tmp_path / "run"), "--no-progress"], log=lambda *a: None)
+    assert summary["status"] == "done" and np.isfinite(summary["metrics"][0]["train_loss"])
+    with pytest.raises(SystemExit):           # a video model on images: the one-line error names it
+        main(["--model", "mvit_v1_tiny", "--dataset", "synthetic", "--epochs", "1", "--subset", "64"])
 
 
 def test_clip_batches_are_normalised_and_not_augmented():

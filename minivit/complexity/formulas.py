@@ -6,6 +6,8 @@ minivit's layer, as an integer; the shorthand functions are the papers' own.
 """
 from __future__ import annotations
 
+from math import prod
+
 
 def msa(h: int, w: int, C: int) -> int:
     """Swin eq. (1): Ω(MSA) = 4hwC² + 2(hw)²C.
@@ -292,3 +294,45 @@ def timesformer_exact(N: int, T: int, C: int, depth: int, hidden: int, patch_in:
         raise ValueError(f"timesformer_exact: attention_type must be 'divided_space_time', 'joint_space_time' "
                          f"or 'space_only', got {attention_type!r}")
     return N * T * C * patch_in + depth * (attn + 2 * tokens * C * hidden) + C * num_classes
+
+
+def mvit_video_exact(thw, block_setting, num_classes: int, patch_in: int, proj_after_attn: bool = False) -> int:
+    """A whole minivit :class:`~minivit.models.mvit_video.MViT` (MViT v1 on video) on one clip whose
+    stem grid is ``thw`` = (T, H, W) (``patch_in`` = C_in·Πkernel of the Conv3d stem), block by
+    block from torchvision's ``block_setting`` (heads, C → C_out, kernel and stride of the q and kv
+    poolings; ``[]`` = none). With N = 1 + THW tokens coming in, C' the attention's width (C_out if
+    ``proj_after_attn`` else C) and N_q = 1 + Π grid_q, N_kv = 1 + Π grid_kv after pooling:
+
+        qkv                      N·C·3C'
+        depth-wise pool convs    (Π grid_q·Πk_q + 2·Π grid_kv·Πk_kv)·C'   (one filter per head channel)
+        QKᵀ and AV               2·N_q·N_kv·C'
+        project                  N_q·C'²
+        MLP                      N_q·(C'·4C' + 4C'·C_out)
+        shortcut project         N·C·C_out (after the attention) or N_q·C·C_out (v1: on LN(x) before
+                                 the MLP), where C_out ≠ C
+        stem, head               THW·C₀·patch_in, C_last·num_classes
+
+    grid' = ⌊(n + 2⌊k/2⌋ − k)/s⌋ + 1 per axis. Max-pooling the shortcut costs no MACs. Heads do not
+    enter: they split C' (the pool convs are shared by the heads, h·d = C')."""
+    def pooled(grid, kernel, stride):
+        if prod(kernel) <= 1 and prod(stride) <= 1:
+            return tuple(grid), 0
+        kernel, stride = tuple(kernel) or (1,) * len(grid), tuple(stride) or (1,) * len(grid)
+        out = tuple((n + 2 * (k // 2) - k) // s + 1 for n, k, s in zip(grid, kernel, stride))
+        return out, prod(out) * prod(kernel)
+
+    grid = tuple(thw)
+    total = prod(grid) * block_setting[0].input_channels * patch_in
+    for b in block_setting:
+        C, C_out = b.input_channels, b.output_channels
+        Ca = C_out if proj_after_attn else C
+        n = 1 + prod(grid)
+        q_grid, q_conv = pooled(grid, b.kernel_q, b.stride_q)
+        kv_grid, kv_conv = pooled(grid, b.kernel_kv, b.stride_kv)
+        nq, nkv = 1 + prod(q_grid), 1 + prod(kv_grid)
+        total += n * C * 3 * Ca + (q_conv + 2 * kv_conv) * Ca + 2 * nq * nkv * Ca + nq * Ca * Ca
+        total += nq * (Ca * 4 * Ca + 4 * Ca * C_out)
+        if C != C_out:
+            total += (n if proj_after_attn else nq) * C * C_out
+        grid = q_grid
+    return total + block_setting[-1].output_channels * num_classes

@@ -1,11 +1,12 @@
-"""Weights between minivit and timm / Hugging Face transformers.
+"""Weights between minivit and timm / torchvision / Hugging Face transformers / MONAI.
 
 minivit's models use timm's parameter names and shapes, so moving weights is
 ``model.load_state_dict(torch_model.state_dict())``; what needs code is reading
 a reference model's *configuration* to build the matching minivit model (MONAI's UNETR:
 ``from_monai``, convert/monai.py, with MONAI's names). That
 lives in one small module per architecture (``convert/<arch>.py``, a function
-``build_from_timm(torch_model)``; for Hugging Face transformers, ``from_transformers(hf_model)``,
+``build_from_timm(torch_model)``; for torchvision, ``build_from_torchvision(torch_model)``, dispatched
+by :func:`from_torchvision`; for Hugging Face transformers, ``from_transformers(hf_model)``,
 dispatched on the class by :func:`from_transformers`). No module here imports torch: the torch
 model is only read through its attributes and ``state_dict()``.
 """
@@ -43,13 +44,7 @@ def from_timm(torch_model, dtype=None):
     if name not in _TIMM:
         raise ValueError(f"from_timm: no converter for timm's {name}; supported: {', '.join(sorted(_TIMM))}")
     module = importlib.import_module(f"minivit.convert.{_TIMM[name]}")
-    model = module.build_from_timm(torch_model)
-    state = torch_state_dict(torch_model)
-    if dtype is None:
-        dtype = next(iter(v.dtype for v in state.values() if v.dtype.kind == "f"), np.float32)
-    model.to(dtype=dtype)
-    model.load_state_dict(state)
-    return model.eval()
+    return _load(module.build_from_timm(torch_model), torch_model, dtype).eval()
 
 
 # Hugging Face transformers class name → minivit.convert module with from_transformers(hf_model, dtype)
@@ -73,17 +68,39 @@ def from_transformers(hf_model, dtype=None):
     return module.from_transformers(hf_model, dtype=dtype)
 
 
-def from_monai(monai_model, dtype=None):
-    """The minivit twin of a MONAI model (``monai.networks.nets.UNETR``): same configuration, same
-    weights and buffers, in the MONAI model's train/eval mode; dtype defaults to the MONAI model's."""
-    from minivit.convert import monai
-    model = monai.build_from_monai(monai_model)
-    state = torch_state_dict(monai_model)
+# torchvision class name → minivit.convert module with build_from_torchvision(torch_model)
+_TORCHVISION = {
+    "MViT": "mvit_video",
+}
+
+
+def from_torchvision(torch_model, dtype=None):
+    """The minivit twin of a torchvision model (``torchvision.models.video.MViT``, v1 configurations):
+    same configuration, same weights (torchvision's names), in eval mode; dtype defaults to the
+    torch model's own (float32 or float64)."""
+    name = type(torch_model).__name__
+    if name not in _TORCHVISION:
+        raise ValueError(f"from_torchvision: no converter for torchvision's {name}; supported: "
+                         f"{', '.join(sorted(_TORCHVISION))}")
+    module = importlib.import_module(f"minivit.convert.{_TORCHVISION[name]}")
+    return _load(module.build_from_torchvision(torch_model), torch_model, dtype).eval()
+
+
+def _load(model, torch_model, dtype):
+    """``model`` in ``dtype`` (default: the torch model's) with ``torch_model``'s state_dict loaded."""
+    state = torch_state_dict(torch_model)
     if dtype is None:
         dtype = next(iter(v.dtype for v in state.values() if v.dtype.kind == "f"), np.float32)
     model.to(dtype=dtype)
     model.load_state_dict(state)
-    return model.train(monai_model.training)
+    return model
+
+
+def from_monai(monai_model, dtype=None):
+    """The minivit twin of a MONAI model (``monai.networks.nets.UNETR``): same configuration, same
+    weights and buffers, in the MONAI model's train/eval mode; dtype defaults to the MONAI model's."""
+    from minivit.convert import monai
+    return _load(monai.build_from_monai(monai_model), monai_model, dtype).train(monai_model.training)
 
 
 def cvt_from_transformers(hf_model, dtype=None):

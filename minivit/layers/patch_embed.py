@@ -44,6 +44,32 @@ def check_image(x, img_size, in_chans: int, who: str):
                          f"with img_size={tuple(x.shape[2:])}")
 
 
+def check_clip(x, num_frames: int, img_size, in_chans: int, who: str, layout: str = "BTCHW",
+               names=("num_frames", "img_size")):
+    """A clear error for a clip batch of the wrong rank, channels, frame count or frame size.
+
+    ``layout``: 'BTCHW' (TimeSformer, as Hugging Face) or 'BCTHW' (torchvision's video models);
+    ``names``: the model's own arguments for the frame count and the frame size, which the
+    messages quote."""
+    shape, axes = tuple(x.shape), ", ".join(layout)
+    if x.ndim != 5:
+        raise ValueError(f"{who}: expected a clip batch ({axes}), got shape {shape}; an image batch (B, C, H, W) "
+                         f"needs a frame axis: x.unsqueeze({layout.index('T')}) for T = 1")
+    dims = dict(zip(layout, shape))
+    T, C, H, W = dims["T"], dims["C"], dims["H"], dims["W"]
+    if C != in_chans:
+        raise ValueError(f"{who}: expected {in_chans} input channels, got {C} (input shape {shape}, read as "
+                         f"({axes}); a clip in the other layout needs x.permute(0, 2, 1, 3, 4))")
+    frames, size = names
+    if T != num_frames:
+        raise ValueError(f"{who}: the clip has {T} frames but the model was built for {frames}={num_frames} (its "
+                         f"time embedding is sized for them); sample {num_frames} frames or build the model "
+                         f"with {frames}={T}")
+    if (H, W) != tuple(img_size):
+        raise ValueError(f"{who}: frames are {H}×{W} but the model was built for {size}={img_size[0]}×"
+                         f"{img_size[1]}; resize the frames or build the model with {size}={(H, W)}")
+
+
 class PatchEmbed(nn.Module):
     """Non-overlapping patches → tokens: (B, C, H, W) → (B, N, D) with N = (H/P)(W/P).
 

@@ -67,6 +67,31 @@ def pooled_size(n: int, kernel: int, stride: int) -> int:
     return (n + 2 * (kernel // 2) - kernel) // stride + 1
 
 
+def pool_grid_tokens(t, pool, grid, n_prefix: int = 0):
+    """Pool the grid tokens of a sequence on their grid; the prefix (class) tokens pass.
+
+    ``t`` (…, n_prefix + Π grid, d), the grid (H, W) or (T, H, W) in row-major token order;
+    ``pool`` maps (b, d, *grid) → (b, d, *grid'), a pooling or depth-wise conv of any number of
+    dims. Every leading axis (batch, heads) is folded into b. Returns ((…, n_prefix + Π grid', d),
+    grid'). MViT v1/v2's pooling of q, k, v and of the block shortcut, in 2-D and 3-D.
+    """
+    *lead, N, d = t.shape
+    n = int(np.prod(grid))
+    if N != n_prefix + n:
+        raise ValueError(f"pool_grid_tokens: {N} tokens do not make {n_prefix} prefix tokens and a "
+                         f"{'×'.join(map(str, grid))} grid")
+    if n_prefix:
+        prefix, t = t.split([n_prefix, n], dim=-2)                  # (…, n_prefix, d), (…, Π grid, d)
+    b = int(np.prod(lead))
+    t = t.transpose(-2, -1).reshape(b, d, *grid)                    # (b, d, *grid)
+    t = pool(t)                                                     # (b, d, *grid')
+    grid = tuple(t.shape[2:])
+    t = t.reshape(*lead, d, int(np.prod(grid))).transpose(-2, -1)   # (…, Π grid', d)
+    if n_prefix:
+        t = F.cat([prefix, t], dim=-2)                              # (…, n_prefix + Π grid', d)
+    return t, grid
+
+
 def rel_pos_index(q_n: int, k_n: int):
     """(q_n, k_n) integer offsets into a rel-pos table of 2·max(q_n, k_n) − 1 rows.
 
@@ -154,22 +179,11 @@ class MultiScaleAttention(nn.Module):
 
     def _pool_tokens(self, t, pool, norm, hw):
         """Pool one of q, k, v: (B, h, [1 +] H·W, d) → ((B, h, [1 +] H'·W', d), (H', W'))."""
-        if pool is None:
-            return (norm(t) if norm is not None else t), tuple(hw)
-        B, h, _, d = t.shape
-        H, W = hw
-        n_cls = 1 if self.has_cls_token else 0
-        if n_cls:
-            cls, t = t.split([1, H * W], dim=2)                    # (B, h, 1, d), (B, h, HW, d)
-        t = t.reshape(B * h, H, W, d).permute(0, 3, 1, 2)          # heads into the batch: (B·h, d, H, W)
-        t = pool(t)                                                # (B·h, d, H', W')
-        Hp, Wp = t.shape[-2:]
-        t = t.reshape(B, h, d, Hp * Wp).transpose(2, 3)            # (B, h, H'W', d)
-        if n_cls:
-            t = F.cat([cls, t], dim=2)                             # (B, h, 1 + H'W', d)
+        if pool is not None:                                       # heads folded into the batch
+            t, hw = pool_grid_tokens(t, pool, tuple(hw), 1 if self.has_cls_token else 0)   # (B, h, [1 +] H'W', d)
         if norm is not None:
             t = norm(t)                                            # LayerNorm over d
-        return t, (Hp, Wp)
+        return t, tuple(hw)
 
     def rel_pos_bias(self, q, q_size, k_size):
         """E_rel for the grid tokens: (B, h, N_q, N_kv) logits, zero in the class token's row and column.

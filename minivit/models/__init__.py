@@ -21,6 +21,7 @@ from minivit.models.mvitv2 import MultiScaleVit  # noqa: F401
 from minivit.models.xcit import Xcit  # noqa: F401
 from minivit.models.segformer import MixVisionTransformer, Segformer  # noqa: F401
 from minivit.models.timesformer import TimeSformer  # noqa: F401
+from minivit.models.mvit_video import MViT  # noqa: F401  (MViT v1 on video, torchvision's)
 from minivit.models.resnet import ResNet  # noqa: F401  (the CNN teacher for DeiT distillation)
 from minivit.models.fpn import SemanticFPN  # noqa: F401  (Semantic FPN segmentation over the pyramids)
 from minivit.models.unetr import UNETR  # noqa: F401

@@ -54,7 +54,7 @@ import minivit.functional as F
 from minivit import nn
 from minivit.layers.mlp import Mlp
 from minivit.layers.patch_embed import check_image, to_2tuple
-from minivit.layers.pooling_attention import MultiScaleAttention, WindowPool, pooled_size
+from minivit.layers.pooling_attention import MultiScaleAttention, WindowPool, pool_grid_tokens, pooled_size
 from minivit.models.features import check_output_fmt, feature_take_indices
 from minivit.models.registry import register_model
 
@@ -163,13 +163,7 @@ class MultiScaleBlock(nn.Module):
         """Max-pool the grid tokens of the shortcut (the class token passes): (B, [1 +] H·W, C) → pooled."""
         if self.shortcut_pool_attn is None:
             return x
-        H, W = feat_size
-        if self.has_cls_token:
-            cls, x = x.split([1, H * W], dim=1)                        # (B, 1, C), (B, HW, C)
-        B, _, C = x.shape
-        x = x.transpose(1, 2).reshape(B, C, H, W)
-        x = self.shortcut_pool_attn(x).flatten(2).transpose(1, 2)      # (B, H'W', C)
-        return F.cat([cls, x], dim=1) if self.has_cls_token else x
+        return pool_grid_tokens(x, self.shortcut_pool_attn, tuple(feat_size), 1 if self.has_cls_token else 0)[0]
 
     def forward(self, x, feat_size):
         x_norm = self.norm1(x)

@@ -1,5 +1,5 @@
 """The papers' own numbers for the 224×224 ImageNet configurations (and SegFormer's encoders,
-TimeSformer's 8×224² clips).
+TimeSformer's 8×224² clips, MViT-B's 16×224² clips).
 
 Parameters in millions and FLOPs in GMACs (multiply-accumulates, the papers'
 convention), as printed in each paper's main table. Where the paper's table
@@ -19,7 +19,8 @@ class PaperEntry:
     gmacs: float | None        # GFLOPs (GMACs), as printed; None where the paper prints none (note says so)
     released_params_m: float | None = None   # the authors' released model, where it differs
     note: str = ""
-    input_shape: tuple = (3, 224, 224)       # one input, without the batch: (C, H, W), or (T, C, H, W) for video
+    input_shape: tuple = (3, 224, 224)       # one input, without the batch: (C, H, W); video: (T, C, H, W)
+    #                                          for TimeSformer, (C, T, H, W) for MViT (each model's layout)
 
 
 PAPERS = {
@@ -105,4 +106,9 @@ PAPERS = {
         "TimeSformer (8×224²)", "TimeSformer Tables 1, 3", 121.4, 196.0, input_shape=(8, 3, 224, 224),
         note="divided space-time attention on 8 frames; the paper prints 0.59 TFLOPs for 3 views (Table 3): "
              "196 GMACs per view, the figure counted here on one clip"),
+    "mvit_v1_b": PaperEntry(
+        "MViT-B 16×4", "MViT, Kinetics-400 table", 36.6, 70.6, input_shape=(3, 16, 224, 224),
+        note="16 frames of 224² (input (C, T, H, W), torchvision's layout); GFLOPs are per view, as "
+             "torchvision's mvit_v1_b weights list them (70.599); the paper's Kinetics table multiplies "
+             "by its 1×5 views. 36,610,672 parameters, torchvision's model key by key"),
 }

@@ -39,7 +39,7 @@ import minivit.functional as F
 from minivit import nn
 from minivit.layers.block import Block
 from minivit.layers.divided_space_time import DividedSpaceTimeBlock
-from minivit.layers.patch_embed import PatchEmbed, to_2tuple
+from minivit.layers.patch_embed import PatchEmbed, check_clip, to_2tuple
 from minivit.models.registry import register_model
 
 ATTENTION_TYPES = ("divided_space_time", "space_only", "joint_space_time")
@@ -125,22 +125,7 @@ class TimeSformer(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def _check_clip(self, x):
-        name = type(self).__name__
-        if x.ndim != 5:
-            raise ValueError(f"{name}: expected a clip batch (B, T, C, H, W), got shape {tuple(x.shape)}; "
-                             f"an image batch (B, C, H, W) needs a frame axis: x.unsqueeze(1) for T = 1")
-        B, T, C, H, W = x.shape
-        if T != self.num_frames:
-            raise ValueError(f"{name}: the clip has {T} frames but the model was built for num_frames="
-                             f"{self.num_frames} (one time embedding per frame); sample {self.num_frames} "
-                             f"frames or build the model with num_frames={T}")
-        if C != self.in_chans:
-            raise ValueError(f"{name}: expected {self.in_chans} input channels, got {C} (input shape {tuple(x.shape)}, "
-                             f"read as (B, T, C, H, W))")
-        if (H, W) != self.img_size:
-            raise ValueError(f"{name}: frames are {H}×{W} but the model was built for img_size="
-                             f"{self.img_size[0]}×{self.img_size[1]}; resize the frames or build the model "
-                             f"with img_size={(H, W)}")
+        check_clip(x, self.num_frames, self.img_size, self.in_chans, type(self).__name__)
 
     def forward_tokens(self, x):
         """Clip (B, T, C, H, W) → the tokens after the last block, before any pooling or norm:
