@@ -113,8 +113,9 @@ def ship_run(run_dir, weights_dir=None, name: str | None = None) -> dict:
     """Make a training run's final weights a shipped model: ``<weights_dir>/<model>.safetensors``
     (float16) and the ``<model>.json`` record beside it, whose ``test_accuracy_1000`` is measured
     here on the float16 weights, on the first 1,000 CIFAR-10 test images (what the package's test
-    re-measures; a segmentation run on ``shapes``: ``test_miou_1000``, on its 1,000 test scenes). The run must use the model's default configuration (``pretrained=True`` builds
-    the model by name). Returns the record."""
+    re-measures; for a segmentation run on ``shapes``, ``test_miou_1000`` on its 1,000 test scenes).
+    The run must use the model's default configuration (``pretrained=True`` builds the model by
+    name, with the record's ``num_classes``). Returns the record."""
     import time
 
     from minivit.train import CheckpointError, load_checkpoint, load_model_from_checkpoint
@@ -153,7 +154,7 @@ def ship_run(run_dir, weights_dir=None, name: str | None = None) -> dict:
         "train_time_s": round(sum(m["train_time_s"] for m in metrics), 1),
     }
     if segmentation:
-        record["task"] = "segmentation"
+        record["task"] = "segmentation"                           # (score_shipped reads it)
         record.update({"final_test_miou": metrics[-1]["test_miou"],
                        "final_test_pixel_acc": metrics[-1]["test_pixel_acc"], "n_test": cfg["n_test"],
                        "test_miou_1000": score_shipped(model, record),
