@@ -10,7 +10,9 @@ run directory (the checkpoint's folder).
 
 A segmentation run (``--task segmentation``) prints mIoU, pixel accuracy and each class's IoU
 (``minivit.metrics``' convention) and saves ``masks.png`` there instead: the first ``--num-masks``
-test images, their true masks and the predicted masks side by side.
+test images, their true masks and the predicted masks side by side. A run on volumes
+(``--dataset volumes``) prints also the mean Dice per class beside the brightness rule's, and its
+``masks.png`` shows one slice of each volume: the one with the most object voxels.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from minivit import backend, cli, data
+from minivit.losses import mean_dice
 from minivit.plotting import confusion_matrix, plot_confusion, plot_masks
 from minivit.train import CheckpointError, evaluate, evaluate_segmentation, load_model_from_checkpoint
 
@@ -35,10 +38,12 @@ def evaluate_checkpoint(path, *, device=None, data_dir=None, test_subset=None, b
     model, ckpt = load_model_from_checkpoint(path, device)
     cfg = ckpt["config"]
     ds = data.load_dataset(cfg["dataset"], data_dir if data_dir is not None else cfg.get("data_dir"),
-                           test_subset=test_subset, verbose=True, need_train=False)
+                           test_subset=test_subset, verbose=True, need_train=False,
+                           volume_size=cfg.get("volume_size") or 32)
     if ds.num_classes != cfg["num_classes"]:
         raise ValueError(f"the model has {cfg['num_classes']} classes but the dataset has {ds.num_classes}")
-    loader = data.DeviceLoader(ds.test, device, batch_size)
+    mean, std = data.normalization(cfg["dataset"])
+    loader = data.DeviceLoader(ds.test, device, batch_size, mean=mean, std=std)
     # A run trained with --precision fp16 is evaluated under autocast on the GPU, as the trainer
     # did (the same numbers as its metrics.jsonl); on the CPU in fp32 (no float16 BLAS there).
     precision = cfg.get("precision", "fp32") if device == "cuda" else "fp32"
@@ -74,14 +79,21 @@ def _evaluate_segmentation(model, ckpt, ds, loader, precision, figure, log, prog
     """A segmentation run: mIoU, pixel accuracy, per-class IoU, and the figure of masks."""
     cfg = ckpt["config"]
     ignore = ds.test.ignore_index
+    volumes = cfg["dataset"] in data.VOLUME_DATASETS
     ev = evaluate_segmentation(model, loader, ds.num_classes, precision, ignore_index=ignore, progress=progress,
-                               desc=f"evaluating {cfg['model']}")
+                               desc=f"evaluating {cfg['model']}", dice=volumes)
     ckpt_path = Path(ckpt["path"])
     figure = Path(figure) if figure else ckpt_path.parent / "masks.png"
     k = max(1, min(num_masks, len(ds.test)))
-    plot_masks(ds.test.images[:k], ds.test.labels[:k], ev["preds"][:k], ds.classes, figure, ignore_index=ignore,
-               title=f"{cfg['model']} ({ckpt_path.name}, epoch {ckpt['epoch']}): mIoU {ev['miou']:.2%} on "
-                     f"{cfg['dataset']}")
+    images, labels, preds = ds.test.images[:k], ds.test.labels[:k], ev["preds"][:k]
+    score = f"mIoU {ev['miou']:.2%}"
+    if volumes:              # one slice a volume: the one with the most object voxels, the input grey
+        z = (labels > 0).sum(axis=(2, 3)).argmax(axis=1)
+        rows = np.arange(k)
+        images, labels, preds = np.repeat(images[rows, :, z], 3, axis=1), labels[rows, z], preds[rows, z]
+        score = f"mean Dice {ev['mean_dice']:.3f} (slices {', '.join(map(str, z))} along D)"
+    plot_masks(images, labels, preds, ds.classes, figure, ignore_index=ignore,
+               title=f"{cfg['model']} ({ckpt_path.name}, epoch {ckpt['epoch']}): {score} on {cfg['dataset']}")
     log(f"{ckpt_path}: {cfg['model']}, epoch {ckpt['epoch']}, {cfg['dataset']} test split "
         f"({len(ds.test)} images from {ds.source})")
     log(f"test mIoU {ev['miou']:.2%}   pixel accuracy {ev['pixel_acc']:.2%}   test loss {ev['loss']:.4f}")
@@ -89,10 +101,18 @@ def _evaluate_segmentation(model, ckpt, ds, loader, precision, figure, log, prog
     pixels = ev["confusion"].sum(axis=1)
     for c, iou, n in zip(ds.classes, ev["iou"], pixels):
         log(f"  {c:<{width}}  IoU {iou:7.2%}  ({n} pixels)")
+    out = {"checkpoint": str(ckpt_path), "task": "segmentation", "miou": ev["miou"], "pixel_acc": ev["pixel_acc"],
+           "loss": ev["loss"], "per_class_iou": dict(zip(ds.classes, ev["iou"].tolist())),
+           "confusion": ev["confusion"].tolist(), "figure": str(figure)}
+    if volumes:
+        rule, rule_per_class = mean_dice(data.brightness_rule(ds.test.images), ds.test.labels, ds.num_classes)
+        log(f"test mean Dice {ev['mean_dice']:.3f}   the brightness rule's {rule:.3f}")
+        for c, d, r in zip(ds.classes[1:], ev["dice_per_class"], rule_per_class):
+            log(f"  {c:<{width}}  Dice {d:.3f}  (brightness rule {r:.3f})")
+        out.update(mean_dice=ev["mean_dice"], per_class_dice=dict(zip(ds.classes[1:], ev["dice_per_class"].tolist())),
+                   brightness_rule_dice=rule)
     log(f"masks (image, true, predicted) saved to {figure}")
-    return {"checkpoint": str(ckpt_path), "task": "segmentation", "miou": ev["miou"], "pixel_acc": ev["pixel_acc"],
-            "loss": ev["loss"], "per_class_iou": dict(zip(ds.classes, ev["iou"].tolist())),
-            "confusion": ev["confusion"].tolist(), "figure": str(figure)}
+    return out
 
 
 def main(argv=None) -> dict:

@@ -295,40 +295,72 @@ def merge_heads(outputs):
 
 
 # =========================================================================== segmentation
+def _check_logits(logits):
+    if logits.ndim not in (4, 5):
+        raise ValueError(f"segmentation logits must be (B, K, h, w) or (B, K, d, h, w), got shape "
+                         f"{tuple(logits.shape)}: is this a classification model? (--task segmentation needs "
+                         f"a per-pixel model)")
+
+
 def upsample_logits(logits, size):
     """Per-pixel logits (B, K, h, w) → (B, K, H, W), bilinear (align_corners=False): a decoder's
     coarse map (SegFormer's and Semantic FPN's are at 1/4 of the input) brought to the label size,
-    as SegFormer's and mmsegmentation's training does before the loss."""
-    if logits.ndim != 4:
-        raise ValueError(f"segmentation logits must be (B, K, h, w), got shape {tuple(logits.shape)}: "
-                         f"is this a classification model? (--task segmentation needs a per-pixel model)")
+    as SegFormer's and mmsegmentation's training does before the loss. Per-voxel logits
+    (B, K, d, h, w) of a volume model likewise, trilinear."""
+    _check_logits(logits)
     if tuple(logits.shape[2:]) == tuple(size):
         return logits
-    return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
+    mode = "bilinear" if logits.ndim == 4 else "trilinear"
+    return F.interpolate(logits, size=tuple(size), mode=mode, align_corners=False)
 
 
 def segmentation_cross_entropy(logits, target, ignore_index: int = 255, label_smoothing: float = 0.0):
     """Per-pixel cross-entropy: logits (B, K, h, w) upsampled bilinearly to the masks' (H, W), then
     ``F.cross_entropy`` over every pixel whose label is not ``ignore_index``, averaged over those
-    pixels (``torch.nn.functional.cross_entropy(up, target, ignore_index=...)``'s mean)."""
-    if target.ndim != 3:
-        raise ValueError(f"segmentation target must be (B, H, W) class masks, got shape {tuple(target.shape)}")
+    pixels (``torch.nn.functional.cross_entropy(up, target, ignore_index=...)``'s mean). Volumes:
+    logits (B, K, d, h, w) and masks (B, D, H, W)."""
+    _check_logits(logits)
+    if target.ndim != logits.ndim - 1:
+        raise ValueError(f"segmentation target must be (B, H, W) class masks (or (B, D, H, W) for volumes) "
+                         f"to go with logits {tuple(logits.shape)}, got shape {tuple(target.shape)}")
     up = upsample_logits(logits, target.shape[1:])                        # (B, K, H, W)
     return F.cross_entropy(up, target, ignore_index=ignore_index, label_smoothing=label_smoothing)
 
 
+def segmentation_dice_loss(logits, target, ignore_index: int = 255):
+    """The soft Dice loss (``DiceLoss(softmax=True, to_onehot_y=True)``) of per-pixel logits upsampled
+    to the masks' size, every pixel labelled ``ignore_index`` left out of both the probabilities and
+    the one-hot truth (where none is, it is MONAI's ``DiceLoss`` exactly)."""
+    up = upsample_logits(logits, target.shape[1:])                        # (B, K, *S)
+    xp = get_array_module(up.data)
+    valid = xp.asarray(target) != ignore_index                            # (B, *S)
+    onehot = _one_hot_target(xp.where(valid, target, 0), up.shape[1], up.dtype, "segmentation_dice_loss")
+    keep = valid[:, None].astype(up.dtype)                                # (B, 1, *S)
+    return dice_loss(F.softmax(up, dim=1) * Tensor(keep), onehot * keep)
+
+
+SEGMENTATION_LOSSES = ("ce", "dice_ce")     # --loss: cross-entropy, or Dice + it (UNETR's; MONAI's DiceCELoss)
+
+
 class SegmentationLoss:
     """The trainer's criterion for ``--task segmentation``: ``criterion(inputs, outputs, target)``,
-    the same call as :class:`DistillationLoss`."""
+    the same call as :class:`DistillationLoss`. ``loss="dice_ce"``: the soft Dice loss plus the
+    cross-entropy, summed with weight 1 each (UNETR's training loss, MONAI's ``DiceCELoss``)."""
 
-    def __init__(self, ignore_index: int = 255, label_smoothing: float = 0.0):
-        self.ignore_index, self.label_smoothing = ignore_index, label_smoothing
+    def __init__(self, ignore_index: int = 255, label_smoothing: float = 0.0, loss: str = "ce"):
+        if loss not in SEGMENTATION_LOSSES:
+            raise ValueError(f"SegmentationLoss: loss must be one of {SEGMENTATION_LOSSES}, got {loss!r}")
+        self.ignore_index, self.label_smoothing, self.loss = ignore_index, label_smoothing, loss
 
     def __call__(self, inputs, outputs, target):
-        return segmentation_cross_entropy(outputs, target, self.ignore_index, self.label_smoothing)
+        ce = segmentation_cross_entropy(outputs, target, self.ignore_index, self.label_smoothing)
+        if self.loss == "dice_ce":
+            return ce + segmentation_dice_loss(outputs, target, self.ignore_index)
+        return ce
 
 
-__all__ = ["upsample_logits", "segmentation_cross_entropy", "SegmentationLoss",
+__all__ = ["upsample_logits", "segmentation_cross_entropy", "segmentation_dice_loss", "SegmentationLoss",
+           "SEGMENTATION_LOSSES",
            "cross_entropy", "soft_distillation_term", "hard_distillation_term", "soft_distillation_loss",
            "hard_distillation_loss", "distillation_loss", "DistillationLoss", "merge_heads",
            "DISTILLATION_TYPES"]

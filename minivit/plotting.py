@@ -28,16 +28,17 @@ def _save(fig, path):
         fig.savefig(f, format=path.suffix.lstrip(".") or "png", bbox_inches="tight")
 
 
-def plot_curves(metrics: list[dict], path, title: str = "") -> Path:
+def plot_curves(metrics: list[dict], path, title: str = "", baseline=None) -> Path:
     """Train/test loss and accuracy per epoch (from metrics.jsonl records) → a two-panel figure.
 
     Accuracy is drawn in percent, as the console prints it (metrics.jsonl keeps fractions);
-    the epoch axis has whole-epoch ticks only."""
-    _save(curves_figure(metrics, title), path)
+    the epoch axis has whole-epoch ticks only. ``baseline``: (label, fraction), a dashed
+    horizontal line on the accuracy panel (e.g. a rule's mean Dice that the model should beat)."""
+    _save(curves_figure(metrics, title, baseline), path)
     return Path(path)
 
 
-def curves_figure(metrics: list[dict], title: str = ""):
+def curves_figure(metrics: list[dict], title: str = "", baseline=None):
     """The matplotlib Figure that ``plot_curves`` saves."""
     from matplotlib.ticker import MaxNLocator
     epochs = [m["epoch"] for m in metrics]
@@ -46,7 +47,8 @@ def curves_figure(metrics: list[dict], title: str = ""):
     panels = ((ax_loss, "loss", "loss", 1), (ax_acc, "acc", "accuracy (%)", 100))
     if any("test_miou" in m for m in metrics):          # segmentation: test mIoU and pixel accuracy
         panels = panels[:1]
-        for key, label in (("test_miou", "test mIoU"), ("test_pixel_acc", "test pixel accuracy")):
+        for key, label in (("test_miou", "test mIoU"), ("test_pixel_acc", "test pixel accuracy"),
+                           ("test_dice", "test mean Dice")):
             pts = [(m["epoch"], 100 * m[key]) for m in metrics if m.get(key) is not None]
             if pts:
                 ax_acc.plot(*zip(*pts), "s-" if len(pts) < 30 else "-", label=label, ms=3)
@@ -68,6 +70,9 @@ def curves_figure(metrics: list[dict], title: str = ""):
         ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)   # one epoch alone still gets a whole tick
         ax.grid(alpha=0.3)
         ax.legend()
+    if baseline is not None:
+        ax_acc.axhline(100 * baseline[1], color="grey", ls="--", lw=1, label=baseline[0])
+        ax_acc.legend()
     ax_acc.set_ylim(0, 100)
     if title:
         fig.suptitle(title)

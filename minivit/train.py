@@ -9,6 +9,7 @@
     python -m minivit.train --resume runs/pvt_tiny-20250101-120000
     python -m minivit.evaluate runs/pvt_tiny-20250101-120000
     python -m minivit.train --task segmentation --model fpn_pvt_v2_tiny --dataset shapes --epochs 5
+    python -m minivit.train --task segmentation --model unetr_tiny --dataset volumes --epochs 5 --batch-size 4
     mpiexec -n 2 python -m minivit.train --distributed --model vit_tiny --epochs 3 --subset 10000
 
 A run directory holds:
@@ -18,9 +19,10 @@ A run directory holds:
                     lr, epoch_time_s, images_per_s, ... (accuracies as fractions in [0, 1]);
                     with --precision fp16 also loss_scale and skipped_steps (inf/NaN gradients);
                     with --task segmentation: train_loss, test_loss (per non-ignored pixel),
-                    test_miou, test_pixel_acc instead of the accuracies
+                    test_miou, test_pixel_acc instead of the accuracies; on --dataset volumes
+                    also test_dice (mean Dice of the object classes) and test_dice_per_class
     last.ckpt       the state after the last epoch (or the step where Ctrl-C stopped it)
-    best.ckpt       the state with the best test accuracy (segmentation: mIoU) so far
+    best.ckpt       the state with the best test accuracy (segmentation: mIoU; volumes: mean Dice) so far
     curves.png      loss and accuracy curves (written at the end)
 
 A checkpoint holds the model, optimiser, schedule, loss scaler and RNG states, the epoch and
@@ -58,7 +60,8 @@ from minivit import distributed as dist
 from minivit.autograd import Tensor, no_grad
 from minivit.data.io import atomic_write, safe_load_pickle
 from minivit.models.registry import parse_model_kwargs
-from minivit.losses import DISTILLATION_TYPES, DistillationLoss, SegmentationLoss, merge_heads, upsample_logits
+from minivit.losses import (DISTILLATION_TYPES, SEGMENTATION_LOSSES, DistillationLoss, SegmentationLoss, dice_per_class,
+                            mean_dice, merge_heads, upsample_logits)
 from minivit.metrics import mean_iou, pixel_accuracy, segmentation_confusion
 
 CHECKPOINT_FORMAT = "minivit-checkpoint"
@@ -265,11 +268,16 @@ def read_on_host(*arrays):
 
 
 def evaluate_segmentation(model, loader, num_classes: int, precision: str = "fp32", *, ignore_index: int = 255,
-                          progress: bool = False, log=None, desc: str = "test") -> dict:
+                          progress: bool = False, log=None, desc: str = "test", dice: bool = False) -> dict:
     """Per-pixel loss, mIoU and pixel accuracy over a whole split (``minivit.metrics``' convention:
     one confusion matrix over every non-ignored pixel of the split). The logits are upsampled
     bilinearly to the masks' size, as in training; ``loss`` is the mean over non-ignored pixels.
-    Returns also the confusion matrix, per-class IoU, and the predicted masks (N, H, W) uint8."""
+    Returns also the confusion matrix, per-class IoU, and the predicted masks (N, H, W) uint8
+    ((N, D, H, W) for volumes).
+
+    ``dice=True`` (volumes, which have no ignored voxels): also the hard Dice of each object class
+    averaged over the volumes that hold it, ``dice_per_class`` (K − 1,) (NaN for a class no volume
+    holds), and ``mean_dice``, their mean: ``minivit.losses.mean_dice``'s numbers."""
     from tqdm import tqdm
     from minivit.metrics import iou_per_class
     was_training = model.training
@@ -278,6 +286,7 @@ def evaluate_segmentation(model, loader, num_classes: int, precision: str = "fp3
     loss_sum = xp.zeros((), dtype=np.float64)
     n_valid = xp.zeros((), dtype=np.int64)
     cm = xp.zeros((num_classes, num_classes), dtype=np.int64)
+    dice_sum, dice_n = np.zeros(num_classes - 1), np.zeros(num_classes - 1)    # per object class, on the host
     preds = []
     n_batches, seen = len(loader), 0
     every = -(-n_batches // 4)
@@ -291,6 +300,9 @@ def evaluate_segmentation(model, loader, num_classes: int, precision: str = "fp3
             n_valid += (masks != ignore_index).sum()
             pred = logits.data.argmax(axis=1)                                     # (B, H, W)
             cm += segmentation_confusion(masks, pred, num_classes, ignore_index)
+            if dice:                                                              # (B, K − 1), NaN: absent
+                d = dice_per_class(pred, masks, num_classes, include_background=False)
+                dice_sum, dice_n = dice_sum + np.nansum(d, axis=0), dice_n + (~np.isnan(d)).sum(axis=0)
             preds.append(pred.astype(np.uint8))
             seen += len(masks)
             bar.update(len(masks))
@@ -300,12 +312,18 @@ def evaluate_segmentation(model, loader, num_classes: int, precision: str = "fp3
     model.train(was_training)
     loss_sum, n_valid, cm = read_on_host(loss_sum, n_valid, cm)
     if getattr(loader, "world", 1) > 1:         # the ranks' parts of the split: their sums add up
-        total = dist.all_reduce_host(np.concatenate([[loss_sum, n_valid], cm.reshape(-1)]))
-        loss_sum, n_valid, cm = total[0], total[1], total[2:].reshape(cm.shape).astype(np.int64)
+        total = dist.all_reduce_host(np.concatenate([[loss_sum, n_valid], cm.reshape(-1), dice_sum, dice_n]))
+        loss_sum, n_valid, cm = total[0], total[1], total[2:2 + cm.size].reshape(cm.shape).astype(np.int64)
+        dice_sum, dice_n = np.split(total[2 + cm.size:], 2)
     preds = (backend.to_numpy(xp.concatenate(preds)) if preds                 # a rank's part may be empty
              else np.zeros((0,) + tuple(loader.images.shape[2:]), np.uint8))
-    return {"loss": float(loss_sum) / max(int(n_valid), 1), "miou": mean_iou(cm), "pixel_acc": pixel_accuracy(cm),
-            "iou": iou_per_class(cm), "confusion": cm, "preds": preds}
+    out = {"loss": float(loss_sum) / max(int(n_valid), 1), "miou": mean_iou(cm), "pixel_acc": pixel_accuracy(cm),
+           "iou": iou_per_class(cm), "confusion": cm, "preds": preds}
+    if dice:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            per_class = dice_sum / dice_n                                         # NaN: in no volume
+        out.update(dice_per_class=per_class, mean_dice=float(np.nanmean(per_class)) if dice_n.any() else 0.0)
+    return out
 
 
 def model_task(model, x) -> str:
@@ -326,7 +344,7 @@ def model_task(model, x) -> str:
         raise
     finally:
         model.train(was_training)
-    return "segmentation" if not isinstance(out, (tuple, list)) and out.ndim == 4 else "classification"
+    return "segmentation" if not isinstance(out, (tuple, list)) and out.ndim >= 4 else "classification"
 
 
 def check_model_task(name: str, task: str, found: str) -> None:
@@ -346,6 +364,24 @@ def check_model_task(name: str, task: str, found: str) -> None:
                              f"--model {name} is a classifier (logits (B, K)); use one of {seg}")
     raise cli.UsageError(f"--model {name} outputs per-pixel logits (B, K, h, w): it is a segmentation model; "
                          f"train it with --task segmentation --dataset {data.SEGMENTATION_DATASETS[0]}")
+
+
+def check_model_data(name: str, model, dataset: str, volume_size) -> None:
+    """The one-line errors for a 2-D model on volumes, a volume model on images, and a volume model
+    built for another volume size than --volume-size."""
+    volume_model = getattr(model, "spatial_dims", None) == 3
+    volumes = dataset in data.VOLUME_DATASETS
+    if volumes and not volume_model:
+        unetr = ", ".join(n for n in minivit.models.list_models() if n.startswith("unetr_")) or "unetr_*"
+        raise cli.UsageError(f"--dataset {dataset} holds 3-D volumes (B, 1, D, H, W), but --model {name} takes 2-D "
+                             f"images; use a volume model: --model {unetr}")
+    if volume_model and not volumes:
+        raise cli.UsageError(f"--model {name} segments 3-D volumes (B, C, D, H, W), but --dataset {dataset} holds "
+                             f"2-D images; train it with --task segmentation --dataset {data.VOLUME_DATASETS[0]}")
+    if volumes and tuple(model.img_size) != (volume_size,) * 3:
+        raise cli.UsageError(f"--model {name} is built for volumes of {'×'.join(map(str, model.img_size))} voxels but "
+                             f"--volume-size is {volume_size}: drop img_size from --model-kwargs (the trainer sets "
+                             f"it to --volume-size), or make the two equal")
 
 
 # =========================================================================== configuration
@@ -385,9 +421,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--task", choices=TASKS, default="classification",
                    help="classification (one label per image), segmentation (a class per pixel: "
                         "--dataset shapes and a per-pixel model such as fpn_pvt_v2_tiny; per-pixel cross-entropy "
-                        "with ignore label 255, mIoU and pixel accuracy per epoch), or video (clips (B, T, C, H, W) "
-                        "of --dataset motion for a video model such as timesformer_tiny or mvit_v1_tiny; no augmentation: a flip "
-                        "would reverse the motion)")
+                        "with ignore label 255, mIoU and pixel accuracy per epoch; or a class per voxel: --dataset "
+                        "volumes and a volume model such as unetr_tiny, Dice + cross-entropy, mean Dice), or video "
+                        "(clips (B, T, C, H, W) of --dataset motion for a video model such as timesformer_tiny or "
+                        "mvit_v1_tiny; no augmentation: a flip would reverse the motion)")
     g.add_argument("--model", default="vit_tiny", help=f"registered model name: {models}")
     g.add_argument("--model-kwargs", type=parse_model_kwargs, default=None, metavar="K=V,...",
                    help="extra constructor arguments, e.g. depth=8,width=8 (timm's names)")
@@ -397,7 +434,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dataset", choices=data.DATASETS, default=None,
                    help="cifar10, or synthetic: generated shapes, no download (10,000 train / 2,000 test); for "
                         "--task segmentation: shapes, generated 64×64 scenes with per-pixel masks (4,000 train / "
-                        "1,000 test); for --task video: motion, generated 8-frame clips (4,000 train / 1,000 test). "
+                        "1,000 test), or volumes, generated 32³ volumes with per-voxel labels (512 train / 128 "
+                        "test); for --task video: motion, generated 8-frame clips (4,000 train / 1,000 test). "
                         "Default: cifar10, shapes or motion, by --task")
     g.add_argument("--data-dir", default=None,
                    help="cifar-10-python.tar.gz, cifar-10-batches-py/, or an ImageFolder folder or .tar.gz (a path "
@@ -410,6 +448,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(stratified by class: --subset 10000 of CIFAR-10's 50,000 tests on 2,000 of 10,000)")
     g.add_argument("--test-subset", type=int, default=None, metavar="N",
                    help="test on the first N test images (default: all, or the --subset fraction)")
+    g.add_argument("--volume-size", type=int, default=None, metavar="S",
+                   help="--dataset volumes: the side of the S³ volumes, a multiple of 16 (default 32); a volume "
+                        "model is built for it (img_size=S)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=100, help="passes over the training split")
     g.add_argument("--batch-size", type=int, default=128, help="training batch (the last partial one is dropped)")
@@ -435,6 +476,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "default: --weight-decay")
     g.add_argument("--warmup-epochs", type=float, default=None,
                    help="linear warmup length; default min(5, epochs/5)")
+    g.add_argument("--loss", choices=SEGMENTATION_LOSSES, default=None,
+                   help="--task segmentation: per-pixel cross-entropy (ce), or the soft Dice loss plus it (dice_ce, "
+                        "UNETR's); default dice_ce on --dataset volumes, else ce")
     g.add_argument("--label-smoothing", type=float, default=None,
                    help="ε of label smoothing; default 0.1 (DeiT) for classification, 0 for segmentation")
     g.add_argument("--clip-grad", type=float, default=None, metavar="NORM", help="clip the global gradient norm")
@@ -503,9 +547,24 @@ def _resolve_task(cfg: dict) -> None:
         raise cli.UsageError(f"--task segmentation needs a dataset with per-pixel masks, but --dataset "
                              f"{cfg['dataset']} has one label per image: use --dataset "
                              f"{' or '.join(data.SEGMENTATION_DATASETS)}")
+    volumes = cfg["dataset"] in data.VOLUME_DATASETS
     if not seg and cfg["dataset"] in data.SEGMENTATION_DATASETS:
         raise cli.UsageError(f"--dataset {cfg['dataset']} is a segmentation set (per-pixel masks): add --task "
-                             f"segmentation and a segmentation model (e.g. --model fpn_pvt_v2_tiny)")
+                             f"segmentation and a segmentation model (e.g. --model "
+                             f"{'unetr_tiny' if volumes else 'fpn_pvt_v2_tiny'})")
+    if cfg["loss"] is not None and not seg:
+        raise cli.UsageError(f"--loss {cfg['loss']} is for --task segmentation; drop it (classification trains "
+                             f"with cross-entropy)")
+    if cfg["volume_size"] is not None and not volumes:
+        raise cli.UsageError(f"--volume-size is for --dataset volumes; drop it (--dataset {cfg['dataset']} has a "
+                             f"fixed size)")
+    if volumes:
+        cfg["volume_size"] = cfg["volume_size"] or 32
+        if cfg["volume_size"] < 16 or cfg["volume_size"] % 16:
+            raise cli.UsageError(f"--volume-size {cfg['volume_size']}: must be a multiple of 16 (UNETR's patch), "
+                                 f"e.g. 32 or 48")
+    if seg and cfg["loss"] is None:
+        cfg["loss"] = "dice_ce" if volumes else "ce"
     if cfg["label_smoothing"] is None:
         cfg["label_smoothing"] = 0.0 if seg else 0.1
     if seg:
@@ -597,7 +656,8 @@ class Trainer:
                                  f"over {self.world} ranks: make it a multiple of {self.world}{again}")
         backend.manual_seed(cfg["seed"])
         ds = data.load_dataset(cfg["dataset"], cfg["data_dir"], subset=cfg["subset"],
-                               test_subset=cfg["test_subset"], verbose=True, download=cfg.get("download", False))
+                               test_subset=cfg["test_subset"], verbose=True, download=cfg.get("download", False),
+                               volume_size=cfg.get("volume_size") or 32)
         self.dataset = ds
         for note in ds.notes:
             log(f"note: {note}")
@@ -606,25 +666,34 @@ class Trainer:
         xp = backend.xp_for(device)
         self.task = cfg.get("task", "classification")       # checkpoints from before --task: classification
         self.segmentation = self.task == "segmentation"
+        self.volumes = cfg["dataset"] in data.VOLUME_DATASETS      # 3-D: metrics add the mean Dice
+        mean, std = data.normalization(cfg["dataset"])
         aug_cfg = data.AugmentConfig(
             crop_padding=cfg["crop_padding"], hflip=cfg["hflip"],
             randaugment=tuple(float(v) for v in cfg["randaugment"].split(",")) if cfg["randaugment"] else None,
             random_erasing=cfg["random_erasing"], mixup=cfg["mixup"], cutmix=cfg["cutmix"])
         augment = data.Augment(xp, aug_cfg, ds.num_classes, seed=cfg["seed"])
         if self.segmentation:
-            augment = data.SegmentationAugment(xp, hflip=cfg["hflip"], seed=cfg["seed"])
+            augment = data.SegmentationAugment(xp, hflip=cfg["hflip"], seed=cfg["seed"], mean=mean, std=std,
+                                               flip_dims=3 if self.volumes else 1)
         elif self.task == "video":      # no augmentation: a horizontal flip would turn a clip's motion around
             augment = None
         self.train_loader = data.DeviceLoader(ds.train, device, cfg["batch_size"], shuffle=True,
-                                              augment=augment, seed=cfg["seed"], rank=self.rank, world=self.world)
+                                              augment=augment, seed=cfg["seed"], rank=self.rank, world=self.world,
+                                              mean=mean, std=std)
         self.test_loader = data.DeviceLoader(ds.test, device, cfg["eval_batch_size"], rank=self.rank,
-                                             world=self.world)
+                                             world=self.world, mean=mean, std=std)
         precision = cfg.get("precision", "fp32")
         self.model = build_model(cfg["model"], ds.num_classes, cfg["model_kwargs"], cfg["drop_path"])
+        if self.volumes and getattr(self.model, "spatial_dims", None) == 3 and "img_size" not in cfg["model_kwargs"]:
+            cfg["model_kwargs"]["img_size"] = cfg["volume_size"]          # a volume model for these volumes
+            if tuple(self.model.img_size) != (cfg["volume_size"],) * 3:
+                self.model = build_model(cfg["model"], ds.num_classes, cfg["model_kwargs"], cfg["drop_path"])
         self.model.to(device=device, **({"dtype": np.float64} if precision == "fp64" else {}))
         if cfg.get("sync_bn"):
             if dist.convert_sync_batchnorm(self.model) == 0:
                 log(f"note: --sync-bn: {cfg['model']} has no BatchNorm, nothing to synchronise")
+        check_model_data(cfg["model"], self.model, cfg["dataset"], cfg.get("volume_size"))
         first = data.normalize(self.test_loader.images[:1], self.test_loader.mean, self.test_loader.std)
         check_model_task(cfg["model"], self.task, model_task(self.model, model_input(first, precision, self.model)))
         self.model.train()
@@ -678,7 +747,12 @@ class Trainer:
         self.criterion = DistillationLoss(teacher, cfg["distillation"], cfg["alpha"], cfg["tau"],
                                           cfg["label_smoothing"])
         if self.segmentation:
-            self.criterion = SegmentationLoss(ds.train.ignore_index, cfg["label_smoothing"])
+            self.criterion = SegmentationLoss(ds.train.ignore_index, cfg["label_smoothing"], cfg.get("loss") or "ce")
+        if self.volumes:                    # the yardstick: each voxel's class from its brightness alone
+            self.cfg["brightness_rule_dice"] = mean_dice(data.brightness_rule(ds.test.images), ds.test.labels,
+                                                         ds.num_classes)[0]
+            log(f"baseline: the brightness rule (each voxel the class of nearest mean brightness) scores a mean "
+                f"Dice of {self.cfg['brightness_rule_dice']:.3f} on these {len(ds.test)} test volumes")
         self.cfg.update({"num_classes": ds.num_classes, "classes": list(ds.classes), "data_source": ds.source,
                          "n_train": len(ds.train), "n_test": len(ds.test), "test_selection": ds.test_selection,
                          "steps_per_epoch": self.steps_per_epoch,
@@ -935,7 +1009,7 @@ class Trainer:
                   "images_per_s": n / train_time, "step": (epoch + 1) * self.steps_per_epoch}
         if self.segmentation:
             del record["train_acc"], record["test_acc"]
-            record.update(test_miou=None, test_pixel_acc=None)
+            record.update(test_miou=None, test_pixel_acc=None, **({"test_dice": None} if self.volumes else {}))
         if self.fp16:        # the loss scale at the epoch's end, and the steps skipped for inf/NaN gradients
             record["loss_scale"], record["skipped_steps"] = self.scaler.get_scale(), self._skipped
         t0 = time.perf_counter()
@@ -947,9 +1021,13 @@ class Trainer:
             if self.segmentation:
                 ev = evaluate_segmentation(self.model, self.test_loader, self.dataset.num_classes,
                                            cfg.get("precision", "fp32"), ignore_index=self.dataset.test.ignore_index,
-                                           **kw)
+                                           dice=self.volumes, **kw)
                 record.update(test_loss=ev["loss"], test_miou=ev["miou"], test_pixel_acc=ev["pixel_acc"])
                 score = ev["miou"]                                  # best.ckpt: the best mIoU
+                if self.volumes:                                    # volumes: the best mean Dice
+                    record.update(test_dice=ev["mean_dice"], test_dice_per_class=dict(zip(
+                        self.dataset.classes[1:], (None if np.isnan(d) else float(d) for d in ev["dice_per_class"]))))
+                    score = ev["mean_dice"]
             else:
                 ev = evaluate(self.model, self.test_loader, cfg.get("precision", "fp32"), **kw)
                 record["test_loss"], record["test_acc"] = ev["loss"], ev["acc"]
@@ -1011,8 +1089,10 @@ def _epoch_line(r: dict, epochs: int) -> str:
     if "test_miou" in r:                                   # --task segmentation
         test = (f"test loss {r['test_loss']:.4f} mIoU {r['test_miou']:6.2%} pixel acc {r['test_pixel_acc']:6.2%}"
                 if r["test_miou"] is not None else "test  (not evaluated)")
+        if r.get("test_dice") is not None:                 # volumes
+            test = f"{test} mean Dice {r['test_dice']:.3f}"
         return (f"epoch {r['epoch']:3d}/{epochs}  train loss {r['train_loss']:.4f}  {test}  lr {r['lr']:.2e}  "
-                f"{r['epoch_time_s']:.1f}s  ({r['images_per_s']:,.0f} img/s)")
+                f"{r['epoch_time_s']:.1f}s  ({r['images_per_s']:,.{0 if r['images_per_s'] >= 10 else 2}f} img/s)")
     test = (f"test loss {r['test_loss']:.4f} acc {r['test_acc']:6.2%}" if r["test_acc"] is not None
             else "test  (not evaluated)")
     return (f"epoch {r['epoch']:3d}/{epochs}  train loss {r['train_loss']:.4f} acc {r['train_acc']:6.2%}  "
@@ -1105,13 +1185,21 @@ def run(argv=None, log=print) -> dict:
     status = trainer.fit()
     from minivit.plotting import plot_curves
     if trainer.metrics and trainer.is_main:
-        plot_curves(trainer.metrics, run_dir / "curves.png", title=_curves_title(trainer.cfg))
+        baseline = trainer.cfg.get("brightness_rule_dice")     # volumes: the yardstick's mean Dice, a line
+        plot_curves(trainer.metrics, run_dir / "curves.png", title=_curves_title(trainer.cfg),
+                    baseline=None if baseline is None else ("brightness rule's mean Dice", baseline))
     summary = {"status": status, "run_dir": str(run_dir), "epoch": trainer.epoch,
                "step_in_epoch": trainer.step_in_epoch, "best_acc": trainer.best_acc,
                "best_epoch": trainer.best_epoch, "metrics": trainer.metrics}
     if status == "interrupted":
         log(f"interrupted at epoch {trainer.epoch + 1}, step {trainer.step_in_epoch}: checkpoint saved to "
             f"{run_dir / 'last.ckpt'}. Resume with: python -m minivit.train --resume {run_dir}")
+    elif trainer.best_epoch is not None and trainer.volumes:
+        last = trainer.metrics[-1]
+        log(f"done: test mean Dice {last['test_dice']:.3f} (" + ", ".join(
+            f"{c} {'-' if d is None else f'{d:.3f}'}" for c, d in last["test_dice_per_class"].items())
+            + f"; the brightness rule's {trainer.cfg['brightness_rule_dice']:.3f}), mIoU {last['test_miou']:.2%}; best "
+            f"mean Dice {trainer.best_acc:.3f} at epoch {trainer.best_epoch}; run directory {run_dir}")
     elif trainer.best_epoch is not None and trainer.segmentation:
         log(f"done: test mIoU {trainer.metrics[-1]['test_miou']:.2%} pixel acc "
             f"{trainer.metrics[-1]['test_pixel_acc']:.2%} (best mIoU {trainer.best_acc:.2%} at epoch "
@@ -1157,7 +1245,10 @@ def _already_finished(ckpt: dict, run_dir: Path, log) -> dict:
     """--resume of a run that has done all its epochs: say so, and how to train longer."""
     epochs, best = ckpt["config"]["epochs"], ckpt.get("best_epoch")
     what = "mIoU" if ckpt["config"].get("task") == "segmentation" else "accuracy"
-    acc = f"; best test {what} {ckpt.get('best_acc', 0):.2%} at epoch {best}" if best is not None else ""
+    score = f"{ckpt.get('best_acc', 0):.2%}"
+    if ckpt["config"].get("dataset") in data.VOLUME_DATASETS:
+        what, score = "mean Dice", f"{ckpt.get('best_acc', 0):.3f}"
+    acc = f"; best test {what} {score} at epoch {best}" if best is not None else ""
     log(f"{run_dir} already finished its {_plural(epochs, 'epoch')}{acc}: nothing to resume. To train longer, "
         f"start a new run with a larger --epochs (the learning-rate schedule is laid out over --epochs, so a "
         f"finished run is not extended)")
@@ -1169,8 +1260,10 @@ def _curves_title(cfg: dict) -> str:
     """The model and the data behind the curves: dataset, image counts, the file they came from."""
     source = str(cfg.get("data_source", "")).split(" (")[0]          # without "(decoded cache ...)"
     subset = " (--subset)" if cfg.get("subset") else ""
-    return (f"{cfg['model']} on {cfg['dataset']}: {cfg['n_train']:,} train images{subset}, {cfg['n_test']:,} test"
-            + (f", from {Path(source).name}" if source and cfg["dataset"] not in ("synthetic", "shapes") else ""))
+    what = "volumes" if cfg["dataset"] in data.VOLUME_DATASETS else "images"
+    return (f"{cfg['model']} on {cfg['dataset']}: {cfg['n_train']:,} train {what}{subset}, {cfg['n_test']:,} test"
+            + (f", from {Path(source).name}" if source and cfg["dataset"] not in ("synthetic", "shapes", "volumes")
+               else ""))
 
 
 def main(argv=None) -> dict:

@@ -2,13 +2,13 @@
 end to end on the CPU with the generated shapes set and Semantic FPN: the loss falls, the run
 directory and metrics.jsonl, bitwise resume after Ctrl-C, the masks figure, and the error lines."""
 import json
-import signal
 
 import numpy as np
 import pytest
 
 from minivit import evaluate, train
-from minivit.train import Trainer, load_checkpoint
+from minivit.train import load_checkpoint
+from tests.test_train import interrupt_at
 
 SEG = ["--task", "segmentation", "--model", "fpn_pvt_v2_tiny", "--model-kwargs", "fpn_channels=32,head_channels=32",
        "--dataset", "shapes", "--device", "cpu", "--no-progress"]
@@ -78,32 +78,41 @@ def test_evaluate_writes_the_masks_figure(trained, tmp_path):
     assert (run_dir / "masks.png").is_file() and out["figure"] == str(run_dir / "masks.png")
 
 
-def test_interrupted_and_resumed_equals_uninterrupted(trained, tmp_path, monkeypatch):
-    """Ctrl-C in the middle of epoch 2, then --resume: bitwise the weights of the uninterrupted run
-    (the ``trained`` fixture, same flags), flips of image and mask replayed."""
+def interrupted_and_resumed(trained, args, out_dir, monkeypatch, at_call: int, stopped_at: tuple):
+    """Ctrl-C before training step ``at_call`` (counted from 1) of a run with ``args``, then --resume:
+    checks that it stopped at (epoch, step_in_epoch) ``stopped_at`` and ends bitwise with the weights and
+    metrics of ``trained``, the uninterrupted run (run_dir, summary, lines) of the same args."""
     straight_dir, straight, _ = trained
-    calls = {"n": 0}
-    step = Trainer.train_step
-
-    def stepping(self, *args):
-        calls["n"] += 1
-        if calls["n"] == 8:                          # 6 steps an epoch: the middle of epoch 2
-            signal.raise_signal(signal.SIGINT)
-        return step(self, *args)
-
-    monkeypatch.setattr(Trainer, "train_step", stepping)
+    interrupt_at(monkeypatch, at_call)
     with pytest.raises(SystemExit) as e:
-        train.main(LEARN + ["--out-dir", str(tmp_path / "b")])
+        train.main(args + ["--out-dir", str(out_dir)])
     assert e.value.code == train.EXIT_INTERRUPTED
-    ck = load_checkpoint(tmp_path / "b" / "last.ckpt")
-    assert (ck["epoch"], ck["step_in_epoch"]) == (1, 2)
+    ck = load_checkpoint(out_dir / "last.ckpt")
+    assert (ck["epoch"], ck["step_in_epoch"]) == stopped_at
     monkeypatch.undo()
-    resumed, _ = quiet_run(["--resume", str(tmp_path / "b")])
+    resumed, _ = quiet_run(["--resume", str(out_dir)])
     assert resumed["status"] == "done"
-    a, b = load_checkpoint(straight_dir / "last.ckpt"), load_checkpoint(tmp_path / "b" / "last.ckpt")
+    a, b = load_checkpoint(straight_dir / "last.ckpt"), load_checkpoint(out_dir / "last.ckpt")
     assert a["model"].keys() == b["model"].keys()
     assert all(np.array_equal(a["model"][k], b["model"][k]) for k in a["model"])     # bitwise
     assert without_times(a["metrics"]) == without_times(b["metrics"]) == without_times(straight["metrics"])
+
+
+def test_interrupted_and_resumed_equals_uninterrupted(trained, tmp_path, monkeypatch):
+    """Ctrl-C in the middle of epoch 2 (6 steps an epoch), then --resume: bitwise the weights of the
+    uninterrupted run (the ``trained`` fixture, same flags), flips of image and mask replayed."""
+    interrupted_and_resumed(trained, LEARN, tmp_path / "b", monkeypatch, at_call=8, stopped_at=(1, 2))
+
+
+def error_line(args, message, out_dir, capsys):
+    """``args`` stop the trainer with one ``error: ...`` line holding ``message``, exit code 2, no checkpoint."""
+    with pytest.raises(SystemExit) as e:
+        train.main(args + ["--device", "cpu", "--no-progress", "--out-dir", str(out_dir)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
+    assert message in err, err
+    assert not (out_dir / "last.ckpt").exists()
 
 
 @pytest.mark.parametrize("args, message", [
@@ -121,14 +130,8 @@ def test_interrupted_and_resumed_equals_uninterrupted(trained, tmp_path, monkeyp
      "--randaugment, --mixup: classification only"),
 ])
 def test_error_lines(args, message, tmp_path, capsys):
-    with pytest.raises(SystemExit) as e:
-        train.main(args + ["--subset", "32", "--test-subset", "8", "--epochs", "1", "--batch-size", "16",
-                           "--device", "cpu", "--no-progress", "--out-dir", str(tmp_path / "r")])
-    err = capsys.readouterr().err
-    assert e.value.code == 2
-    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
-    assert message in err, err
-    assert not (tmp_path / "r" / "last.ckpt").exists()
+    error_line(args + ["--subset", "32", "--test-subset", "8", "--epochs", "1", "--batch-size", "16"], message,
+               tmp_path / "r", capsys)
 
 
 def test_task_defaults_leave_classification_unchanged():

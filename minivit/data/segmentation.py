@@ -92,17 +92,24 @@ class SegmentationAugment:
     """The training augmentation of ``--task segmentation``, on the device: a random horizontal
     flip of each image *and its mask* (``hflip``), then normalisation. Drawn from (seed, epoch, step)
     by a :class:`CounterRNG`, so a resumed run replays it. Called as :class:`Augment` is, by
-    :class:`minivit.data.DeviceLoader`: ``(images, masks, epoch, step) → (x, masks)``."""
+    :class:`minivit.data.DeviceLoader`: ``(images, masks, epoch, step) → (x, masks)``.
 
-    def __init__(self, xp, hflip: bool = True, seed: int = 0, mean=CIFAR10_MEAN, std=CIFAR10_STD):
+    ``flip_dims``: how many trailing axes are flipped, each on its own draw: 1 for images (left-right
+    only), 3 for volumes (N, 1, D, H, W), whose objects are turned at random, so any mirror image of
+    a volume is as likely as the volume."""
+
+    def __init__(self, xp, hflip: bool = True, seed: int = 0, mean=CIFAR10_MEAN, std=CIFAR10_STD,
+                 flip_dims: int = 1):
         self.rng, self.hflip, self.mean, self.std = CounterRNG(xp, seed), hflip, mean, std
-        self.xp = xp
+        self.xp, self.flip_dims = xp, flip_dims
 
     def __call__(self, images, masks, epoch: int, step: int, first: int = 0):
-        if self.hflip:                     # first: the shard's place in the global batch (as Augment)
-            flip = self.rng.at(first).uniform((len(images),), epoch, step, 7) < 0.5                 # (B,)
-            images = self.xp.where(flip[:, None, None, None], images[..., ::-1], images)
-            masks = self.xp.where(flip[:, None, None], masks[..., ::-1], masks)
+        xp = self.xp
+        for k in range(self.flip_dims if self.hflip else 0):   # first: the shard's place in the global batch
+            flip = self.rng.at(first).uniform((len(images),), epoch, step, 7 + k) < 0.5             # (B,)
+            axis = -1 - k
+            images = xp.where(flip.reshape((-1,) + (1,) * (images.ndim - 1)), xp.flip(images, axis), images)
+            masks = xp.where(flip.reshape((-1,) + (1,) * (masks.ndim - 1)), xp.flip(masks, axis), masks)
         return normalize(images, self.mean, self.std), masks
 
 

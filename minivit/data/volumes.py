@@ -24,6 +24,10 @@ their own seeds, so the first k volumes are the same whatever the split's size.
     from minivit.data.volumes import load_volumes
     ds = load_volumes(256, 64)                      # 32³ volumes
     ds.train.images, ds.train.labels                # (256, 1, 32, 32, 32) uint8, (256, 32, 32, 32) int64
+    brightness_rule(ds.test.images)                 # the yardstick: each voxel's class by its brightness alone
+
+The trainer's ``--dataset volumes`` is this set: 512 train / 128 test volumes (``VOLUMES_SIZES``), the
+first N with ``--subset N`` / ``--test-subset N``, cubes of ``--volume-size`` (32 by default).
 """
 from __future__ import annotations
 
@@ -32,12 +36,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from minivit.data.cifar10 import ImageDataset
+from minivit.data.segmentation import IGNORE_INDEX
 
 VOLUME_CLASSES = ("background", "sphere", "rod", "disc")
 CLASS_INTENSITY = (0.25, 0.55, 0.65, 0.75)   # mean brightness per class (background: of its field)
 INTENSITY_SPREAD = 0.07                      # std of an object's brightness around its class's
 NOISE = 0.08                                 # std of the Gaussian voxel noise
 CHUNK = 32                                   # volumes per chunk (own seed each)
+VOLUMES_SIZES = (512, 128)                   # train, test volumes of ``--dataset volumes``
+VOLUME_MEAN, VOLUME_STD = (0.5,), (0.5,)     # the trainer's normalisation: brightness·2 − 1 (``to_float``)
 
 
 @dataclass
@@ -47,6 +54,7 @@ class VolumeSplit:
     images: np.ndarray
     labels: np.ndarray
     classes: tuple = VOLUME_CLASSES
+    ignore_index: int = IGNORE_INDEX          # no voxel carries it: every voxel is labelled
 
     def __post_init__(self):
         if self.images.dtype != np.uint8 or self.images.ndim != 5 or self.images.shape[1] != 1:
@@ -64,6 +72,8 @@ class VolumeSplit:
 
     def subset(self, n: int | None) -> "VolumeSplit":
         return self if n is None else VolumeSplit(self.images[:n], self.labels[:n], self.classes)
+
+    stratified = subset                       # every volume holds several classes: the first n
 
 
 def _rotations(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -147,3 +157,10 @@ def load_volumes(n_train: int = 512, n_test: int = 128, size: int = 32, seed: in
 def to_float(volumes, xp=np):
     """uint8 volumes → float32 network input in [−1, 1] (brightness·2 − 1)."""
     return xp.asarray(volumes).astype(np.float32) * np.float32(2 / 255) - np.float32(1)
+
+
+def brightness_rule(volumes) -> np.ndarray:
+    """The yardstick a model has to beat: each voxel's class is the one whose mean brightness
+    (``CLASS_INTENSITY``) is nearest to the voxel's, one voxel at a time, blind to shape.
+    uint8 volumes (N, 1, D, H, W) → class indices (N, D, H, W)."""
+    return np.abs(np.asarray(volumes)[:, 0, ..., None] / 255 - np.asarray(CLASS_INTENSITY)).argmin(-1)

@@ -264,6 +264,8 @@ class UNETR(nn.Module):
 
 def _unetr(defaults: dict, kwargs: dict) -> UNETR:
     kwargs.pop("pretrained_cfg", None)
+    if "num_classes" in kwargs:                  # the trainer's name for out_channels
+        kwargs["out_channels"] = kwargs.pop("num_classes")
     return UNETR(**{**defaults, **kwargs})
 
 
