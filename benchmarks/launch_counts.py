@@ -11,6 +11,9 @@ The counts do not depend on the batch size; batch 8 is used.
 
 minivit: ``strict_cupy.count_launches`` counts every stand-in operation that computes or copies
 (views are free), each custom kernel once (fp32; the fused kernels on, as on a GPU).
+``graph_ops_forward`` is another count: the ops (``Function`` calls, views included) of the
+model's forward in training mode, each a vertex of the autograd graph with Python work forward
+and backward on any device.
 PyTorch: the twin (``minivit.bench``'s, same architecture) runs on the CPU under
 ``torch.profiler``; an op counts when it is an ``aten::`` op with no ``aten::`` op inside it
 (the ones that do the work), minus ops that only make views or allocate; AdamW runs with
@@ -42,7 +45,7 @@ def minivit_counts(model_name: str, batch: int = 8) -> dict:
     import numpy as np
     import minivit.models
     import minivit.functional as F
-    from minivit import backend, Tensor
+    from minivit import autograd, backend, Tensor
     from minivit.optim import AdamW
     from minivit.testing import strict_cupy
     if not backend.is_strict_standin():
@@ -76,7 +79,13 @@ def minivit_counts(model_name: str, batch: int = 8) -> dict:
         opt.step()
     with strict_cupy.count_launches() as total:
         step()
-    return {"forward": len(fwd), "backward": len(bwd), "optimizer": len(upd), "step": len(total),
+    graph_ops = []                                   # the model's forward as the autograd graph sees it
+    autograd.forward_hooks.append(lambda op, inputs, out: graph_ops.append(type(op).__name__))
+    try:
+        logits()
+    finally:
+        autograd.forward_hooks.pop()
+    return {"graph_ops_forward": len(graph_ops), "forward": len(fwd), "backward": len(bwd), "optimizer": len(upd), "step": len(total),
             "params": len(list(model.parameters()))}
 
 
@@ -149,7 +158,7 @@ def main(argv=None):
         theirs = torch_counts(m)
         rows[m] = {"minivit": ours, "torch": theirs}
         t = theirs.get("step") if theirs else None
-        print(f"{m:15s} minivit {ours['step']:5d} (fwd {ours['forward']}, bwd {ours['backward']}, "
+        print(f"{m:15s} graph ops forward {ours['graph_ops_forward']:4d}   minivit {ours['step']:5d} (fwd {ours['forward']}, bwd {ours['backward']}, "
               f"AdamW {ours['optimizer']} for {ours['params']} params)   PyTorch {t if t is not None else '—'}"
               + (f"   ratio {ours['step'] / t:.1f}" if t else ""), flush=True)
     if args.json:

@@ -16,6 +16,7 @@ from minivit.functional.conv import (adaptive_avg_pool2d, avg_pool2d, conv2d, in
                                      max_pool2d, pad)
 from minivit.functional.convnd import (avg_pool3d, conv1d, conv3d, conv_transpose2d,  # noqa: F401
                                        conv_transpose3d, max_pool3d)
+from minivit.functional.layout import rearrange  # noqa: F401
 from minivit.functional.linear import linear  # noqa: F401
 from minivit.functional.loss import cross_entropy, kl_div, mse_loss, nll_loss  # noqa: F401
 from minivit.functional.norm import batch_norm, instance_norm, layer_norm, normalize  # noqa: F401

@@ -35,13 +35,25 @@ class Linear(Function):
         gw = g2.T @ self.x2 if self.needs_grad[1] else None
         if len(self.needs_grad) == 2:                 # called without a bias
             return gx, gw
-        # Σ_rows G as a vector-matrix product: BLAS does it several times faster than g2.sum(axis=0).
-        gb = get_array_module(g2).ones(g2.shape[0], dtype=g2.dtype) @ g2 if self.needs_grad[2] else None
+        if not self.needs_grad[2]:
+            return gx, gw, None
+        # Σ_rows G. On the CPU as a vector-matrix product (BLAS does it several times faster than
+        # g2.sum(axis=0)); on a GPU one reduction kernel (the product would add a fill of ones).
+        if backend.is_cupy_array(g2):
+            return gx, gw, g2.sum(axis=0)
+        gb = get_array_module(g2).ones(g2.shape[0], dtype=g2.dtype) @ g2
         return gx, gw, gb
 
 
 def add_bias_(y, b):
-    """y (M, out) += b (out,), in place; on the CPU the rows are split over backend's threads."""
+    """y (M, out) += b (out,), in place; on the CPU the rows are split over backend's threads.
+
+    On a GPU one in-place add, one kernel: ``y[lo:hi] += b`` would be two (the add into a
+    view, then ``__setitem__`` copying the view onto itself)."""
+    if backend.is_cupy_array(y):
+        y += b
+        return
+
     def rows(lo, hi):
         y[lo:hi] += b
     backend.parallel_rows(y, rows)

@@ -18,6 +18,7 @@ Names follow the authors' released code: ``proj`` (the conv), ``norm``.
 """
 from __future__ import annotations
 
+import minivit.functional as F
 from minivit import nn
 from minivit.layers.patch_embed import to_2tuple
 
@@ -59,5 +60,5 @@ class ConvEmbed(nn.Module):
                              f"{self.patch_size}, stride {self.stride}, padding {self.padding} "
                              f"(it would give a {Ho}×{Wo} grid); use a larger image")
         x = self.proj(x)                                # (B, D, H', W'), overlapping windows
-        x = x.flatten(2).transpose(1, 2)                # (B, H'·W', D): one token per position
+        x = F.rearrange(x, "b d h w -> b (h w) d")      # (B, H'·W', D): one token per position
         return self.norm(x), (Ho, Wo)                   # LayerNorm over each token's channels

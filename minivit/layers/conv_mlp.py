@@ -19,6 +19,7 @@ Names are timm's ``MlpWithDepthwiseConv``: ``fc1``, ``relu``, ``dwconv``, ``act`
 """
 from __future__ import annotations
 
+import minivit.functional as F
 from minivit import nn
 
 
@@ -48,8 +49,8 @@ class MlpWithDepthwiseConv(nn.Module):
         B, N, C = x.shape
         if N != H * W:
             raise ValueError(f"MlpWithDepthwiseConv: {N} tokens do not form the {H}×{W} grid given as feat_size")
-        x = x.transpose(1, 2).reshape(B, C, H, W)            # (B, Ch, H, W): tokens back on the grid
+        x = F.rearrange(x, "b (h w) c -> b c h w", h=H)      # (B, Ch, H, W): tokens back on the grid
         x = self.dwconv(self.relu(x))                        # (B, Ch, H, W)
-        x = x.flatten(2).transpose(1, 2)                     # (B, N, Ch)
+        x = F.rearrange(x, "b c h w -> b (h w) c")           # (B, N, Ch)
         x = self.drop(self.act(x))
         return self.drop(self.fc2(x))                        # (B, N, C_out)

@@ -61,7 +61,7 @@ class ConvProjection(nn.Module):
 
     def forward(self, x):
         x = self.bn(self.conv(x))                   # (B, C, H', W')
-        return x.flatten(2).transpose(1, 2)         # (B, H'·W', C)
+        return F.rearrange(x, "b c h w -> b (h w) c")  # (B, H'·W', C)
 
 
 class ConvProjectionAttention(nn.Module):
@@ -104,8 +104,7 @@ class ConvProjectionAttention(nn.Module):
         self.attn_map = None
 
     def _heads(self, x):
-        B, N, _ = x.shape
-        return x.reshape(B, N, self.num_heads, self.head_dim).transpose(1, 2)   # (B, h, N, d)
+        return F.rearrange(x, "b n (h d) -> b h n d", h=self.num_heads)        # (B, h, N, d): one layout op
 
     # softmax(Q Kᵀ·scale) V as one op (F.scaled_dot_product_attention), as timm's ``fused_attn``.
     # False, store_attn, or attention dropout while training: the steps written out below.
@@ -120,7 +119,7 @@ class ConvProjectionAttention(nn.Module):
                              f"for a {H}×{W} grid{' with a class token' if n_cls else ''}, got shape {x.shape}")
         if n_cls:
             cls, x = x.split([1, H * W], dim=1)                     # (B, 1, C), (B, HW, C)
-        x = x.transpose(1, 2).reshape(B, C, H, W)                   # tokens → 2-D map
+        x = F.rearrange(x, "b (h w) c -> b c h w", h=H)             # tokens → 2-D map
         q = self.conv_proj_q(x)                                     # (B, HW, C): stride 1
         k = self.conv_proj_k(x)                                     # (B, ~HW/4, C): squeezed, stride 2
         v = self.conv_proj_v(x)
@@ -131,7 +130,7 @@ class ConvProjectionAttention(nn.Module):
         v = self._heads(self.proj_v(v))
         if self.fused_attn and not self.store_attn and (self.attn_drop.p == 0 or not self.training):
             x = F.scaled_dot_product_attention(q, k, v, scale=self.scale)   # (B, h, Nq, d): one op
-            return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, C)))
+            return self.proj_drop(self.proj(F.rearrange(x, "b h n d -> b n (h d)")))  # heads side by side
         attn = (q @ k.transpose(-2, -1)) * self.scale               # (B, h, Nq, Nkv)
         attn = F.softmax(attn, dim=-1)
         if self.store_attn:

@@ -12,6 +12,7 @@ offsets inside the 2×2 group, the row offset changing fastest.
 """
 from __future__ import annotations
 
+from minivit import functional as F
 from minivit import nn
 
 
@@ -36,9 +37,9 @@ class PatchMerging(nn.Module):
                              f"patch_size × 2^(stages−1))")
         if C != self.dim:
             raise ValueError(f"PatchMerging: expected {self.dim} channels (B, H, W, C), got shape {x.shape}")
-        x = x.reshape(B, H // 2, 2, W // 2, 2, C)          # (B, H/2, dy, W/2, dx, C)
-        x = x.permute(0, 1, 3, 4, 2, 5)                     # (B, H/2, W/2, dx, dy, C): dy fastest
-        x = x.reshape(B, H // 2, W // 2, 4 * C)             # (B, H/2, W/2, 4C)
+        # reshape to (B, H/2, dy, W/2, dx, C), permute to (B, H/2, W/2, dx, dy, C) (dy fastest, timm's
+        # order), merge the last three: one layout op
+        x = F.rearrange(x, "b (h dy) (w dx) c -> b h w (dx dy c)", dy=2, dx=2)  # (B, H/2, W/2, 4C)
         return self.reduction(self.norm(x))                 # (B, H/2, W/2, out_dim)
 
     def extra_repr(self):

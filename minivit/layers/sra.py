@@ -93,11 +93,11 @@ class SpatialReductionAttention(nn.Module):
             raise ValueError(f"SpatialReductionAttention: {N} tokens do not form the {H}×{W} grid that the "
                              f"spatial reduction needs (extra tokens such as a class token only work with "
                              f"sr_ratio=1 and linear_attn=False)")
-        x = x.transpose(1, 2).reshape(B, C, H, W)            # back on the grid (B, C, H, W)
+        x = F.rearrange(x, "b (h w) c -> b c h w", h=H)      # back on the grid (B, C, H, W)
         if self.pool is not None:
             x = self.pool(x)                                 # (B, C, 7, 7): a fixed number of keys
         x = self.sr(x)                                       # (B, C, H/R, W/R), or (B, C, 7, 7)
-        x = self.norm(x.flatten(2).transpose(1, 2))          # (B, N', C)
+        x = self.norm(F.rearrange(x, "b c h w -> b (h w) c"))  # (B, N', C)
         return self.act(x) if self.act is not None else x
 
     # softmax(Q Kᵀ·scale) V as one op (F.scaled_dot_product_attention), as timm's ``fused_attn``.
@@ -106,13 +106,14 @@ class SpatialReductionAttention(nn.Module):
 
     def forward(self, x, feat_size):
         B, N, C = x.shape
-        q = self.q(x).reshape(B, N, self.num_heads, self.head_dim).transpose(1, 2)      # (B, h, N, d)
+        # head split as one layout op each (F.rearrange = reshape → permute → reshape)
+        q = F.rearrange(self.q(x), "b n (h d) -> b h n d", h=self.num_heads)            # (B, h, N, d)
         kv = self.kv(self.reduce(x, feat_size))                                         # (B, N', 2C)
-        kv = kv.reshape(B, -1, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (2, B, h, N', d)
+        kv = F.rearrange(kv, "b n (two h d) -> two b h n d", two=2, h=self.num_heads)   # (2, B, h, N', d)
         k, v = kv.unbind(0)                                                             # each (B, h, N', d)
         if self.fused_attn and not self.store_attn and (self.attn_drop.p == 0 or not self.training):
             x = F.scaled_dot_product_attention(q, k, v, scale=self.scale)               # (B, h, N, d): one op
-            return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, C)))
+            return self.proj_drop(self.proj(F.rearrange(x, "b h n d -> b n (h d)")))  # heads side by side
         attn = (q * self.scale) @ k.transpose(-2, -1)                                   # (B, h, N, N')
         attn = F.softmax(attn, dim=-1)
         if self.store_attn:

@@ -33,6 +33,7 @@ import numpy as np
 import minivit.functional as F
 from minivit import nn
 from minivit.autograd import Tensor
+from minivit.backend import get_array_module
 from minivit.layers.patch_embed import to_2tuple
 
 # The value timm (and the Swin authors) put on blocked pairs. Finite on purpose:
@@ -159,13 +160,17 @@ class WindowAttention(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
         self.store_attn = False
         self.attn_map = None
+        self._heads = np.arange(num_heads)[:, None, None]                      # head index of the bias gather
 
     def relative_position_bias(self):
         """B for every (query, key) pair of a window: (heads, N, N), gathered from B̂."""
-        N = self.window_area
-        idx = self.relative_position_index.data.reshape(-1)                    # (N·N,)
-        bias = self.relative_position_bias_table[idx]                          # (N·N, heads)
-        return bias.reshape(N, N, self.num_heads).permute(2, 0, 1)             # (heads, N, N)
+        # B[h, i, j] = B̂[index[i, j], h]: one gather with two index arrays that broadcast to
+        # (heads, N, N) (the same as B̂[index.reshape(-1)].reshape(N, N, heads).permute(2, 0, 1)).
+        idx = self.relative_position_index.data                                # (N, N)
+        xp = get_array_module(idx)
+        if get_array_module(self._heads) is not xp:                            # made once per device
+            self._heads = xp.arange(self.num_heads)[:, None, None]             # (heads, 1, 1)
+        return self.relative_position_bias_table[idx[None], self._heads]       # (heads, N, N)
 
     # softmax(Q Kᵀ·scale + B) V as one op (F.scaled_dot_product_attention, the bias and mask as its
     # attn_mask), as timm's ``fused_attn``. False, store_attn, or attention dropout while training:
@@ -178,30 +183,30 @@ class WindowAttention(nn.Module):
             raise ValueError(f"WindowAttention: got {N} tokens per window, but the window is "
                              f"{self.window_size[0]}×{self.window_size[1]} = {self.window_area} tokens")
         h = self.num_heads
-        qkv = self.qkv(x).reshape(B_, N, 3, h, self.head_dim)                  # (B_, N, 3, h, d)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)                         # each (B_, h, N, d)
-
         # Everything added to the logits, built once on the small (nW, h, N, N) scale
         # so backward reduces over the batch once: the bias B and, shifted, the mask.
         bias = self.relative_position_bias()                                   # (h, N, N)
         nW = 1
         if mask is not None:
-            if not isinstance(mask, Tensor):
-                mask = Tensor(x.xp.asarray(mask, dtype=x.dtype))
+            mask = mask.data if isinstance(mask, Tensor) else x.xp.asarray(mask, dtype=x.dtype)
             nW = mask.shape[0]
             if B_ % nW:
                 raise ValueError(f"WindowAttention: {B_} windows are not a whole number of images "
                                  f"of {nW} windows (the mask's first dim)")
-            bias = bias.unsqueeze(0) + mask.unsqueeze(1)                       # (nW, h, N, N)
+            bias = bias + Tensor(mask[:, None])                                # (nW, h, N, N); the mask is a constant
 
         if self.fused_attn and not self.store_attn and (self.attn_drop.p == 0 or not self.training):
             # One op: softmax(Q Kᵀ·scale + bias) V, the images' windows as (B, nW) so that the
             # (nW, h, N, N) bias broadcasts over the images, and its gradient sums over them.
-            q, k, v = (t.reshape(B_ // nW, nW, h, N, self.head_dim) for t in (q, k, v))
+            # The head split and merge are one layout op each (the reference below writes them out).
+            qkv = F.rearrange(self.qkv(x), "(b w) n (three h d) -> three b w h n d", w=nW, three=3, h=h)
+            q, k, v = qkv.unbind(0)                                            # each (B, nW, h, N, d)
             x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
-            x = x.reshape(B_, h, N, self.head_dim).transpose(1, 2).reshape(B_, N, h * self.head_dim)
+            x = F.rearrange(x, "b w h n d -> (b w) n (h d)")                   # (B_, N, h·d)
             return self.proj_drop(self.proj(x))
 
+        qkv = self.qkv(x).reshape(B_, N, 3, h, self.head_dim)                  # (B_, N, 3, h, d)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)                         # each (B_, h, N, d)
         attn = (q * self.scale) @ k.transpose(-2, -1)                          # (B_, h, N, N)
         if mask is None:
             attn = attn + bias

@@ -127,7 +127,7 @@ class CvTStage(nn.Module):
         cls = None
         if self.cls_token is not None:
             cls, x = x.split([1, H * W], dim=1)                 # (B, 1, C), (B, HW, C)
-        return x.transpose(1, 2).reshape(B, C, H, W), cls       # back to a map for the next stage
+        return F.rearrange(x, "b (h w) c -> b c h w", h=H), cls  # back to a map for the next stage
 
 
 class ConvolutionalVisionTransformer(nn.Module):
@@ -243,7 +243,7 @@ class ConvolutionalVisionTransformer(nn.Module):
             x, cls = stage(x)                                   # (B, C_i, H_i, W_i), (B, 1, C_i) or None
         if self.uses_cls_token:
             return self.norm(cls)                               # (B, 1, C)
-        return self.norm(x.flatten(2).transpose(1, 2))          # (B, H'W', C)
+        return self.norm(F.rearrange(x, "b c h w -> b (h w) c"))  # (B, H'W', C)
 
     def forward_intermediates(self, x, indices=None, norm: bool = False, stop_early: bool = False,
                               output_fmt: str = "NCHW", intermediates_only: bool = False):
@@ -272,7 +272,7 @@ class ConvolutionalVisionTransformer(nn.Module):
             return intermediates
         if i < self.num_stages - 1:
             return x, intermediates
-        final = self.norm(cls) if self.uses_cls_token else self.norm(x.flatten(2).transpose(1, 2))
+        final = self.norm(cls) if self.uses_cls_token else self.norm(F.rearrange(x, "b c h w -> b (h w) c"))
         return final, intermediates
 
     def forward_head(self, x, pre_logits: bool = False):

@@ -33,6 +33,7 @@ from functools import partial
 
 import numpy as np
 
+import minivit.functional as F
 from minivit import nn
 from minivit.layers.conv_mlp import MlpWithDepthwiseConv
 from minivit.layers.overlap_patch_embed import OverlapPatchEmbed
@@ -112,7 +113,7 @@ class PyramidVisionTransformerStage(nn.Module):
         for blk in self.blocks:
             x = blk(x, (H, W))
         x = self.norm(x)
-        return x.reshape(B, H, W, C).permute(0, 3, 1, 2)     # (B, C, h, w) for the next stage
+        return F.rearrange(x, "b (h w) c -> b c h w", h=H)   # (B, C, h, w) for the next stage
 
 
 def _init_weights(m):

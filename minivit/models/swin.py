@@ -32,12 +32,12 @@ import math
 
 import numpy as np
 
+from minivit import functional as F
 from minivit import nn
 from minivit.layers.mlp import Mlp
 from minivit.layers.patch_embed import PatchEmbed, check_image, to_2tuple
 from minivit.layers.patch_merging import PatchMerging
-from minivit.layers.window_attention import (WindowAttention, shifted_window_mask, window_partition,
-                                             window_reverse)
+from minivit.layers.window_attention import WindowAttention, shifted_window_mask
 from minivit.models.features import check_output_fmt, feature_take_indices
 from minivit.models.registry import register_model
 
@@ -167,14 +167,15 @@ class SwinTransformerBlock(nn.Module):
     def _attn(self, x):
         """(Shifted) window attention on the map: (B, H, W, C) → (B, H, W, C)."""
         B, H, W, C = x.shape
-        sh, sw = self.shift_size
+        (sh, sw), (Mh, Mw) = self.shift_size, self.window_size
         if sh or sw:
             x = x.roll((-sh, -sw), dims=(1, 2))                            # cyclic shift (Swin Fig. 4)
-        windows = window_partition(x, self.window_size)                     # (B·nW, Mh, Mw, C)
-        windows = windows.reshape(-1, self.window_area, C)                  # (B·nW, N, C)
+        # window_partition(x) then (B·nW, N, C), as one op (F.rearrange; tests/test_layout.py
+        # holds it equal to window_partition's reshape/permute chain)
+        windows = F.rearrange(x, "b (h p) (w q) c -> (b h w) (p q) c", p=Mh, q=Mw)  # (B·nW, N, C)
         windows = self.attn(windows, mask=self.attn_mask)                   # (B·nW, N, C)
-        windows = windows.reshape(-1, self.window_size[0], self.window_size[1], C)
-        x = window_reverse(windows, self.window_size, H, W)                 # (B, H, W, C)
+        x = F.rearrange(windows, "(b h w) (p q) c -> b (h p) (w q) c",      # window_reverse: (B, H, W, C)
+                        h=H // Mh, w=W // Mw, p=Mh, q=Mw)
         if sh or sw:
             x = x.roll((sh, sw), dims=(1, 2))                               # undo the shift
         return x
@@ -186,9 +187,9 @@ class SwinTransformerBlock(nn.Module):
                              f"{self.input_resolution[1]} token grid (its shift mask depends on it), "
                              f"got {H}×{W} (input shape {x.shape})")
         x = x + self.drop_path1(self._attn(self.norm1(x)))
-        x = x.reshape(B, H * W, C)                                          # (B, N, C) for the MLP
-        x = x + self.drop_path2(self.mlp(self.norm2(x)))
-        return x.reshape(B, H, W, C)
+        # The MLP acts on each token alone, so it takes the (B, H, W, C) map as it is (timm
+        # reshapes to (B, H·W, C) and back: the same numbers, two ops more).
+        return x + self.drop_path2(self.mlp(self.norm2(x)))                 # (B, H, W, C)
 
     def extra_repr(self):
         return (f"dim={self.dim}, input_resolution={self.input_resolution}, window_size={self.window_size}, "

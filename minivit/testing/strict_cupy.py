@@ -204,6 +204,15 @@ def _out(r):
     return r
 
 
+def _same_or_out(r, args):
+    """``_out(r)``, except that an input given back unchanged (``ascontiguousarray`` of a contiguous
+    array, ``asarray`` of a device array) is that input, as CuPy returns it: no copy, no launch."""
+    for a in args:
+        if type(a) is ndarray and r is a._a:
+            return a
+    return _out(r)
+
+
 def _in(x, where):
     """A device value as NumPy sees it; a host array is refused."""
     t = type(x)
@@ -321,8 +330,8 @@ def _function(where, npf, allowed, most=None):
                 if type(out) is ndarray and r is out._a:
                     _launch_logs and _launch()
                     return out
-                return _out(r)
-            return _out(npf(*_in(args, where)))
+                return _same_or_out(r, args)
+            return _same_or_out(npf(*_in(args, where)), args)
     f.__name__ = f.__qualname__ = where.rsplit(".", 1)[-1]
     f.__doc__ = f"Stand-in for {where} (NumPy underneath)."
     return f
