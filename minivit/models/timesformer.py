@@ -230,6 +230,10 @@ def timesformer_tiny(**kwargs):
     attention scores alone, per block, 2·(16·8² + 8·17²)·64 = 0.43M divided against
     2·129²·64 = 2.13M joint — at 128 tokens the linear maps, which divided has more of, still
     dominate. Two classes: the two directions of ``minivit.data.motion``.
+
+    Built with the released code's init (zero time embedding, Linear std 0.02) it starts exactly
+    blind to frame order and does not learn the motion clips; ``benchmarks/video_runs.py`` trains it
+    with ``time_embed_init='sincos', init_std=0.125`` (its docstring has the measurements).
     """
     return _timesformer(dict(img_size=32, patch_size=8, num_frames=8, num_classes=2, embed_dim=64, depth=4,
                              num_heads=2, mlp_ratio=2.0), kwargs)
