@@ -46,9 +46,12 @@ test on 200 clips):
 
 A ridge probe on the untrained models' features (class token and mean token, 900 clips to fit,
 300 to test) reads 52% of the labels with the released init, 54% with a normal time embedding of
-std 1, 63% with that and init_std=0.125, 62% with sincos and init_std=0.125. So both changes are
-needed: at std 0.125 the attention scores are of order one and a non-zero time embedding makes the
-untrained attention lean in time. One reading of why the sinusoidal table learns where a random
+std 1, 63% with that and init_std=0.125, 62% with sincos and init_std=0.125, 53% with sincos and
+the released std 0.02 (a zero time embedding reads exactly 50% in expectation: blind). So the
+untrained features hold the label only with both changes: at std 0.125 the attention scores are of
+order one, and a non-zero time embedding makes the untrained attention lean in time. (Training with
+only one of them, sincos at std 0.02 or zeros at 0.125, was not run to the end.)
+One reading of why the sinusoidal table learns where a random
 one did not (suggested, not proven): its columns change smoothly with t, so e_tᵀ A e_t′ holds terms
 in sin(ω(t − t′)), the same lean forwards or backwards at every frame, and the motion features of
 the frames add up; a random draw leans a different way at each frame. ``TIMESFORMER_INIT`` is
@@ -56,7 +59,8 @@ that init (``time_embed_init=sincos, init_std=0.125``); the runs take 12 epochs 
 needed 300-400 steps at a constant 1e-3 before its loss fell, and 6 epochs under warmup and cosine
 are 372 steps). Space-only attention has no time embedding; the kwargs change only its Linear std.
 Under it (``--table``; 2026-12-03, shared machine): divided learns (97.8% after epoch 4, 99.8% after
-12), space-only stays at chance, and joint does not learn in 12 epochs (54.2%, train loss 0.686): in
+12); joint does not learn in 12 epochs (54.2%, train loss 0.686), no better than space-only (52.8%,
+0.684), which is at chance by construction (500 test clips: one standard deviation is 2.2 points). In
 joint attention a token shares its weight among all 129 tokens instead of its patch's 8 frames, so
 the same lean in time is spread far thinner; a recipe for joint is not yet found.
 
