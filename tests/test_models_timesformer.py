@@ -192,3 +192,47 @@ def test_wrong_inputs_name_the_problem():
         model(mv.zeros(1, 3, 3, 12, 12))
     with pytest.raises(ValueError, match="attention_type"):
         tiny("divided")
+
+
+# =========================================================================== from-scratch init options
+def test_time_embedding_init_options():
+    """The released init (zero time embedding, Linear std 0.02) is the default; ``time_embed_init``
+    'sincos' starts the time embedding at the Transformer's sinusoidal table (distinct rows, smooth in
+    t), 'normal' at a truncated normal, both times ``time_embed_scale``; ``init_std`` is the Linear
+    weights' std. The converter builds the class with the defaults and overwrites the embedding."""
+    from minivit.models.timesformer import sincos_table
+    mv.manual_seed(0)
+    released = create_model("timesformer_tiny")
+    assert np.abs(released.time_embed.numpy()).max() == 0
+    assert abs(released.blocks[0].attn.qkv.weight.numpy().std() - 0.02) < 0.002
+    mv.manual_seed(0)
+    model = create_model("timesformer_tiny", time_embed_init="sincos", init_std=0.125)
+    e = model.time_embed.numpy()[0]                                            # (T, D)
+    np.testing.assert_allclose(e, sincos_table(8, 64), atol=1e-7)
+    assert e[0, 0] == 0 and e[0, 32] == 1 and abs(e[1, 0] - np.sin(1)) < 1e-6 and abs(e[3, 1] - np.sin(3 * 10000 ** (-2 / 64))) < 1e-6
+    gaps = np.linalg.norm(e[:, None] - e[None], axis=-1) + np.eye(8)          # every frame its own row
+    assert gaps.min() > 0.5
+    assert abs(model.blocks[0].attn.qkv.weight.numpy().std() - 0.125) < 0.01
+    assert abs(model.head.weight.numpy().std() - 0.125) < 0.05
+    assert np.abs(model.blocks[1].temporal_fc.weight.numpy()).max() == 0      # still the released block init
+    half = create_model("timesformer_tiny", time_embed_init="sincos", time_embed_scale=0.5)
+    np.testing.assert_allclose(half.time_embed.numpy()[0], 0.5 * sincos_table(8, 64), atol=1e-7)
+    mv.manual_seed(0)
+    normal = create_model("timesformer_tiny", time_embed_init="normal", time_embed_scale=0.3).time_embed.numpy()
+    assert 0.25 < normal.std() < 0.35 and np.abs(normal).max() <= 0.6
+    assert create_model("timesformer_tiny", attention_type="space_only", time_embed_init="sincos").time_embed is None
+    with pytest.raises(ValueError, match="time_embed_init"):
+        create_model("timesformer_tiny", time_embed_init="learned")
+
+
+@pytest.mark.parametrize("attention_type", ["divided_space_time", "joint_space_time"])
+def test_sincos_init_sees_frame_order_as_built(attention_type):
+    """With the sinusoidal time embedding the untrained model already tells a clip from the clip
+    played backwards (the released init cannot, tests/test_video_runs.py)."""
+    mv.manual_seed(0)
+    model = create_model("timesformer_tiny", attention_type=attention_type, depth=2, time_embed_init="sincos",
+                         init_std=0.125).eval()
+    x = np.random.default_rng(0).standard_normal((2, 8, 3, 32, 32)).astype(np.float32)
+    with mv.no_grad():
+        a, b = model(mv.tensor(x)).numpy(), model(mv.tensor(x[:, ::-1].copy())).numpy()
+    assert np.abs(a - b).max() > 1e-3

@@ -43,6 +43,15 @@ from minivit.layers.patch_embed import PatchEmbed, check_clip, to_2tuple
 from minivit.models.registry import register_model
 
 ATTENTION_TYPES = ("divided_space_time", "space_only", "joint_space_time")
+TIME_EMBED_INITS = ("zeros", "sincos", "normal")
+
+
+def sincos_table(length: int, dim: int) -> np.ndarray:
+    """The Transformer's sinusoidal table (Vaswani et al., 2017), (length, dim) float32: row t is
+    sin(t·ωᵢ) in the first ⌈dim/2⌉ columns and cos(t·ωᵢ) in the rest, ωᵢ = 10000^(−2i/dim). Every row
+    differs from every other, and each column changes smoothly with t."""
+    ang = np.arange(length)[:, None] / 10000.0 ** (np.arange((dim + 1) // 2)[None] * 2 / dim)
+    return np.concatenate([np.sin(ang), np.cos(ang[:, :dim // 2])], axis=1).astype(np.float32)
 
 
 class TimeSformer(nn.Module):
@@ -54,6 +63,14 @@ class TimeSformer(nn.Module):
     linearly from 0 at the first block to its value at the last (the released code's default
     is 0.1; 0 here, as minivit's ViT). The clip must have ``num_frames`` frames of ``img_size``:
     the time embedding has one entry per frame.
+
+    Initialisation for training from scratch (not the released code's; its init is the default,
+    and converted weights replace the init anyway): ``time_embed_init`` is ``'zeros'`` (the released
+    code's: the model starts exactly blind to frame order), ``'sincos'`` (the Transformer's
+    sinusoidal table, :func:`sincos_table`, times ``time_embed_scale``) or ``'normal'`` (a normal of
+    std ``time_embed_scale`` cut at ±2 std); ``init_std`` is the std of every Linear weight (the
+    released code's 0.02, chosen for width 768). ``timesformer_tiny`` learns the motion clips with
+    ``time_embed_init='sincos', init_std=0.125`` (``benchmarks/video_runs.py``), not with the released init.
     """
 
     task = "video"          # what the trainer reads (python -m minivit.train --task video)
@@ -62,7 +79,8 @@ class TimeSformer(nn.Module):
                  num_frames: int = 8, attention_type: str = "divided_space_time", embed_dim: int = 768,
                  depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0, qkv_bias: bool = True,
                  drop_rate: float = 0.0, attn_drop_rate: float = 0.0, drop_path_rate: float = 0.0,
-                 norm_layer=None, act_layer=None):
+                 norm_layer=None, act_layer=None, time_embed_init: str = "zeros", time_embed_scale: float = 1.0,
+                 init_std: float = 0.02):
         super().__init__()
         if attention_type not in ATTENTION_TYPES:
             raise ValueError(f"TimeSformer: attention_type must be one of {ATTENTION_TYPES}, got {attention_type!r}")
@@ -72,6 +90,10 @@ class TimeSformer(nn.Module):
         act_layer = act_layer or nn.GELU
         self.num_classes, self.in_chans, self.num_frames = num_classes, in_chans, num_frames
         self.attention_type = attention_type
+        if time_embed_init not in TIME_EMBED_INITS:
+            raise ValueError(f"TimeSformer: time_embed_init must be one of {TIME_EMBED_INITS}, got {time_embed_init!r}")
+        self.time_embed_init, self.time_embed_scale = time_embed_init, float(time_embed_scale)
+        self.init_std = float(init_std)
         self.num_features = self.embed_dim = embed_dim
         self.img_size = to_2tuple(img_size)
 
@@ -106,12 +128,18 @@ class TimeSformer(nn.Module):
         """The released code's init: position embedding and class token ~ TruncNormal(std .02),
         time embedding zeros, every Linear ~ TruncNormal(std .02) with zero bias, LayerNorms 1/0;
         with divided attention, ``temporal_fc`` is zero in every block but the first, so each
-        later block starts as an image block (its time branch adds nothing)."""
+        later block starts as an image block (its time branch adds nothing). ``time_embed_init``
+        and ``init_std`` change the time embedding's start and the Linear weights' std (class docstring)."""
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
+        if self.time_embed is not None and self.time_embed_init == "sincos":
+            self.time_embed.data[...] = self.time_embed_scale * sincos_table(self.num_frames, self.embed_dim)[None]
+        elif self.time_embed is not None and self.time_embed_init == "normal":
+            s = self.time_embed_scale
+            nn.init.trunc_normal_(self.time_embed, std=s, a=-2 * s, b=2 * s)
         for m in self.modules():
             if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.trunc_normal_(m.weight, std=self.init_std)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
         if self.attention_type == "divided_space_time":
@@ -202,6 +230,10 @@ def timesformer_tiny(**kwargs):
     attention scores alone, per block, 2·(16·8² + 8·17²)·64 = 0.43M divided against
     2·129²·64 = 2.13M joint — at 128 tokens the linear maps, which divided has more of, still
     dominate. Two classes: the two directions of ``minivit.data.motion``.
+
+    Built with the released code's init (zero time embedding, Linear std 0.02) it starts exactly
+    blind to frame order and does not learn the motion clips; ``benchmarks/video_runs.py`` trains it
+    with ``time_embed_init='sincos', init_std=0.125`` (its docstring has the measurements).
     """
     return _timesformer(dict(img_size=32, patch_size=8, num_frames=8, num_classes=2, embed_dim=64, depth=4,
                              num_heads=2, mlp_ratio=2.0), kwargs)
