@@ -237,6 +237,38 @@ class _Pick(Function):
         return _Parts(parts, self.inputs[0].dtype)
 
 
+def _owner(a):
+    """The array that owns a's memory (a itself, or the base a view was taken from)."""
+    while getattr(a, "base", None) is not None:
+        a = a.base
+    return a
+
+
+def _plain(a) -> bool:
+    """A C-contiguous, writable array: fit to be a .grad as it is (not a stride-0 broadcast view)."""
+    flags = a.flags
+    return flags.c_contiguous and getattr(flags, "writeable", True)
+
+
+def _hold(held: dict, g, n: int) -> None:
+    """Count n more pending gradients on the memory of g (each slot of a _Parts)."""
+    for a in (g.parts if isinstance(g, _Parts) else (g,)):
+        if a is not None:
+            k = id(_owner(a))
+            held[k] = held.get(k, 0) + n
+
+
+def _release(held: dict, g) -> bool:
+    """One pending gradient g is taken out; True when no other pending one shares its memory."""
+    alone = True
+    for a in (g.parts if isinstance(g, _Parts) else (g,)):
+        if a is not None:
+            k = id(_owner(a))
+            held[k] = held.get(k, 0) - 1
+            alone = alone and held[k] <= 0
+    return alone
+
+
 def _constant(x, ref: "Tensor") -> "Tensor":
     """A non-tensor operand (Python number or array) as a tensor on ref's device.
     Python numbers take ref's dtype, so ``x * 2.0`` keeps float32 float32."""
@@ -362,6 +394,7 @@ class Tensor:
             raise RuntimeError("backward() on a tensor that does not require grad: "
                                "no input of the computation had requires_grad=True")
         xp = self.xp
+        given = grad is not None
         if grad is None:
             if self.data.size != 1:
                 raise RuntimeError(f"backward() without a gradient needs a single-element "
@@ -377,15 +410,27 @@ class Tensor:
 
         # 2. Reverse order: every user of t has run, so grads[t] is complete.
         #    (t is a leaf tensor, or the Node of an op's result: see Node.)
+        #    `held` counts, per memory owner, the pending gradients in `grads` that use its memory
+        #    (Add gives one array to both inputs; a reshape's gradient is a view). A leaf takes its
+        #    gradient array as it is when nothing else holds that memory, and a copy otherwise,
+        #    so no two .grad arrays ever share memory (an in-place `p.grad *= c` stays safe).
+        held = {}
         grads = {id(_vertex(self)): grad}
+        _hold(held, grad, 2 if given else 1)       # the caller's array is never taken
         for t in reversed(order):
             g = grads.pop(id(t), None)
             ctx = t._ctx
-            if g is not None and (ctx is None or t._retains_grad):
-                target = t.tensor if isinstance(t, Node) else t
-                if target is not None:
-                    # A copy: one gradient array may feed several inputs (a + b).
-                    target.grad = g.copy() if target.grad is None else target.grad + g
+            if g is not None:
+                alone = _release(held, g)
+                if ctx is None or t._retains_grad:
+                    target = t.tensor if isinstance(t, Node) else t
+                    if target is not None:
+                        if target.grad is not None:
+                            target.grad = target.grad + g
+                        elif alone and ctx is None and _plain(g):
+                            target.grad = g
+                        else:                       # shared, a broadcast view, or a non-leaf's g
+                            target.grad = g.copy()  # (which goes on to its op): a copy
             if ctx is None:
                 continue
             if g is not None:
@@ -401,7 +446,12 @@ class Tensor:
                             # backward (a float16 GEMM) would silently run in float32.
                             gx = gx.astype(x.dtype)
                         k = id(x)
-                        grads[k] = gx if k not in grads else grads[k] + gx
+                        if k in grads:
+                            old, grads[k] = grads[k], grads[k] + gx
+                            _release(held, old)
+                        else:
+                            grads[k] = gx
+                        _hold(held, grads[k], 1)
             if not retain_graph:
                 t._ctx = None  # frees the op and every array it saved for backward
 

@@ -293,6 +293,8 @@ class Softmax(Function):
 
     def forward(self, x):
         xp = get_array_module(x)
+        if self.dim is not None and self.dim < 0:          # Softmax(-1): the last dim, as dim=ndim-1
+            self.dim += x.ndim
         if x.size == 0:
             self.y = x.copy()
             return self.y
@@ -349,6 +351,8 @@ class LogSoftmax(Function):
 
     def forward(self, x):
         xp = get_array_module(x)
+        if self.dim is not None and self.dim < 0:          # as Softmax
+            self.dim += x.ndim
         if x.size == 0:
             self.y = x.copy()
             return self.y
@@ -416,7 +420,7 @@ def _keep_mask(xp, shape, keep, dtype):
     """Bernoulli(keep) mask scaled by 1/keep, in x's dtype (all zeros when keep == 0)."""
     mask = _uniform(xp, shape) < keep
     scale = 1.0 / keep if keep > 0 else 0.0
-    return mask.astype(dtype) * dtype.type(scale)
+    return xp.multiply(mask, dtype.type(scale), dtype=dtype)    # one op: bool × scale, in dtype
 
 
 def dropout(input, p=0.5, training=True):  # noqa: A002

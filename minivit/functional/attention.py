@@ -79,9 +79,9 @@ class ScaledDotProductAttention(Function):
         need = self.needs_grad
         dv = _t(a) @ go if need[2] else None            # (…, S, d_v)
         ds = self.softmax.backward(go @ _t(self.v))     # dS = A ⊙ (dA − rowsum(dA ⊙ A))
-        c = ds.dtype.type(self.scale)
-        dq = (ds @ self.k) * c if need[0] else None     # (…, L, d)
-        dk = (_t(ds) @ self.q) * c if need[1] else None  # (…, S, d)
+        dsc = ds * ds.dtype.type(self.scale) if need[0] or need[1] else None   # c·dS: scaled once, for both
+        dq = dsc @ self.k if need[0] else None          # (…, L, d)
+        dk = _t(dsc) @ self.q if need[1] else None      # (…, S, d)
         if not self.has_mask:
             return dq, dk, dv
         dm = sum_to(ds, self.mask_shape) if need[3] else None   # a bias (Swin's) learns from dS

@@ -102,6 +102,14 @@ def _unpad_hw(g, pads):
     return g[..., top:g.shape[-2] - bottom, left:g.shape[-1] - right]
 
 
+def add_into(view, g):
+    """``view += g`` on a view (a basic slice) of a larger array: the col2im step.
+
+    Written ``a[idx] += g`` Python would add into the view a[idx] and then copy it onto
+    itself (``a.__setitem__(idx, ...)``): two kernels on a GPU, and a needless copy on the CPU."""
+    view += g
+
+
 # =========================================================================== conv2d
 class Conv2d(Function):
     """2-D cross-correlation (PyTorch's conv2d) by im2col and one (batched) GEMM.
@@ -127,6 +135,9 @@ class Conv2d(Function):
     # On that path, padding, im2col and col2im run in pieces of the batch on backend's threads;
     # False: one piece, on the calling thread.
     threaded_columns = True
+    # When the windows tile the input (kernel = stride), the column gradients are moved into
+    # place in one copy (_tiles_backward); False: col2im's loop over the kernel offsets.
+    tiling_fast_path = True
 
     def __init__(self, stride, pads, dilation, groups, keep_cols=True):
         self.stride, self.pads, self.dilation, self.groups = stride, pads, dilation, groups
@@ -181,18 +192,34 @@ class Conv2d(Function):
             # With Og = 1 (depthwise) the product is an outer product, which a
             # broadcast multiply does several times faster than BLAS.
             gcols = (wt @ g3 if O // G > 1 else wt * g3).reshape(G, Cg, kh, kw, N, Ho, Wo)
-            # col2im: each kernel offset (i, j) read one strided slice of the padded
-            # input; add its column gradient back onto that slice.
-            gpad = xp.zeros((G, Cg, N, Hp, Wp), dtype=gy.dtype)
-            for i in range(kh):
-                for j in range(kw):
-                    gpad[..., _window(i, dh, sh, Ho), _window(j, dw, sw, Wo)] += gcols[:, :, i, j]
-            gx = _unpad_hw(gpad.reshape(C, N, Hp, Wp).transpose(1, 0, 2, 3), self.pads)
+            if self.tiling_fast_path and (kh, kw) == (sh, sw) and (dh, dw) == (1, 1):
+                gx = self._tiles_backward(xp, gcols)
+            else:
+                # col2im: each kernel offset (i, j) read one strided slice of the padded
+                # input; add its column gradient back onto that slice.
+                gpad = xp.zeros((G, Cg, N, Hp, Wp), dtype=gy.dtype)
+                for i in range(kh):
+                    for j in range(kw):
+                        add_into(gpad[..., _window(i, dh, sh, Ho), _window(j, dw, sw, Wo)], gcols[:, :, i, j])
+                gx = _unpad_hw(gpad.reshape(C, N, Hp, Wp).transpose(1, 0, 2, 3), self.pads)
         if self.needs_grad[1]:
             gw = (g3 @ self.cols.transpose(0, 2, 1)).reshape(O, Cg, kh, kw)
         if len(self.needs_grad) == 2:                       # called without a bias
             return gx, gw
         return gx, gw, (gy.sum(axis=(0, 2, 3)) if self.needs_grad[2] else None)
+
+    def _tiles_backward(self, xp, gcols):
+        """col2im when the windows tile the input (kernel = stride, no dilation: a patch
+        embedding, SRA's reduction): each padded pixel was read by one tap at most, so the
+        column gradients only move into place, one copy instead of kh·kw accumulations."""
+        (N, C, H, W), (O, Cg, kh, kw), (Hp, Wp), (Ho, Wo) = self.shapes
+        tiles = gcols.transpose(4, 0, 1, 5, 2, 6, 3).reshape(N, C, Ho * kh, Wo * kw)   # (N, C, Ho·kh, Wo·kw)
+        if (Ho * kh, Wo * kw) == (Hp, Wp):
+            gpad = xp.ascontiguousarray(tiles)
+        else:                                            # rows/columns past the last window: read by none
+            gpad = xp.zeros((N, C, Hp, Wp), dtype=gcols.dtype)
+            gpad[:, :, :Ho * kh, :Wo * kw] = tiles
+        return _unpad_hw(gpad, self.pads)
 
     # ----------------------------------------------------------------------- channels-last
     # The vision transformers here keep activations as tokens (B, N, C) and view them as
@@ -258,7 +285,7 @@ class Conv2d(Function):
                     gxpad[lo:hi] = 0
                     for i in range(kh):
                         for j in range(kw):
-                            gxpad[lo:hi, _window(i, dh, sh, Ho), _window(j, dw, sw, Wo)] += gc[lo:hi, :, :, i, j]
+                            add_into(gxpad[lo:hi, _window(i, dh, sh, Ho), _window(j, dw, sw, Wo)], gc[lo:hi, :, :, i, j])
                 backend.parallel_pieces(N, piece) if self.threaded_columns else piece(0, N)
             gx = gxpad[:, top:Hp - bottom, left:Wp - right].transpose(0, 3, 1, 2)  # (N, C, H, W), a view
         if self.needs_grad[1]:
@@ -347,7 +374,7 @@ class Conv2d(Function):
                 # Strided: add each tap's share back onto the input positions it read.
                 for i in range(kh):
                     for j in range(kw):
-                        gxpad[lo:hi, _window(i, dh, sh, Ho), _window(j, dw, sw, Wo)] += g[lo:hi] * self.taps[i, j]
+                        add_into(gxpad[lo:hi, _window(i, dh, sh, Ho), _window(j, dw, sw, Wo)], g[lo:hi] * self.taps[i, j])
                 gx[lo:hi] = gxpad[lo:hi, top:top + H, left:left + W]
             if want_w:
                 win = _windows_last(self.xpad[lo:hi], (kh, kw), self.stride, self.dilation)
@@ -520,7 +547,7 @@ class AvgPool2d(_AvgPool):
         gpad = xp.zeros(self.pad_shape, dtype=gy.dtype)
         for i in range(kh):
             for j in range(kw):
-                gpad[..., _window(i, 1, sh, Ho), _window(j, 1, sw, Wo)] += g
+                add_into(gpad[..., _window(i, 1, sh, Ho), _window(j, 1, sw, Wo)], g)
         return _unpad_hw(gpad, self.pads)
 
 
@@ -576,7 +603,7 @@ class MaxPool2d(Function):
         gpad = xp.zeros(self.pad_shape, dtype=gy.dtype)
         zero = gy.dtype.type(0)
         for t in range(kh * kw):
-            gpad[..., _window(t // kw, dh, sh, Ho), _window(t % kw, dw, sw, Wo)] += xp.where(self.arg == t, gy, zero)
+            add_into(gpad[..., _window(t // kw, dh, sh, Ho), _window(t % kw, dw, sw, Wo)], xp.where(self.arg == t, gy, zero))
         return _unpad_hw(gpad, self.pads)
 
     def indices(self, W):

@@ -34,7 +34,7 @@ import numpy as np
 from minivit import amp, backend
 from minivit.autograd import Function, Tensor, is_grad_enabled
 from minivit.functional.basic import squeeze, unsqueeze
-from minivit.functional.conv import _AvgPool, _check_positive, _out_size
+from minivit.functional.conv import _AvgPool, _check_positive, _out_size, add_into
 
 get_array_module = backend.get_array_module
 
@@ -110,7 +110,7 @@ def _col2im(cols, shape, k, s, d, out):
     c = cols.reshape((G, C // G) + tuple(k) + (N,) + tuple(out))   # (G, Cg, *k, N, *out)
     acc = xp.zeros((G, C // G, N) + spatial, dtype=cols.dtype)       # (G, Cg, N, *Sp)
     for off in _offsets(k):
-        acc[_tap(off, s, d, out)] += c[(slice(None), slice(None)) + off]
+        add_into(acc[_tap(off, s, d, out)], c[(slice(None), slice(None)) + off])
     return acc.reshape((C, N) + spatial).swapaxes(0, 1)             # (N, C, *Sp), a view
 
 
@@ -425,7 +425,7 @@ class MaxPoolNd(Function):
         gpad = xp.zeros(self.pad_shape, dtype=gy.dtype)
         zero = gy.dtype.type(0)
         for t, off in enumerate(_offsets(self.k)):
-            gpad[_tap(off, self.s, self.d, self.out)] += xp.where(self.arg == t, gy, zero)
+            add_into(gpad[_tap(off, self.s, self.d, self.out)], xp.where(self.arg == t, gy, zero))
         return _unpad(gpad, self.pads)
 
     def indices(self, spatial):
@@ -472,7 +472,7 @@ class AvgPoolNd(_AvgPool):
         g = gy * self.inv_div
         gpad = xp.zeros(self.pad_shape, dtype=gy.dtype)
         for off in _offsets(self.k):
-            gpad[_tap(off, self.s, ones, self.out)] += g
+            add_into(gpad[_tap(off, self.s, ones, self.out)], g)
         return _unpad(gpad, self.pads)
 
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from minivit import amp, backend
 from minivit.autograd import Function, Tensor, defer_check
+from minivit.functional import fused_cuda
 from minivit.functional.basic import sum_to
 
 get_array_module = backend.get_array_module
@@ -71,7 +72,9 @@ class CrossEntropy(Function):
         self.x_shape = x.shape
         z = _rows(x)                                                   # (M, C)
         m, c = z.shape
-        if self.from_logits:
+        if self.from_logits and fused_cuda.applies(z):
+            z = fused_cuda.softmax_forward(z, log=True)                # the same steps, one kernel
+        elif self.from_logits:
             z = z - z.max(axis=1, keepdims=True)                       # every exponent ≤ 0
             z = z - xp.log(xp.exp(z).sum(axis=1, keepdims=True))       # log_softmax
         self.logp = z

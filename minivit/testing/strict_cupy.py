@@ -57,6 +57,7 @@ import inspect
 import operator
 import re
 import sys
+import weakref
 import types
 
 import numpy as np
@@ -186,7 +187,31 @@ def sync_count() -> int:
 def _wrap(a: np.ndarray) -> "ndarray":
     d = object.__new__(ndarray)
     d._a = a
+    if a.base is None:                          # owns its memory: the one that views' ``base`` names
+        _owners[id(a)] = d
     return d
+
+
+# The device array that owns each NumPy array's memory, so that ``view.base`` is that array
+# itself, as in CuPy (a new wrapper each time would make ``v.base is v.base`` false).
+_owners: "weakref.WeakValueDictionary[int, ndarray]" = weakref.WeakValueDictionary()
+
+
+def _base_kept(d: "ndarray"):
+    """``d.base``, kept alive by d as CuPy's view keeps its base."""
+    try:
+        return d._base
+    except AttributeError:
+        d._base = _base_of(d._a)
+        return d._base
+
+
+def _base_of(a: np.ndarray):
+    b = a.base
+    if b is None:
+        return None
+    w = _owners.get(id(b))
+    return w if w is not None and w._a is b else _wrap(b)
 
 
 def _out(r):
@@ -202,6 +227,15 @@ def _out(r):
     if t is tuple or t is list:
         return t(_out(v) for v in r)
     return r
+
+
+def _shape_out(r, src):
+    """``_out(r)`` for a shape function of src: a view launches nothing, but NumPy's reshape of an
+    array it cannot view returns a copy that is itself a view (its base the copy): one launch."""
+    if (_launch_logs and type(r) is np.ndarray and r.base is not None and type(src) is np.ndarray
+            and not np.may_share_memory(r, src)):
+        _launch()
+    return _out(r)
 
 
 def _same_or_out(r, args):
@@ -315,7 +349,8 @@ def _function(where, npf, allowed, most=None):
         def f(a, *args, **kwargs):
             _check_kwargs(where, kwargs, allowed)
             _check_positional(where, 1 + len(args), most)
-            return _out(npf(_in(a, where), *_in_shape(args, where), **{k: _in_shape(v, where) for k, v in kwargs.items()}))
+            src = _in(a, where)
+            return _shape_out(npf(src, *_in_shape(args, where), **{k: _in_shape(v, where) for k, v in kwargs.items()}), src)
         f.__name__ = f.__qualname__ = where.rsplit(".", 1)[-1]
         return f
 
@@ -427,7 +462,7 @@ def _index(a: np.ndarray, key):
 class ndarray:
     """A device array: a NumPy array behind CuPy's rules (not an ndarray subclass)."""
 
-    __slots__ = ("_a", "__weakref__")
+    __slots__ = ("_a", "_base", "__weakref__")
     __array_priority__ = 100
     __hash__ = None
 
@@ -447,7 +482,7 @@ class ndarray:
     flags = property(lambda self: _Flags(self._a.flags))
     T = property(lambda self: _wrap(self._a.T))
     mT = property(lambda self: _wrap(self._a.mT))
-    base = property(lambda self: None if self._a.base is None else _wrap(self._a.base))
+    base = property(lambda self: _base_kept(self))
     device = property(lambda self: sys.modules["cupy"].cuda.Device(0))
     data = property(lambda self: _MemoryPointer(self._a))
     __cuda_array_interface__ = property(lambda self: {**self._a.__array_interface__, "version": 3})
@@ -616,7 +651,8 @@ def _method(name):
     if name in _SHAPE_ARGS:
         def m(self, *args, **kwargs):
             _check_kwargs(where, kwargs, allowed)
-            return _out(getattr(self._a, name)(*_in_shape(args, where), **{k: _in_shape(v, where) for k, v in kwargs.items()}))
+            return _shape_out(getattr(self._a, name)(*_in_shape(args, where), **{k: _in_shape(v, where) for k, v in kwargs.items()}),
+                              self._a)
         m.__name__ = name
         return m
 
@@ -903,7 +939,7 @@ def install():
     _real["RandomState"] = frozenset(dir(real.random.RandomState))
     # The stand-in's own array attributes and operators, less those this CuPy lacks (e.g. __index__:
     # operator.index(dev) raises on CuPy; __imatmul__: `a @= b` makes a new array there).
-    keep = {"_a", "__slots__", "__weakref__", "__module__", "__doc__", "__qualname__", "__getattr__",
+    keep = {"_a", "_base", "__slots__", "__weakref__", "__module__", "__doc__", "__qualname__", "__getattr__",
             "__init__", "__hash__", "__dict__", "__firstlineno__", "__static_attributes__"}
     for name in list(vars(ndarray)):
         if name not in keep and name not in _real["ndarray"]:

@@ -1,0 +1,202 @@
+"""Device operations that a step must not spend, counted on the strict CuPy stand-in, and the
+rule that lets the engine skip them safely: a leaf takes its gradient array without a copy
+only when no other gradient shares that memory.
+
+The counts are exact (each op's launches are fixed by its code), so a change that adds a copy
+or misses a fused kernel fails here, long before a GPU shows it as time."""
+import numpy as np
+import pytest
+
+import minivit.functional as F
+from minivit import Tensor, backend
+from minivit.functional.activation import LogSoftmax, Softmax
+from minivit.testing import strict_cupy
+
+standin = pytest.mark.skipif(not backend.is_strict_standin(),
+                             reason=strict_cupy.available() or "a real CuPy: launches are not counted")
+
+
+def leaf(xp, *shape):
+    return Tensor(xp.asarray(np.random.randn(*shape)), requires_grad=True)
+
+
+def owner(a):
+    while getattr(a, "base", None) is not None:
+        a = a.base
+    return a
+
+
+def shares(a, b):
+    return owner(a) is owner(b)
+
+
+# --------------------------------------------------------------------------- the no-copy rule
+def test_add_gives_each_leaf_its_own_array(xp):
+    a, b = leaf(xp, 3), leaf(xp, 3)
+    (a + b).backward(xp.ones(3))
+    assert not shares(a.grad, b.grad)
+    a.grad *= 10                                       # PyTorch's habit: in place on one .grad
+    np.testing.assert_allclose(backend.to_numpy(b.grad), np.ones(3))
+
+
+def test_views_of_one_gradient_are_copied_for_all_but_the_last(xp):
+    # c's gradient reaches a as a reshape (a view) and b as the array itself: one memory, two leaves
+    a, b = leaf(xp, 2, 3), leaf(xp, 6)
+    c = a.reshape(6) + b
+    g = xp.asarray(np.arange(6.0))
+    c.backward(g)
+    assert not shares(a.grad, b.grad)
+    assert not shares(a.grad, g) and not shares(b.grad, g)     # the caller's array is never taken
+    a.grad *= 0
+    np.testing.assert_allclose(backend.to_numpy(b.grad), np.arange(6.0))
+
+
+def test_slices_of_one_gradient_stay_apart(xp):
+    # cat's backward hands out slices (views) of one array
+    a, b = leaf(xp, 2), leaf(xp, 3)
+    F.cat([a, b], dim=0).backward(xp.ones(5))
+    assert not shares(a.grad, b.grad)
+    b.grad *= 3
+    np.testing.assert_allclose(backend.to_numpy(a.grad), np.ones(2))
+
+
+def test_a_leafs_gradient_is_its_own_array(xp):
+    # w's gradient is Gᵀ X, an array no one else holds (taken without a copy: counted below)
+    x = Tensor(xp.asarray(np.random.randn(4, 3)))
+    w = leaf(xp, 5, 3)
+    y = F.linear(x, w)
+    y.backward(xp.ones((4, 5)))
+    expected = np.ones((4, 5)).T @ backend.to_numpy(x.data)
+    np.testing.assert_allclose(backend.to_numpy(w.grad), expected)
+    assert owner(w.grad) is w.grad
+
+
+def test_retained_gradient_of_an_intermediate_is_its_own(xp):
+    a = leaf(xp, 3)
+    h = a * 2.0
+    h.retain_grad()
+    (h + 0.0).backward(xp.ones(3))
+    h.grad *= 100
+    np.testing.assert_allclose(backend.to_numpy(a.grad), np.full(3, 2.0))
+
+
+def test_a_second_backward_accumulates_into_a_new_array(xp):
+    x = Tensor(xp.asarray(np.random.randn(4, 3)))
+    w = leaf(xp, 5, 3)
+    F.linear(x, w).backward(xp.ones((4, 5)))
+    first = w.grad
+    F.linear(x, w).backward(xp.ones((4, 5)))
+    np.testing.assert_allclose(backend.to_numpy(w.grad), 2 * backend.to_numpy(first))
+    assert w.grad is not first
+
+
+def test_model_gradients_never_share_memory(xp):
+    from minivit.models import create_model
+    model = create_model("vit_nano", num_classes=10).to(device="cuda" if xp is not np else "cpu")
+    x = Tensor(xp.asarray(np.random.randn(2, 3, 32, 32).astype(np.float32)))
+    F.cross_entropy(model(x), Tensor(xp.asarray(np.array([1, 2])))).backward()
+    owners = [id(owner(p.grad)) for p in model.parameters()]
+    assert all(p.grad is not None for p in model.parameters())
+    assert len(set(owners)) == len(owners)
+
+
+# --------------------------------------------------------------------------- counted launches
+def _launches(fn):
+    with strict_cupy.count_launches() as log:
+        fn()
+    return [kind for _, _, kind in log]
+
+
+@standin
+@pytest.mark.parametrize("op", [Softmax, LogSoftmax])
+def test_softmax_over_minus_one_takes_the_fused_kernels(op):
+    xp = backend.xp_for("cuda")
+    x = xp.asarray(np.random.randn(2, 3, 4, 5).astype(np.float32))
+    g = xp.ones_like(x)
+    for dim in (-1, 3):
+        f = op(dim)
+        fwd = _launches(lambda: f.forward(x))
+        bwd = _launches(lambda: f.backward(g))
+        assert fwd == ["RawKernel softmax_forward"], (dim, fwd)
+        assert bwd == ["RawKernel softmax_backward"], (dim, bwd)
+
+
+@standin
+def test_attention_uses_the_fused_softmax_and_scales_ds_once():
+    xp = backend.xp_for("cuda")
+    q, k, v = (leaf(xp, 2, 2, 5, 4) for _ in range(3))
+    q, k, v = (Tensor(t.data.astype(np.float32), requires_grad=True) for t in (q, k, v))
+    out = []
+    fwd = _launches(lambda: out.append(F.scaled_dot_product_attention(q, k, v)))
+    # Q Kᵀ, the scale, the softmax kernel, A V
+    assert fwd.count("RawKernel softmax_forward") == 1 and len(fwd) == 4, fwd
+    g = xp.ones((2, 2, 5, 4), dtype=np.float32)
+    bwd = _launches(lambda: out[0].backward(g))
+    # dV = Aᵀ dO, dA = dO Vᵀ, the softmax kernel, c·dS, dQ, dK: no copies into the leaves
+    assert bwd.count("RawKernel softmax_backward") == 1 and len(bwd) == 6, bwd
+
+
+@standin
+def test_linear_backward_spends_no_copy_on_the_parameters():
+    xp = backend.xp_for("cuda")
+    x = Tensor(xp.asarray(np.random.randn(4, 3).astype(np.float32)))
+    w = Tensor(xp.asarray(np.random.randn(5, 3).astype(np.float32)), requires_grad=True)
+    b = Tensor(xp.asarray(np.zeros(5, np.float32)), requires_grad=True)
+    y = F.linear(x, w, b)
+    g = xp.ones((4, 5), dtype=np.float32)
+    assert len(_launches(lambda: y.backward(g))) == 2            # Gᵀ X and Σ_rows G, nothing else
+
+
+# --------------------------------------------------------------------------- col2im when windows tile
+@pytest.mark.parametrize("shape, k, pad, groups", [
+    ((2, 4, 8, 8), 2, 0, 1),            # a patch embedding: 2×2 windows tile 8×8
+    ((2, 4, 9, 7), 2, 0, 2),            # a row and a column past the last window: read by none
+    ((1, 3, 6, 6), 4, 1, 1),            # padding inside the tiles
+    ((2, 4, 8, 8), 4, 0, 4),            # depthwise (SRA's reduction with groups)
+])
+def test_tiling_col2im_equals_the_loop(xp, shape, k, pad, groups):
+    from minivit.functional.conv import Conv2d
+    x = Tensor(xp.asarray(np.random.randn(*shape)), requires_grad=True)
+    w = Tensor(xp.asarray(np.random.randn(6 if groups == 1 else shape[1], shape[1] // groups, k, k)),
+               requires_grad=True)
+    grads = []
+    for fast in (True, False):
+        Conv2d.tiling_fast_path = fast
+        try:
+            x.grad = w.grad = None
+            y = F.conv2d(x, w, stride=k, padding=pad, groups=groups)
+            y.backward(xp.asarray(np.random.default_rng(1).standard_normal(y.shape)))
+            grads.append((backend.to_numpy(x.grad), backend.to_numpy(w.grad)))
+        finally:
+            Conv2d.tiling_fast_path = True
+    np.testing.assert_allclose(grads[0][0], grads[1][0], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(grads[0][1], grads[1][1], rtol=1e-12, atol=1e-12)
+
+
+@standin
+def test_tiling_conv_backward_moves_columns_in_one_copy():
+    xp = backend.xp_for("cuda")
+    x = Tensor(xp.asarray(np.random.randn(2, 4, 8, 8).astype(np.float32)), requires_grad=True)
+    w = Tensor(xp.asarray(np.random.randn(6, 4, 2, 2).astype(np.float32)))
+    y = F.conv2d(x, w, stride=2)
+    g = xp.ones(y.shape, dtype=np.float32)
+    # gy's layout (G, Og, L) copy, Wᵀ·g, the one copy into place: not a zero fill and 4 adds
+    assert len(_launches(lambda: y.backward(g))) == 3
+
+
+@standin
+def test_standin_counts_a_reshape_that_has_to_copy():
+    xp = backend.xp_for("cuda")
+    a = xp.asarray(np.ones((4, 6), np.float32))
+    assert _launches(lambda: a.reshape(2, 12)) == []                  # a view
+    assert _launches(lambda: a.T.reshape(24)) == ["op"]               # NumPy copies (and calls it a view)
+    assert _launches(lambda: xp.reshape(a.T, (24,))) == ["op"]
+
+
+def test_a_broadcast_gradient_becomes_a_writable_array(xp):
+    # sum's backward hands back a stride-0 broadcast of one number: the leaf must own real memory
+    w = leaf(xp, 3, 4)
+    w.sum().backward()
+    assert w.grad.flags.c_contiguous
+    w.grad *= 2
+    np.testing.assert_allclose(backend.to_numpy(w.grad), np.full((3, 4), 2.0))
