@@ -200,3 +200,69 @@ def test_a_broadcast_gradient_becomes_a_writable_array(xp):
     assert w.grad.flags.c_contiguous
     w.grad *= 2
     np.testing.assert_allclose(backend.to_numpy(w.grad), np.full((3, 4), 2.0))
+
+
+# --------------------------------------------------------------------------- token ops: one op for three
+def _grads_of(xp, fn, *leaves):
+    for t in leaves:
+        t.grad = None
+    y = fn()
+    y.backward(xp.asarray(np.random.default_rng(2).standard_normal(y.shape)))
+    return backend.to_numpy(y.data), [backend.to_numpy(t.grad) for t in leaves]
+
+
+@pytest.mark.parametrize("hw, k, stride, pad, groups, bias", [
+    ((4, 5), 3, 1, 1, 6, True),          # Mix-FFN's depthwise 3×3
+    ((4, 4), 2, 2, 0, 1, False),         # a strided dense conv (SRA's reduction)
+    ((3, 5), 3, 2, 1, 2, True),          # grouped, strided, padded
+])
+def test_conv2d_tokens_equals_rearrange_conv_rearrange(xp, hw, k, stride, pad, groups, bias):
+    H, W = hw
+    x = Tensor(xp.asarray(np.random.randn(2, H * W, 6)), requires_grad=True)
+    w = Tensor(xp.asarray(np.random.randn(6, 6 // groups, k, k)), requires_grad=True)
+    b = Tensor(xp.asarray(np.random.randn(6)), requires_grad=True) if bias else None
+    leaves = (x, w) + ((b,) if bias else ())
+
+    def three():
+        m = F.rearrange(x, "b (h w) c -> b c h w", h=H)
+        return F.rearrange(F.conv2d(m, w, b, stride, pad, 1, groups), "b c h w -> b (h w) c")
+
+    def one():
+        return F.conv2d_tokens(x, hw, w, b, stride, pad, 1, groups)
+    y1, g1 = _grads_of(xp, one, *leaves)
+    y3, g3 = _grads_of(xp, three, *leaves)
+    np.testing.assert_allclose(y1, y3, rtol=1e-12, atol=1e-12)
+    for a, c in zip(g1, g3):
+        np.testing.assert_allclose(a, c, rtol=1e-12, atol=1e-12)
+
+
+def test_q_kv_attention_equals_the_composed_ops(xp):
+    h = 2
+    q = Tensor(xp.asarray(np.random.randn(2, 6, 8)), requires_grad=True)
+    kv = Tensor(xp.asarray(np.random.randn(2, 3, 16)), requires_grad=True)
+
+    def composed():
+        qh = F.rearrange(q, "b n (h d) -> b h n d", h=h)
+        k, v = F.rearrange(kv, "b n (two h d) -> two b h n d", two=2, h=h).unbind(0)
+        return F.rearrange(F.scaled_dot_product_attention(qh, k, v), "b h n d -> b n (h d)")
+    y1, g1 = _grads_of(xp, lambda: F.q_kv_attention(q, kv, h), q, kv)
+    y3, g3 = _grads_of(xp, composed, q, kv)
+    np.testing.assert_allclose(y1, y3, rtol=1e-12, atol=1e-12)
+    for a, c in zip(g1, g3):
+        np.testing.assert_allclose(a, c, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="kv of shape"):
+        F.q_kv_attention(q, kv[:, :, :8], h)
+
+
+def test_pvt_v2_tiny_forward_graph_ops_halved():
+    from minivit import autograd
+    from minivit.models import create_model
+    model = create_model("pvt_v2_tiny")
+    model.train()
+    ops = []
+    autograd.forward_hooks.append(lambda op, inputs, out: ops.append(type(op).__name__))
+    try:
+        model(Tensor(np.random.randn(2, 3, 32, 32).astype(np.float32)))
+    finally:
+        autograd.forward_hooks.pop()
+    assert len(ops) <= 139, len(ops)               # 278 on the engine of 2 December

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from minivit import autograd, nn
-from minivit.functional.attention import QKVAttention, ScaledDotProductAttention
+from minivit.functional.attention import QKVAttention, QKVSplitAttention, ScaledDotProductAttention
 from minivit.functional.basic import MatMul
-from minivit.functional.conv import Conv2d as Conv2dOp
+from minivit.functional.conv import Conv2d as Conv2dOp, Conv2dTokens
 from minivit.functional.convnd import ConvNd, ConvTransposeNd
 from minivit.functional.linear import Linear as LinearOp
 
@@ -27,7 +27,7 @@ def op_macs(fn, inputs, out) -> tuple[str, int] | None:
     if isinstance(fn, LinearOp):            # (…, in) @ (in, out): one MAC per output per input feature
         w = inputs[1]
         return "linear", out.numel() * w.shape[1]
-    if isinstance(fn, (Conv2dOp, ConvNd)):  # each output value sums C_in/groups × Πk products
+    if isinstance(fn, (Conv2dOp, ConvNd, Conv2dTokens)):   # each output value sums C_in/groups × Πk products
         w = inputs[1]
         return "conv", out.numel() * int(np.prod(w.shape[1:]))
     if isinstance(fn, ConvTransposeNd):     # each input value is spread by C_out/groups × Πk products
@@ -42,6 +42,9 @@ def op_macs(fn, inputs, out) -> tuple[str, int] | None:
     if isinstance(fn, QKVAttention):            # the same from packed qkv (B, N, 3C) → (B, N, C): 2·B·N²·C
         B, N, C = out.shape
         return "matmul", 2 * B * N * N * C
+    if isinstance(fn, QKVSplitAttention):       # queries (B, N, C) over M keys and values: 2·B·N·M·C
+        B, N, C = out.shape
+        return "matmul", 2 * B * N * inputs[1].shape[1] * C
     return None
 
 

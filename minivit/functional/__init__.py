@@ -5,14 +5,14 @@ lowercase functions here are what models call.
 """
 from minivit.functional.activation import (drop_path, dropout, gelu, leaky_relu, log_softmax,  # noqa: F401
                                            relu, sigmoid, softmax)
-from minivit.functional.attention import (attention_simple, qkv_attention,  # noqa: F401
+from minivit.functional.attention import (attention_simple, q_kv_attention, qkv_attention,  # noqa: F401
                                         scaled_dot_product_attention)
 from minivit.functional.basic import (abs, add, amax, argmax, cat, chunk, clamp, div, exp,  # noqa: F401
                                       expand, flatten, gather, getitem, log, matmul, max, mean, mul,
                                       neg, permute, pow, reshape, roll, split, sqrt, squeeze, stack,
                                       sub, sum, sum_to, tanh, to, transpose, unbind, unsqueeze, var,
                                       where)
-from minivit.functional.conv import (adaptive_avg_pool2d, avg_pool2d, conv2d, interpolate,  # noqa: F401
+from minivit.functional.conv import (adaptive_avg_pool2d, avg_pool2d, conv2d, conv2d_tokens, interpolate,  # noqa: F401
                                      max_pool2d, pad)
 from minivit.functional.convnd import (avg_pool3d, conv1d, conv3d, conv_transpose2d,  # noqa: F401
                                        conv_transpose3d, max_pool3d)

@@ -278,6 +278,65 @@ class QKVAttention(Function):
         return g.reshape(B, N, 3 * h * d)
 
 
+class QKVSplitAttention(Function):
+    """Multi-head attention from queries (B, N, h·d) and packed keys and values (B, M, 2·h·d), laid out
+    (2, h, d) along the last dim (PVT's ``q`` and ``kv`` linear layers), to the heads side by side
+    (B, N, h·d). As :class:`QKVAttention`: the heads are strided views, the output written back once;
+    backward writes dK, dV into one (B, M, 2, h, d) gradient."""
+
+    def __init__(self, num_heads, scale):
+        self.num_heads, self.scale = num_heads, scale
+        self.inner = ScaledDotProductAttention(scale, has_mask=False)
+
+    def forward(self, q, kv):
+        xp = get_array_module(q)
+        B, N, C = q.shape
+        M = kv.shape[1]
+        h = self.num_heads
+        d = C // h
+        qh = q.reshape(B, N, h, d).transpose(0, 2, 1, 3)                 # (B, h, N, d), a view
+        k, v = kv.reshape(B, M, 2, h, d).transpose(2, 0, 3, 1, 4)         # each (B, h, M, d), a view
+        self.inner.needs_grad = (self.needs_grad[0], self.needs_grad[1], self.needs_grad[1])
+        o = self.inner.forward(qh, k, v)                                 # (B, h, N, d)
+        self.score_nbytes = self.inner.score_nbytes
+        self.M = M
+        return xp.ascontiguousarray(o.transpose(0, 2, 1, 3)).reshape(B, N, C)
+
+    def backward(self, go):
+        xp = get_array_module(go)
+        B, N, C = go.shape
+        h = self.num_heads
+        d = C // h
+        dq, dk, dv = self.inner.backward(go.reshape(B, N, h, d).transpose(0, 2, 1, 3))   # (B, h, ·, d)
+        gq = xp.ascontiguousarray(dq.transpose(0, 2, 1, 3)).reshape(B, N, C) if self.needs_grad[0] else None
+        gkv = None
+        if self.needs_grad[1]:
+            gkv = xp.empty((B, self.M, 2, h, d), dtype=go.dtype)
+            gkv[:, :, 0] = dk.transpose(0, 2, 1, 3)                      # (B, M, h, d)
+            gkv[:, :, 1] = dv.transpose(0, 2, 1, 3)
+            gkv = gkv.reshape(B, self.M, 2 * C)
+        return gq, gkv
+
+
+def q_kv_attention(q, kv, num_heads: int, scale=None):
+    """Multi-head attention of queries (B, N, C) over packed keys and values (B, M, 2·C) (PVT's ``q`` and
+    ``kv`` layers; the last dim of kv laid out (2, heads, head_dim), as timm reads it) to (B, N, C), the
+    heads side by side, ready for ``proj``: the head split, ``unbind``, attention and merge as one op
+    (``QKVSplitAttention``). Under autocast the composed form runs instead."""
+    B, N, C = q.shape
+    if C % num_heads or kv.shape[-1] != 2 * C or kv.shape[0] != B:
+        raise ValueError(f"q_kv_attention: q (B, N, C) = {tuple(q.shape)} needs C divisible by num_heads "
+                         f"({num_heads}) and kv of shape (B, M, 2·C), got {tuple(kv.shape)}")
+    d = C // num_heads
+    scale = d ** -0.5 if scale is None else float(scale)
+    if amp._enabled:
+        from minivit.functional.layout import rearrange
+        qh = rearrange(q, "b n (h d) -> b h n d", h=num_heads)
+        k, v = rearrange(kv, "b n (two h d) -> two b h n d", two=2, h=num_heads).unbind(0)
+        return rearrange(scaled_dot_product_attention(qh, k, v, scale=scale), "b h n d -> b n (h d)")
+    return QKVSplitAttention(num_heads, scale)(q, kv)
+
+
 def qkv_attention(qkv, num_heads: int, scale=None):
     """Multi-head self-attention from the ``qkv`` linear layer's output (B, N, 3·C), laid out
     (3, heads, head_dim) along the last dim as timm's ``Attention`` reads it, to (B, N, C): the

@@ -469,6 +469,62 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     return _batched("conv2d", input, run)
 
 
+# =========================================================================== conv2d on tokens
+class Conv2dTokens(Function):
+    """conv2d of tokens (B, H·W, C) read as a (B, C, H, W) map, back to tokens (B, H'·W', C_out).
+
+    What ``F.rearrange(x, "b (h w) c -> b c h w")``, ``conv2d`` and ``F.rearrange(y, "b c h w -> b (h w) c")``
+    do in three ops, as one: the map is a view of the tokens (channels-last in memory, which the CPU
+    convs take as it is), the conv is :class:`Conv2d`'s own forward and backward, and only the output's
+    move back to tokens copies. PVT v2's Mix-FFN uses it for its depthwise 3×3 conv."""
+
+    def __init__(self, hw, conv: Conv2d):
+        self.hw, self.conv = hw, conv
+
+    def forward(self, x, w, b=None):
+        xp = get_array_module(x)
+        B, N, C = x.shape
+        H, W = self.hw
+        self.conv.needs_grad = self.needs_grad
+        xm = x.reshape(B, H, W, C).transpose(0, 3, 1, 2)                   # (B, C, H, W): a view
+        y = self.conv.forward(xm, w) if b is None else self.conv.forward(xm, w, b)   # (B, O, H', W')
+        self.out_hw = y.shape[2:]
+        return xp.ascontiguousarray(y.transpose(0, 2, 3, 1)).reshape(B, -1, y.shape[1])   # (B, H'·W', O)
+
+    def backward(self, gy):
+        xp = get_array_module(gy)
+        B, _, O = gy.shape
+        Ho, Wo = self.out_hw
+        grads = self.conv.backward(gy.reshape(B, Ho, Wo, O).transpose(0, 3, 1, 2))   # gx (B, C, H, W), gw[, gb]
+        gx = grads[0]
+        if gx is not None:
+            gx = xp.ascontiguousarray(gx.transpose(0, 2, 3, 1)).reshape(B, -1, gx.shape[1])   # (B, H·W, C)
+        return (gx,) + tuple(grads[1:])
+
+
+def conv2d_tokens(input, feat_size, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):  # noqa: A002
+    """``conv2d`` of tokens (B, H·W, C) on the (H, W) grid ``feat_size``, returning tokens (B, H'·W', C_out):
+    the same as rearranging to a map, ``conv2d`` and rearranging back (``tests/test_device_ops.py`` holds
+    them equal), as one op. Under autocast it is those three ops (conv2d's casting rules)."""
+    from minivit.functional.layout import rearrange
+    H, W = feat_size
+    B, N, C = input.shape
+    if N != H * W:
+        raise ValueError(f"conv2d_tokens: {N} tokens do not form the {H}×{W} grid given as feat_size")
+    if amp._enabled or weight.ndim != 4 or C != weight.shape[1] * groups or weight.dtype != input.dtype:
+        # autocast, or arguments conv2d will explain: the three ops, with conv2d's checks and messages
+        m = conv2d(rearrange(input, "b (h w) c -> b c h w", h=H), weight, bias, stride, padding, dilation, groups)
+        return rearrange(m, "b c h w -> b (h w) c")
+    kh, kw = weight.shape[2:]
+    s = _pair(stride, "stride", "conv2d")
+    d = _pair(dilation, "dilation", "conv2d")
+    _check_positive("conv2d", stride=s, dilation=d)
+    conv = Conv2d(s, _conv_padding(padding, (kh, kw), d, s), d, int(groups),
+                  keep_cols=weight.requires_grad and is_grad_enabled())
+    op = Conv2dTokens((H, W), conv)
+    return op(input, weight) if bias is None else op(input, weight, bias)
+
+
 # =========================================================================== pooling
 def _pool_args(op, kernel_size, stride, padding, dilation=1):
     k = _pair(kernel_size, "kernel_size", op)

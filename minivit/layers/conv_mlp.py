@@ -49,8 +49,10 @@ class MlpWithDepthwiseConv(nn.Module):
         B, N, C = x.shape
         if N != H * W:
             raise ValueError(f"MlpWithDepthwiseConv: {N} tokens do not form the {H}×{W} grid given as feat_size")
-        x = F.rearrange(x, "b (h w) c -> b c h w", h=H)      # (B, Ch, H, W): tokens back on the grid
-        x = self.dwconv(self.relu(x))                        # (B, Ch, H, W)
-        x = F.rearrange(x, "b c h w -> b (h w) c")           # (B, N, Ch)
+        # tokens back on the grid (B, Ch, H, W), the depthwise conv, and back to tokens (B, N, Ch): one op
+        # (F.conv2d_tokens = rearrange, conv2d, rearrange)
+        conv = self.dwconv
+        x = F.conv2d_tokens(self.relu(x), (H, W), conv.weight, conv.bias, conv.stride, conv.padding,
+                            conv.dilation, conv.groups)
         x = self.drop(self.act(x))
         return self.drop(self.fc2(x))                        # (B, N, C_out)

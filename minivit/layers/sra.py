@@ -106,14 +106,15 @@ class SpatialReductionAttention(nn.Module):
 
     def forward(self, x, feat_size):
         B, N, C = x.shape
+        kv = self.kv(self.reduce(x, feat_size))                                         # (B, N', 2C)
+        if self.fused_attn and not self.store_attn and (self.attn_drop.p == 0 or not self.training):
+            # the head split, unbind, attention and merge below as one op: (B, N, C), heads side by side
+            x = F.q_kv_attention(self.q(x), kv, self.num_heads, scale=self.scale)
+            return self.proj_drop(self.proj(x))
         # head split as one layout op each (F.rearrange = reshape → permute → reshape)
         q = F.rearrange(self.q(x), "b n (h d) -> b h n d", h=self.num_heads)            # (B, h, N, d)
-        kv = self.kv(self.reduce(x, feat_size))                                         # (B, N', 2C)
         kv = F.rearrange(kv, "b n (two h d) -> two b h n d", two=2, h=self.num_heads)   # (2, B, h, N', d)
         k, v = kv.unbind(0)                                                             # each (B, h, N', d)
-        if self.fused_attn and not self.store_attn and (self.attn_drop.p == 0 or not self.training):
-            x = F.scaled_dot_product_attention(q, k, v, scale=self.scale)               # (B, h, N, d): one op
-            return self.proj_drop(self.proj(F.rearrange(x, "b h n d -> b n (h d)")))  # heads side by side
         attn = (q * self.scale) @ k.transpose(-2, -1)                                   # (B, h, N, N')
         attn = F.softmax(attn, dim=-1)
         if self.store_attn:
