@@ -89,7 +89,17 @@ def main(argv=None):
     # minivit's own run, built exactly as `python -m minivit.train` built it (never stepped).
     with tempfile.TemporaryDirectory() as tmp:
         tr = mtrain.Trainer(dict(cfg, device="cpu"), Path(tmp), log=lambda *a: None)
-    model = timm_twin(cfg["model"], cfg["model_kwargs"], cfg["num_classes"])
+    kwargs = dict(cfg["model_kwargs"])
+    if cfg.get("progressive_resize"):
+        # minivit's batches come smaller for the first epochs; timm resizes the position embedding
+        # bicubic with antialiasing, minivit (resample_pos_embed) bilinearly: told to do the same
+        import functools
+
+        import timm.models.vision_transformer as vt
+        vt.resample_abs_pos_embed = functools.partial(vt.resample_abs_pos_embed, interpolation="bilinear",
+                                                      antialias=False)
+        kwargs["dynamic_img_size"] = True
+    model = timm_twin(cfg["model"], kwargs, cfg["num_classes"])
     state = {k: torch.from_numpy(np.array(v.data if hasattr(v, "data") else v))
              for k, v in tr.model.state_dict().items()}
     model.load_state_dict(state, strict=True)

@@ -387,6 +387,14 @@ def check_model_data(name: str, model, dataset: str, volume_size) -> None:
 # =========================================================================== configuration
 
 
+def _progressive_resize(text: str):
+    try:
+        schedule = data.parse_resize_schedule(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return ",".join(f"{size}:{epochs}" for size, epochs in schedule)
+
+
 def _randaugment(text: str):
     try:
         n, m = (float(s) for s in text.split(","))
@@ -495,6 +503,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--randaugment", type=_randaugment, default=None, metavar="N,M",
                    help="RandAugment: N ops per image at magnitude M (0-10), e.g. 2,9")
     g.add_argument("--random-erasing", type=float, default=0.0, metavar="P", help="random erasing probability")
+    g.add_argument("--progressive-resize", type=_progressive_resize, default=None, metavar="S:E,...",
+                   help="progressive resizing: the first E epochs on S×S images (antialiased bilinear resize after "
+                        "the crop and flip), then the next pair, the rest at the data's size, e.g. 16:3,24:4 "
+                        "(models with dynamic_img_size: the vit_* family, vit_nano's conv stem too)")
     g.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA", help="mixup Beta(α, α); 0 = off (DeiT: 0.8)")
     g.add_argument("--cutmix", type=float, default=0.0, metavar="ALPHA", help="cutmix Beta(α, α); 0 = off (DeiT: 1.0)")
     g = p.add_argument_group("distillation (DeiT)")
@@ -569,6 +581,7 @@ def _resolve_task(cfg: dict) -> None:
         cfg["label_smoothing"] = 0.0 if seg else 0.1
     if seg:
         used = [f for f, on in (("--randaugment", cfg["randaugment"]), ("--random-erasing", cfg["random_erasing"]),
+                                ("--progressive-resize", cfg.get("progressive_resize")),
                                 ("--mixup", cfg["mixup"]), ("--cutmix", cfg["cutmix"]),
                                 ("--teacher", cfg["teacher"]), ("--distillation", cfg["distillation"] not in
                                                                 (None, "none"))) if on]
@@ -671,7 +684,8 @@ class Trainer:
         aug_cfg = data.AugmentConfig(
             crop_padding=cfg["crop_padding"], hflip=cfg["hflip"],
             randaugment=tuple(float(v) for v in cfg["randaugment"].split(",")) if cfg["randaugment"] else None,
-            random_erasing=cfg["random_erasing"], mixup=cfg["mixup"], cutmix=cfg["cutmix"])
+            random_erasing=cfg["random_erasing"], mixup=cfg["mixup"], cutmix=cfg["cutmix"],
+            resize=self._resize_schedule(cfg, ds))
         augment = data.Augment(xp, aug_cfg, ds.num_classes, seed=cfg["seed"])
         if self.segmentation:
             augment = data.SegmentationAugment(xp, hflip=cfg["hflip"], seed=cfg["seed"], mean=mean, std=std,
@@ -684,7 +698,10 @@ class Trainer:
         self.test_loader = data.DeviceLoader(ds.test, device, cfg["eval_batch_size"], rank=self.rank,
                                              world=self.world, mean=mean, std=std)
         precision = cfg.get("precision", "fp32")
-        self.model = build_model(cfg["model"], ds.num_classes, cfg["model_kwargs"], cfg["drop_path"])
+        if aug_cfg.resize:           # the same model and weights, taking the smaller sizes too
+            self.model = self._dynamic_model(cfg, ds, aug_cfg.resize)
+        else:
+            self.model = build_model(cfg["model"], ds.num_classes, cfg["model_kwargs"], cfg["drop_path"])
         if self.volumes and getattr(self.model, "spatial_dims", None) == 3 and "img_size" not in cfg["model_kwargs"]:
             cfg["model_kwargs"]["img_size"] = cfg["volume_size"]          # a volume model for these volumes
             if tuple(self.model.img_size) != (cfg["volume_size"],) * 3:
@@ -930,6 +947,44 @@ class Trainer:
         self.model.train(was_training)
         self.log(estimate_message(self.cfg, step_s, forward_s, step))
 
+    @staticmethod
+    def _resize_schedule(cfg, ds):
+        """--progressive-resize as ((size, epochs), ...), checked against the data and the run."""
+        schedule = data.parse_resize_schedule(cfg.get("progressive_resize"))
+        if not schedule:
+            return ()
+        if cfg.get("task", "classification") != "classification":
+            raise cli.UsageError("--progressive-resize is for image classification: drop it")
+        full = min(ds.train.images.shape[-2:])
+        small = [size for size, _ in schedule if size >= full]
+        if small:
+            raise cli.UsageError(f"--progressive-resize {cfg['progressive_resize']}: sizes must be smaller than the "
+                                 f"data's {full}×{full} images (the rest of the run trains at {full}), got {small[0]}")
+        epochs = sum(e for _, e in schedule)
+        if epochs >= cfg["epochs"]:
+            raise cli.UsageError(f"--progressive-resize {cfg['progressive_resize']} covers {epochs} epochs of "
+                                 f"--epochs {cfg['epochs']}: leave at least the last epoch at the full size")
+        return schedule
+
+    def _dynamic_model(self, cfg, ds, schedule):
+        """The run's model built with ``dynamic_img_size=True`` (the same weights and state_dict keys;
+        at the built size it computes exactly what the static model does), checked against the sizes."""
+        name = cfg["model"]
+        try:
+            model = build_model(name, ds.num_classes, dict(cfg["model_kwargs"], dynamic_img_size=True),
+                                cfg["drop_path"])
+        except (TypeError, ValueError):
+            model = None
+        if model is None or not getattr(model, "dynamic_img_size", False):
+            raise cli.UsageError(f"--progressive-resize needs a model that takes other image sizes "
+                                 f"(dynamic_img_size: vit_nano, vit_tiny, deit_tiny, ...); {name} does not: drop it")
+        stride = model.patch_embed.patch_size[0]
+        bad = [size for size, _ in schedule if size % stride]
+        if bad:
+            raise cli.UsageError(f"--progressive-resize: {name} cuts images into {stride}×{stride} patches, so each "
+                                 f"size must be a multiple of {stride}; {bad[0]} is not")
+        return model
+
     def _progress(self) -> bool:
         """Progress bars: --progress / --no-progress, by default when stderr is a terminal
         (data parallel: on rank 0 only)."""
@@ -1007,6 +1062,9 @@ class Trainer:
                   "test_loss": None, "test_acc": None, "lr": self.scheduler.get_last_lr()[-1],
                   "epoch_time_s": None, "train_time_s": train_time, "eval_time_s": None,
                   "images_per_s": n / train_time, "step": (epoch + 1) * self.steps_per_epoch}
+        schedule = data.parse_resize_schedule(cfg.get("progressive_resize"))
+        if schedule:                    # progressive resizing: the size this epoch trained at
+            record["img_size"] = data.size_at_epoch(schedule, epoch) or int(self.dataset.train.images.shape[-1])
         if self.segmentation:
             del record["train_acc"], record["test_acc"]
             record.update(test_miou=None, test_pixel_acc=None, **({"test_dice": None} if self.volumes else {}))
@@ -1075,6 +1133,10 @@ def estimate_message(cfg: dict, step_s: float, forward_s: float, steps_timed: in
     msg = (f"estimate: {cfg['epochs']} epoch{'s take' if cfg['epochs'] > 1 else ' takes'} about {duration(train_s + test_s)} (training "
            f"{duration(train_s)}, testing {duration(test_s)}), from the speed of {steps_timed} steps "
            f"({step_s:.2f} s a step)")
+    schedule = data.parse_resize_schedule(cfg.get("progressive_resize"))
+    if schedule:
+        msg += (f", which ran on {schedule[0][0]}×{schedule[0][0]} images (--progressive-resize): the epochs on "
+                f"larger images take longer")
     shorter = cfg["epochs"] > SHORT_RUN["epochs"] or cfg["n_train"] > SHORT_RUN["subset"]
     if cfg["device"] == "cpu" and train_s + test_s > LONG_CPU_RUN_S and shorter:
         n_train = min(cfg["n_train"], SHORT_RUN["subset"])

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 from minivit.data.augment import (CIFAR10_MEAN, CIFAR10_STD, RANDAUGMENT_OPS, Augment,  # noqa: F401
                                   AugmentConfig, CounterRNG, mix_batch, normalize, rand_augment,
-                                  random_crop_flip, random_erasing)
+                                  parse_resize_schedule, random_crop_flip, random_erasing, resize_images,
+                                  size_at_epoch)
 from minivit.data.cifar10 import (CIFAR10_CLASSES, CIFAR10_MD5, CIFAR10_URL, DatasetError,  # noqa: F401
                                   ImageDataset, ImageSplit, default_cache_dir, load_cifar10,
                                   load_imagefolder, load_imagefolder_cached, load_official_archive,

@@ -22,10 +22,12 @@ The train-time pipeline, in timm's order for CIFAR-sized images:
       → RandAugment: N ops per image out of 14, magnitude M          [--randaugment N,M]
       → to float, normalise with the CIFAR-10 mean/std
       → random erasing: a random box filled with N(0, 1) noise       [--random-erasing P]
+      → resize to a smaller size for the first epochs               [--progressive-resize S:E,...]
       → mixup / cutmix with the reversed batch, soft targets         [--mixup A --cutmix A]
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -301,6 +303,58 @@ def mix_batch(x, labels, num_classes: int, seed: int, key, mixup_alpha: float = 
     return x, target.astype(np.float32)
 
 
+# =========================================================================== progressive resizing
+@functools.lru_cache(maxsize=32)
+def _resize_matrix(n: int, out: int):
+    """The antialiased bilinear (out, n) matrix, built once per size pair (a loop on the host)."""
+    from minivit.functional.conv import resize_matrix
+    m = resize_matrix(n, out, "bilinear", antialias=True)
+    m.setflags(write=False)
+    return m
+
+
+def resize_images(x, size: int):
+    """Resize a float batch (B, C, H, W) to (B, C, size, size): antialiased bilinear (PIL's and
+    ``torch.nn.functional.interpolate(..., mode='bilinear', antialias=True)``'s filter), as two
+    products with fixed (size, H) and (size, W) matrices. A linear map whose rows sum to 1, so
+    it commutes with the per-channel normalisation."""
+    H, W = x.shape[-2:]
+    if (H, W) == (size, size):
+        return x
+    xp = backend.get_array_module(x)
+    ah = xp.asarray(_resize_matrix(H, size), dtype=x.dtype)                                # (S, H)
+    aw = xp.asarray(_resize_matrix(W, size).T, dtype=x.dtype)                              # (W, S)
+    return xp.ascontiguousarray(xp.matmul(xp.matmul(ah, x), aw))                           # (B, C, S, S)
+
+
+def parse_resize_schedule(text: str | None):
+    """``"16:3,24:4"`` → ((16, 3), (24, 4)): train the first 3 epochs on 16×16 images, the next
+    4 on 24×24, the rest at the data's own size. Raises ValueError naming the problem."""
+    if not text:
+        return ()
+    out = []
+    for part in str(text).split(","):
+        size, colon, epochs = part.strip().partition(":")
+        try:
+            size, epochs = int(size), int(epochs)
+        except ValueError:
+            size = epochs = None
+        if not colon or size is None or size < 1 or epochs < 1:
+            raise ValueError(f"{part.strip()!r} is not SIZE:EPOCHS with whole numbers >= 1 (e.g. 16:3,24:4)")
+        out.append((size, epochs))
+    return tuple(out)
+
+
+def size_at_epoch(schedule, epoch: int):
+    """The image size of a 0-based epoch under a resize schedule, None for the data's own size."""
+    end = 0
+    for size, epochs in schedule:
+        end += epochs
+        if epoch < end:
+            return size
+    return None
+
+
 # =========================================================================== the pipeline
 @dataclass
 class AugmentConfig:
@@ -311,6 +365,7 @@ class AugmentConfig:
     random_erasing: float = 0.0      # probability per image
     mixup: float = 0.0               # Beta(α, α) for mixup; 0 = off
     cutmix: float = 0.0              # Beta(α, α) for cutmix; 0 = off
+    resize: tuple = ()               # ((size, epochs), ...): smaller images first (progressive resizing)
 
     @property
     def mixes(self) -> bool:
@@ -345,6 +400,9 @@ class Augment:
         x = normalize(x, self.mean, self.std)
         if cfg.random_erasing > 0:
             x = random_erasing(x, rng, key, cfg.random_erasing)
+        size = size_at_epoch(cfg.resize, epoch)
+        if size is not None:
+            x = resize_images(x, size)
         target = labels
         if cfg.mixes:
             x, target = mix_batch(x, labels, self.num_classes, self.seed, key, cfg.mixup, cfg.cutmix)

@@ -920,6 +920,16 @@ _INTERP = {"nearest": _nearest_matrix, "bilinear": _linear_matrix, "bicubic": _c
 _ANTIALIAS = {"bilinear": (_triangle, 2), "bicubic": (_keys_cubic, 4)}
 
 
+def resize_matrix(n: int, out: int, mode: str = "bilinear", antialias: bool = False, align_corners: bool = False):
+    """The (out, n) float64 matrix A with which ``interpolate(x, size=...)`` resizes one dim of
+    n pixels to out (y = A x along that dim): for resizing arrays outside the graph, such as
+    image batches in the data pipeline (``minivit.data.resize_images``)."""
+    if antialias:
+        kernel, taps = _ANTIALIAS[mode]
+        return _antialias_matrix(n, out, align_corners, None, kernel, taps)
+    return _INTERP[mode](n, out, align_corners, None)
+
+
 class SeparableNd(Function):
     """y = x ×₁ A₁ ×₂ A₂ … ×ₙ Aₙ on the last n dims (n = 3 for volumes): Separable2d with one
     fixed matrix A_i (out_i, in_i) per spatial dim. Each output element is a weighted sum of

@@ -82,11 +82,14 @@ class HybridEmbed(nn.Module):
     """A CNN ``backbone``'s feature map → tokens (B, N, D), as timm's ``HybridEmbed`` with
     ``patch_size=1``: each pixel of the final feature map is a token. ``proj=True`` adds a 1×1
     conv to ``embed_dim``; ``proj=False`` needs the backbone to end at ``embed_dim`` channels.
+    ``dynamic_img_size=True`` (set by a ViT built with it) takes any image size the stem's total
+    stride divides (progressive resizing trains on smaller images), the grid following the size.
     """
 
     def __init__(self, backbone: ConvStem, img_size=224, patch_size=1, in_chans: int = 3,
-                 embed_dim: int = 768, proj: bool = True, bias: bool = True):
+                 embed_dim: int = 768, proj: bool = True, bias: bool = True, dynamic_img_size: bool = False):
         super().__init__()
+        self.dynamic_img_size = dynamic_img_size
         if to_2tuple(patch_size) != (1, 1):
             raise ValueError(f"HybridEmbed: only patch_size=1 (a token per feature-map pixel), got {patch_size}")
         stride = 1
@@ -111,7 +114,21 @@ class HybridEmbed(nn.Module):
             self.proj = nn.Identity()
         self.norm = nn.Identity()
 
+    def grid_of(self, x):
+        """The token grid (H/s, W/s) of an image batch x, checked: its built size, or with
+        ``dynamic_img_size`` any size the stem's total stride s divides."""
+        name = type(self).__name__
+        if not self.dynamic_img_size:
+            check_image(x, self.img_size, self.in_chans, name)
+            return self.grid_size
+        check_image(x, None, self.in_chans, name)
+        s = self.patch_size[0]
+        if x.shape[2] % s or x.shape[3] % s:
+            raise ValueError(f"{name}: input {x.shape[2]}×{x.shape[3]} is not divisible by the stem's total stride "
+                             f"{s}; resize or pad the image to a multiple of {s}")
+        return (x.shape[2] // s, x.shape[3] // s)
+
     def forward(self, x):
-        check_image(x, self.img_size, self.in_chans, type(self).__name__)
+        self.grid_of(x)
         x = self.proj(self.backbone(x))                     # (B, D, H/s, W/s)
         return x.flatten(2).transpose(1, 2)                 # (B, N, D)

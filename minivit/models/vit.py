@@ -47,7 +47,7 @@ class VisionTransformer(nn.Module):
     ``AttentionPoolLatent`` as ``attn_pool``, with the model's heads, MLP ratio and
     norm). ``drop_path_rate`` grows linearly from 0 at the first block to its value at
     the last. ``dynamic_img_size=True`` accepts any image size
-    divisible by the patch size, resizing the position embedding to the new grid
+    divisible by the patch size (a conv stem's total stride), resizing the position embedding to the new grid
     (bilinear for a learned one, recomputed for sin-cos); otherwise the input must be
     ``img_size``. ``embed_layer``: what turns the image into tokens, called as
     ``embed_layer(img_size=, patch_size=, in_chans=, embed_dim=)`` (timm's argument), e.g. a
@@ -88,11 +88,13 @@ class VisionTransformer(nn.Module):
         self.dynamic_img_size = dynamic_img_size
 
         # z₀ (eq. 1): patch tokens, prefix tokens, position embedding
-        if embed_layer is not None and dynamic_img_size:
-            raise ValueError(f"{type(self).__name__}: dynamic_img_size=True needs the plain patch embedding "
-                             f"(embed_layer=None)")
         self.patch_embed = (embed_layer or PatchEmbed)(img_size=img_size, patch_size=patch_size,
                                                        in_chans=in_chans, embed_dim=embed_dim)
+        if embed_layer is not None and dynamic_img_size:
+            if not hasattr(self.patch_embed, "grid_of"):
+                raise ValueError(f"{type(self).__name__}: dynamic_img_size=True needs the plain patch embedding "
+                                 f"(embed_layer=None) or a HybridEmbed (a conv stem)")
+            self.patch_embed.dynamic_img_size = True            # the stem takes any size its stride divides
         num_patches = self.patch_embed.num_patches
         self.cls_token = nn.Parameter(np.zeros((1, 1, embed_dim), dtype=np.float32)) if class_token else None
         embed_len = num_patches + self.num_prefix_tokens
@@ -159,6 +161,8 @@ class VisionTransformer(nn.Module):
         """(B, C, H, W) → patch tokens (B, N, D) and their grid (h, w)."""
         if not self.dynamic_img_size:
             return self.patch_embed(x), self.patch_embed.grid_size
+        if hasattr(self.patch_embed, "grid_of"):                        # a conv stem (HybridEmbed)
+            return self.patch_embed(x), self.patch_embed.grid_of(x)
         # Any size the patches tile: skip PatchEmbed's fixed-size check, keep the others.
         name = type(self).__name__
         check_image(x, None, self.in_chans, name)
