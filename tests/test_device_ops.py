@@ -266,3 +266,104 @@ def test_pvt_v2_tiny_forward_graph_ops_halved():
     finally:
         autograd.forward_hooks.pop()
     assert len(ops) <= 139, len(ops)               # 278 on the engine of 2 December
+
+
+def test_heads_attention_equals_the_composed_ops(xp):
+    h = 2
+    q = Tensor(xp.asarray(np.random.randn(2, 6, 8)), requires_grad=True)
+    k = Tensor(xp.asarray(np.random.randn(2, 3, 8)), requires_grad=True)
+    v = Tensor(xp.asarray(np.random.randn(2, 3, 8)), requires_grad=True)
+
+    def composed():
+        qh, kh, vh = (F.rearrange(t, "b n (h d) -> b h n d", h=h) for t in (q, k, v))
+        return F.rearrange(F.scaled_dot_product_attention(qh, kh, vh, scale=0.3), "b h n d -> b n (h d)")
+    y1, g1 = _grads_of(xp, lambda: F.heads_attention(q, k, v, h, scale=0.3), q, k, v)
+    y3, g3 = _grads_of(xp, composed, q, k, v)
+    np.testing.assert_allclose(y1, y3, rtol=1e-12, atol=1e-12)
+    for a, c in zip(g1, g3):
+        np.testing.assert_allclose(a, c, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="k, v both of shape"):
+        F.heads_attention(q, k, v[:, :2], h)
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("hw, stride", [((4, 5), 1), ((5, 5), 2)])    # CvT's q and its squeezed k, v
+def test_conv2d_tokens_with_batch_norm_equals_the_separate_ops(xp, training, hw, stride):
+    """conv → BatchNorm → tokens as one op (CvT's projection): output, every gradient and the running
+    statistics it leaves equal those of conv2d, batch_norm and rearrange, in float64."""
+    H, W = hw
+    rng = np.random.default_rng(5)
+    x = Tensor(xp.asarray(rng.standard_normal((3, H * W, 4))), requires_grad=True)
+    w = Tensor(xp.asarray(rng.standard_normal((4, 1, 3, 3))), requires_grad=True)
+    bw = Tensor(xp.asarray(rng.uniform(0.5, 1.5, 4)), requires_grad=True)
+    bb = Tensor(xp.asarray(rng.standard_normal(4)), requires_grad=True)
+    stats = {}
+
+    def bn_args(name):
+        rm, rv = stats.setdefault(name, (xp.asarray(np.linspace(-0.2, 0.3, 4)), xp.asarray(np.linspace(0.5, 2.0, 4))))
+        return (rm, rv, bw, bb, training, 0.1, 1e-5)
+
+    def separate():
+        m = F.conv2d(F.rearrange(x, "b (h w) c -> b c h w", h=H), w, None, stride, 1, 1, 4)
+        return F.rearrange(F.batch_norm(m, *bn_args("separate")), "b c h w -> b (h w) c")
+
+    def one():
+        return F.conv2d_tokens(x, hw, w, None, stride, 1, groups=4, batch_norm=bn_args("one"))
+    y1, g1 = _grads_of(xp, one, x, w, bw, bb)
+    y3, g3 = _grads_of(xp, separate, x, w, bw, bb)
+    np.testing.assert_allclose(y1, y3, rtol=1e-11, atol=1e-12)
+    for a, c in zip(g1, g3):
+        np.testing.assert_allclose(a, c, rtol=1e-10, atol=1e-12)
+    for a, c in zip(stats["one"], stats["separate"]):
+        np.testing.assert_allclose(backend.to_numpy(a), backend.to_numpy(c), rtol=1e-12)
+    assert training != np.allclose(backend.to_numpy(stats["one"][0]), np.linspace(-0.2, 0.3, 4))   # updated
+
+
+def test_conv2d_tokens_batch_norm_checks_its_arguments():
+    x, w = Tensor(np.zeros((2, 16, 4))), Tensor(np.zeros((4, 1, 3, 3)))
+    with pytest.raises(ValueError, match=r"running_mean must have shape \(4,\)"):
+        F.conv2d_tokens(x, (4, 4), w, groups=4, padding=1,
+                        batch_norm=(np.zeros(3), np.ones(4), None, None, True, 0.1, 1e-5))
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        F.conv2d_tokens(Tensor(np.zeros((1, 1, 4))), (1, 1), w, groups=4, padding=1,
+                        batch_norm=(None, None, None, None, True, 0.1, 1e-5))
+
+
+@pytest.mark.parametrize("case", ["plain", "cls"])
+def test_cvt_attention_one_op_path_equals_the_written_out_steps_and_keeps_bn_statistics(monkeypatch, case):
+    """CvT's attention with projections and attention as one op each vs the written-out steps
+    (``fused_attn``): output, gradients and the BatchNorms' running statistics, float64, training."""
+    from minivit.layers import ConvProjectionAttention
+    cls_tok = case == "cls"
+    results = []
+    for fused in (True, False):
+        monkeypatch.setattr(ConvProjectionAttention, "fused_attn", fused)
+        np.random.seed(3)
+        layer = ConvProjectionAttention(8, num_heads=2, stride_kv=2, with_cls_token=cls_tok).to(dtype=np.float64)
+        layer.train()
+        x = Tensor(np.random.default_rng(4).standard_normal((2, int(cls_tok) + 25, 8)), requires_grad=True)
+        y, (gx,) = _grads_of(np, lambda: layer(x, (5, 5)), x)
+        results.append((y, gx, {n: backend.to_numpy(p.grad) for n, p in layer.named_parameters()},
+                        {n: backend.to_numpy(b.data).copy() for n, b in layer.named_buffers()}))
+    (ya, ga, pa, ba), (yb, gb, pb, bb) = results
+    np.testing.assert_allclose(ya, yb, rtol=1e-11, atol=1e-12)
+    np.testing.assert_allclose(ga, gb, rtol=1e-9, atol=1e-12)
+    for n in pb:
+        np.testing.assert_allclose(pa[n], pb[n], rtol=1e-9, atol=1e-12, err_msg=n)
+    assert set(ba) == set(bb) and any("num_batches_tracked" in n for n in ba)
+    for n in bb:
+        np.testing.assert_allclose(ba[n], bb[n], rtol=1e-12, err_msg=n)
+
+
+def test_cvt_tiny_forward_graph_ops_halved():
+    from minivit import autograd
+    from minivit.models import create_model
+    model = create_model("cvt_tiny")
+    model.train()
+    ops = []
+    autograd.forward_hooks.append(lambda op, inputs, out: ops.append(type(op).__name__))
+    try:
+        model(Tensor(np.random.randn(2, 3, 32, 32).astype(np.float32)))
+    finally:
+        autograd.forward_hooks.pop()
+    assert len(ops) <= 158, len(ops)               # 317 on the engine of 2 December

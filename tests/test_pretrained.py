@@ -202,7 +202,8 @@ def test_shipped_record_command_reproduces_the_recipe():
     from minivit import train
     cfg = train.resolve_config(train.build_parser().parse_args(
         ["--model", "vit_nano", "--epochs", "12", "--lr", "2e-3", "--batch-size", "256", "--label-smoothing", "0",
-         "--no-hflip", "--warmup-epochs", "1"]))
+         "--no-hflip", "--warmup-epochs", "1", "--progressive-resize", "16:3,24:2", "--clip-grad", "1.5",
+         "--sched", "rsqrt-cooldown", "--cooldown-epochs", "2", "--head-weight-decay", "0"]))
     args = pretrained._recipe_args(cfg)
     again = train.resolve_config(train.build_parser().parse_args(args))
     for k in pretrained._RECIPE_KEYS + ("hflip",):

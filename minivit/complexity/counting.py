@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from minivit import autograd, nn
-from minivit.functional.attention import QKVAttention, QKVSplitAttention, ScaledDotProductAttention
+from minivit.functional.attention import HeadsAttention, QKVAttention, QKVSplitAttention, ScaledDotProductAttention
 from minivit.functional.basic import MatMul
 from minivit.functional.conv import Conv2d as Conv2dOp, Conv2dTokens
 from minivit.functional.convnd import ConvNd, ConvTransposeNd
@@ -42,7 +42,7 @@ def op_macs(fn, inputs, out) -> tuple[str, int] | None:
     if isinstance(fn, QKVAttention):            # the same from packed qkv (B, N, 3C) → (B, N, C): 2·B·N²·C
         B, N, C = out.shape
         return "matmul", 2 * B * N * N * C
-    if isinstance(fn, QKVSplitAttention):       # queries (B, N, C) over M keys and values: 2·B·N·M·C
+    if isinstance(fn, (QKVSplitAttention, HeadsAttention)):   # queries (B, N, C) over M keys, values: 2·B·N·M·C
         B, N, C = out.shape
         return "matmul", 2 * B * N * inputs[1].shape[1] * C
     return None

@@ -5,7 +5,7 @@ lowercase functions here are what models call.
 """
 from minivit.functional.activation import (drop_path, dropout, gelu, leaky_relu, log_softmax,  # noqa: F401
                                            relu, sigmoid, softmax)
-from minivit.functional.attention import (attention_simple, q_kv_attention, qkv_attention,  # noqa: F401
+from minivit.functional.attention import (attention_simple, heads_attention, q_kv_attention, qkv_attention,  # noqa: F401
                                         scaled_dot_product_attention)
 from minivit.functional.basic import (abs, add, amax, argmax, cat, chunk, clamp, div, exp,  # noqa: F401
                                       expand, flatten, gather, getitem, log, matmul, max, mean, mul,

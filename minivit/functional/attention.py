@@ -318,6 +318,51 @@ class QKVSplitAttention(Function):
         return gq, gkv
 
 
+class HeadsAttention(Function):
+    """Multi-head attention from queries (B, N, h·d), keys and values (B, M, h·d), each made by its own
+    layer (CvT's ``proj_q``, ``proj_k``, ``proj_v``), to the heads side by side (B, N, h·d): the three
+    head splits, the attention and the merge as one op. As :class:`QKVSplitAttention`: the heads are
+    strided views, the output is written back once, and backward returns dQ, dK, dV in the tokens' layout."""
+
+    def __init__(self, num_heads, scale):
+        self.num_heads, self.scale = num_heads, scale
+        self.inner = ScaledDotProductAttention(scale, has_mask=False)
+
+    def forward(self, q, k, v):
+        xp = get_array_module(q)
+        h = self.num_heads
+        heads = [t.reshape(t.shape[0], t.shape[1], h, -1).transpose(0, 2, 1, 3) for t in (q, k, v)]  # (B, h, ·, d)
+        self.inner.needs_grad = self.needs_grad
+        o = self.inner.forward(*heads)                                   # (B, h, N, d)
+        self.score_nbytes = self.inner.score_nbytes
+        B, N, C = q.shape
+        return xp.ascontiguousarray(o.transpose(0, 2, 1, 3)).reshape(B, N, C)
+
+    def backward(self, go):
+        xp = get_array_module(go)
+        B, N, C = go.shape
+        h = self.num_heads
+        grads = self.inner.backward(go.reshape(B, N, h, C // h).transpose(0, 2, 1, 3))   # each (B, h, ·, d)
+        return tuple(None if g is None else xp.ascontiguousarray(g.transpose(0, 2, 1, 3)).reshape(B, -1, C)
+                     for g in grads)
+
+
+def heads_attention(q, k, v, num_heads: int, scale=None):
+    """Multi-head attention of queries (B, N, C) over keys and values (B, M, C), each from its own linear
+    layer (CvT's projections), to (B, N, C), the heads side by side, ready for ``proj``: the head splits,
+    attention and merge as one op (``HeadsAttention``). Under autocast the composed form runs instead."""
+    B, N, C = q.shape
+    if C % num_heads or k.shape != v.shape or k.shape[0] != B or k.shape[-1] != C:
+        raise ValueError(f"heads_attention: q (B, N, C) = {tuple(q.shape)} needs C divisible by num_heads "
+                         f"({num_heads}) and k, v both of shape (B, M, C), got {tuple(k.shape)} and {tuple(v.shape)}")
+    scale = (C // num_heads) ** -0.5 if scale is None else float(scale)
+    if amp._enabled:
+        from minivit.functional.layout import rearrange
+        qh, kh, vh = (rearrange(t, "b n (h d) -> b h n d", h=num_heads) for t in (q, k, v))
+        return rearrange(scaled_dot_product_attention(qh, kh, vh, scale=scale), "b h n d -> b n (h d)")
+    return HeadsAttention(num_heads, scale)(q, k, v)
+
+
 def q_kv_attention(q, kv, num_heads: int, scale=None):
     """Multi-head attention of queries (B, N, C) over packed keys and values (B, M, 2·C) (PVT's ``q`` and
     ``kv`` layers; the last dim of kv laid out (2, heads, head_dim), as timm reads it) to (B, N, C), the

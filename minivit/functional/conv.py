@@ -476,18 +476,25 @@ class Conv2dTokens(Function):
     What ``F.rearrange(x, "b (h w) c -> b c h w")``, ``conv2d`` and ``F.rearrange(y, "b c h w -> b (h w) c")``
     do in three ops, as one: the map is a view of the tokens (channels-last in memory, which the CPU
     convs take as it is), the conv is :class:`Conv2d`'s own forward and backward, and only the output's
-    move back to tokens copies. PVT v2's Mix-FFN uses it for its depthwise 3×3 conv."""
+    move back to tokens copies. PVT v2's Mix-FFN uses it for its depthwise 3×3 conv.
 
-    def __init__(self, hw, conv: Conv2d):
-        self.hw, self.conv = hw, conv
+    ``norm``: a :class:`BatchNorm` op run on the conv's output map before the move back (its weight and
+    bias come after the conv's inputs): CvT's "dw_bn" projection, conv → BatchNorm → tokens, as one op."""
 
-    def forward(self, x, w, b=None):
+    def __init__(self, hw, conv: Conv2d, conv_bias: bool = False, norm=None):
+        self.hw, self.conv, self.norm = hw, conv, norm
+        self.n_conv = 3 if conv_bias else 2                                 # x, w[, b]: the conv's inputs
+
+    def forward(self, x, *params):
         xp = get_array_module(x)
         B, N, C = x.shape
         H, W = self.hw
-        self.conv.needs_grad = self.needs_grad
+        self.conv.needs_grad = self.needs_grad[:self.n_conv]
         xm = x.reshape(B, H, W, C).transpose(0, 3, 1, 2)                   # (B, C, H, W): a view
-        y = self.conv.forward(xm, w) if b is None else self.conv.forward(xm, w, b)   # (B, O, H', W')
+        y = self.conv.forward(xm, *params[:self.n_conv - 1])               # (B, O, H', W')
+        if self.norm is not None:                                          # BatchNorm on the map
+            self.norm.needs_grad = (any(self.conv.needs_grad),) + self.needs_grad[self.n_conv:]
+            y = self.norm.forward(y, *params[self.n_conv - 1:])
         self.out_hw = y.shape[2:]
         return xp.ascontiguousarray(y.transpose(0, 2, 3, 1)).reshape(B, -1, y.shape[1])   # (B, H'·W', O)
 
@@ -495,34 +502,53 @@ class Conv2dTokens(Function):
         xp = get_array_module(gy)
         B, _, O = gy.shape
         Ho, Wo = self.out_hw
-        grads = self.conv.backward(gy.reshape(B, Ho, Wo, O).transpose(0, 3, 1, 2))   # gx (B, C, H, W), gw[, gb]
+        g = gy.reshape(B, Ho, Wo, O).transpose(0, 3, 1, 2)                 # (B, O, H', W'): a view
+        norm_grads = ()
+        if self.norm is not None:
+            g, *norm_grads = self.norm.backward(g)                         # g: None when the conv needs none
+        grads = self.conv.backward(g) if g is not None else (None,) * self.n_conv   # gx (B, C, H, W), gw[, gb]
         gx = grads[0]
-        if gx is not None:
-            gx = xp.ascontiguousarray(gx.transpose(0, 2, 3, 1)).reshape(B, -1, gx.shape[1])   # (B, H·W, C)
-        return (gx,) + tuple(grads[1:])
+        if gx is not None:              # (B, H·W, C): a view of the (B, C, H, W) map gradient, no copy; what
+            gx = gx.transpose(0, 2, 3, 1).reshape(B, -1, gx.shape[1])   # reads it next (an add, a norm) copies anyway
+        return (gx,) + tuple(grads[1:]) + tuple(norm_grads)
 
 
-def conv2d_tokens(input, feat_size, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):  # noqa: A002
+def conv2d_tokens(input, feat_size, weight, bias=None, stride=1, padding=0, dilation=1, groups=1,  # noqa: A002
+                  batch_norm=None):
     """``conv2d`` of tokens (B, H·W, C) on the (H, W) grid ``feat_size``, returning tokens (B, H'·W', C_out):
     the same as rearranging to a map, ``conv2d`` and rearranging back (``tests/test_device_ops.py`` holds
-    them equal), as one op. Under autocast it is those three ops (conv2d's casting rules)."""
+    them equal), as one op. Under autocast it is those three ops (conv2d's casting rules).
+
+    ``batch_norm``: ``F.batch_norm``'s arguments after the input, (running_mean, running_var, weight, bias,
+    training, momentum, eps) (``nn.BatchNorm2d.batch_norm_args()``): the conv's output map is batch-normed
+    before it goes back to tokens, in the same op."""
     from minivit.functional.layout import rearrange
+    from minivit.functional.norm import batch_norm as batch_norm_fn
+    from minivit.functional.norm import batch_norm_op
     H, W = feat_size
     B, N, C = input.shape
     if N != H * W:
         raise ValueError(f"conv2d_tokens: {N} tokens do not form the {H}×{W} grid given as feat_size")
     if amp._enabled or weight.ndim != 4 or C != weight.shape[1] * groups or weight.dtype != input.dtype:
-        # autocast, or arguments conv2d will explain: the three ops, with conv2d's checks and messages
+        # autocast, or arguments conv2d will explain: the separate ops, with their own checks and messages
         m = conv2d(rearrange(input, "b (h w) c -> b c h w", h=H), weight, bias, stride, padding, dilation, groups)
+        if batch_norm is not None:
+            m = batch_norm_fn(m, *batch_norm)
         return rearrange(m, "b c h w -> b (h w) c")
     kh, kw = weight.shape[2:]
     s = _pair(stride, "stride", "conv2d")
     d = _pair(dilation, "dilation", "conv2d")
     _check_positive("conv2d", stride=s, dilation=d)
-    conv = Conv2d(s, _conv_padding(padding, (kh, kw), d, s), d, int(groups),
-                  keep_cols=weight.requires_grad and is_grad_enabled())
-    op = Conv2dTokens((H, W), conv)
-    return op(input, weight) if bias is None else op(input, weight, bias)
+    padding = _conv_padding(padding, (kh, kw), d, s)
+    conv = Conv2d(s, padding, d, int(groups), keep_cols=weight.requires_grad and is_grad_enabled())
+    args = [input, weight] + ([] if bias is None else [bias])
+    norm = None
+    if batch_norm is not None:
+        pads = (padding[0] + padding[1], padding[2] + padding[3])         # (top + bottom, left + right)
+        out_hw = tuple((n + p - dd * (k - 1) - 1) // ss + 1 for n, p, dd, k, ss in zip((H, W), pads, d, (kh, kw), s))
+        norm = batch_norm_op((B, weight.shape[0]) + out_hw, input.dtype, *batch_norm)
+        args += [p for p in batch_norm[2:4] if p is not None]
+    return Conv2dTokens((H, W), conv, conv_bias=bias is not None, norm=norm)(*args)
 
 
 # =========================================================================== pooling

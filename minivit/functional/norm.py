@@ -138,9 +138,11 @@ class LayerNorm(Function):
 
 
 def _check_dtype(op, x, **params):
+    """The params' dtypes equal the input's (``x``: the input, or its dtype)."""
+    dtype = getattr(x, "dtype", x)
     for name, p in params.items():
-        if p is not None and p.dtype != x.dtype:
-            raise TypeError(f"{op}: input is {x.dtype} but {name} is {p.dtype}; cast them to one dtype")
+        if p is not None and p.dtype != dtype:
+            raise TypeError(f"{op}: input is {dtype} but {name} is {p.dtype}; cast them to one dtype")
 
 
 def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5):  # noqa: A002
@@ -425,26 +427,32 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     """
     if amp._enabled:                                  # autocast: float32 statistics (minivit.amp's policy)
         input, weight, bias = amp.cast_inputs("batch_norm", input, weight, bias)
-    if input.ndim < 2:
-        raise ValueError(f"batch_norm: input must be (N, C) or (N, C, *), got shape {input.shape}")
-    c = input.shape[1]
+    fn = batch_norm_op(input.shape, input.dtype, running_mean, running_var, weight, bias, training, momentum, eps)
+    return fn(input, *[p for p in (weight, bias) if p is not None])
+
+
+def batch_norm_op(shape, dtype, running_mean, running_var, weight=None, bias=None, training=False,
+                  momentum=0.1, eps=1e-5) -> BatchNorm:
+    """``batch_norm``'s checks for an input of this shape and dtype, and the op it would run (its
+    inputs: the input, then weight and bias where given). ``F.conv2d_tokens`` runs it inside its own op."""
+    if len(shape) < 2:
+        raise ValueError(f"batch_norm: input must be (N, C) or (N, C, *), got shape {tuple(shape)}")
+    c = shape[1]
     rm = _stat_array("running_mean", running_mean, c)
     rv = _stat_array("running_var", running_var, c)
     if not training and (rm is None or rv is None):
         raise ValueError("batch_norm: evaluation mode (training=False) needs running_mean and running_var; "
                          "pass them, or use training=True to normalise with the batch's statistics")
-    if training and math.prod(input.shape) // c <= 1:
+    if training and math.prod(shape) // c <= 1:
         raise ValueError(f"batch_norm: expected more than 1 value per channel when training, got input "
-                         f"shape {input.shape}; use a bigger batch or evaluation mode")
+                         f"shape {tuple(shape)}; use a bigger batch or evaluation mode")
     if not isinstance(momentum, (int, float)) or not 0.0 <= momentum <= 1.0:
         raise ValueError(f"batch_norm: momentum must be a number in [0, 1], got {momentum!r}")
     for name, p in (("weight", weight), ("bias", bias)):
         if p is not None and tuple(p.shape) != (c,):
             raise ValueError(f"batch_norm: {name} must have shape ({c},), got {p.shape}")
-    _check_dtype("batch_norm", input, weight=weight, bias=bias)
-    params = [p for p in (weight, bias) if p is not None]
-    fn = BatchNorm(rm, rv, training, momentum, eps, weight is not None, bias is not None)
-    return fn(input, *params)
+    _check_dtype("batch_norm", dtype, weight=weight, bias=bias)
+    return BatchNorm(rm, rv, training, momentum, eps, weight is not None, bias is not None)
 
 
 # =========================================================================== L2 normalisation

@@ -48,6 +48,8 @@ class ConvProjection(nn.Module):
 
     A depth-wise conv (one k×k filter per channel, no bias: BatchNorm's shift
     would cancel it) followed by BatchNorm2d, then read row by row as tokens.
+    ``forward(tokens, hw)`` takes the tokens (B, H·W, C) of an H×W grid instead
+    and does the same as one op (the attention's fused path).
     """
 
     def __init__(self, dim: int, kernel_size: int = 3, stride: int = 1, padding: int = 1):
@@ -59,7 +61,11 @@ class ConvProjection(nn.Module):
     def output_size(self, H: int, W: int) -> tuple:
         return tuple(conv_out_size(n, self.kernel_size, self.stride, self.padding) for n in (H, W))
 
-    def forward(self, x):
+    def forward(self, x, hw=None):
+        if hw is not None:                          # x: tokens (B, H·W, C) on the grid hw, the same steps
+            conv = self.conv                        # as one op: conv → BatchNorm → tokens (F.conv2d_tokens)
+            return F.conv2d_tokens(x, hw, conv.weight, None, conv.stride, conv.padding, groups=conv.groups,
+                                   batch_norm=self.bn.batch_norm_args())
         x = self.bn(self.conv(x))                   # (B, C, H', W')
         return F.rearrange(x, "b c h w -> b (h w) c")  # (B, H'·W', C)
 
@@ -106,8 +112,8 @@ class ConvProjectionAttention(nn.Module):
     def _heads(self, x):
         return F.rearrange(x, "b n (h d) -> b h n d", h=self.num_heads)        # (B, h, N, d): one layout op
 
-    # softmax(Q Kᵀ·scale) V as one op (F.scaled_dot_product_attention), as timm's ``fused_attn``.
-    # False, store_attn, or attention dropout while training: the steps written out below.
+    # Projections and attention in fewer, larger ops (F.conv2d_tokens, F.heads_attention), as timm's
+    # ``fused_attn``. False, store_attn, or attention dropout while training: the steps written out below.
     fused_attn = True
 
     def forward(self, x, hw):
@@ -119,6 +125,14 @@ class ConvProjectionAttention(nn.Module):
                              f"for a {H}×{W} grid{' with a class token' if n_cls else ''}, got shape {x.shape}")
         if n_cls:
             cls, x = x.split([1, H * W], dim=1)                     # (B, 1, C), (B, HW, C)
+        if self.fused_attn and not self.store_attn and (self.attn_drop.p == 0 or not self.training):
+            # The steps below, with fewer ops: each projection's conv → BN → tokens as one op, the
+            # head splits, attention and merge as one (F.heads_attention); tests hold the two equal.
+            q, k, v = (p(x, hw) for p in (self.conv_proj_q, self.conv_proj_k, self.conv_proj_v))
+            if n_cls:
+                q, k, v = (F.cat([cls, t], dim=1) for t in (q, k, v))
+            x = F.heads_attention(self.proj_q(q), self.proj_k(k), self.proj_v(v), self.num_heads, scale=self.scale)
+            return self.proj_drop(self.proj(x))                     # (B, N, C)
         x = F.rearrange(x, "b (h w) c -> b c h w", h=H)             # tokens → 2-D map
         q = self.conv_proj_q(x)                                     # (B, HW, C): stride 1
         k = self.conv_proj_k(x)                                     # (B, ~HW/4, C): squeezed, stride 2
@@ -128,9 +142,6 @@ class ConvProjectionAttention(nn.Module):
         q = self._heads(self.proj_q(q))                             # (B, h, Nq, d)
         k = self._heads(self.proj_k(k))                             # (B, h, Nkv, d)
         v = self._heads(self.proj_v(v))
-        if self.fused_attn and not self.store_attn and (self.attn_drop.p == 0 or not self.training):
-            x = F.scaled_dot_product_attention(q, k, v, scale=self.scale)   # (B, h, Nq, d): one op
-            return self.proj_drop(self.proj(F.rearrange(x, "b h n d -> b n (h d)")))  # heads side by side
         attn = (q @ k.transpose(-2, -1)) * self.scale               # (B, h, Nq, Nkv)
         attn = F.softmax(attn, dim=-1)
         if self.store_attn:

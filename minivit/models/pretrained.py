@@ -188,9 +188,10 @@ def _data_name(source: str) -> str:
     return f"CIFAR-10 ({Path(first).name or first})"
 
 
-_RECIPE_KEYS = ("model", "epochs", "batch_size", "opt", "lr", "min_lr", "weight_decay", "warmup_epochs",
-                "label_smoothing", "drop_path", "crop_padding", "randaugment", "random_erasing", "mixup",
-                "cutmix", "teacher", "distillation", "seed")
+_RECIPE_KEYS = ("model", "epochs", "batch_size", "opt", "lr", "min_lr", "sched", "cooldown_epochs", "weight_decay",
+                "head_weight_decay", "warmup_epochs", "label_smoothing", "clip_grad", "drop_path", "crop_padding",
+                "randaugment", "random_erasing", "progressive_resize", "mixup", "cutmix", "teacher", "distillation",
+                "seed")
 
 
 def _recipe_args(cfg: dict) -> list:

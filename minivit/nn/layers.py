@@ -207,6 +207,12 @@ class BatchNorm2d(_NormBase):
         if x.ndim != self._input_ndim:
             raise ValueError(f"{type(self).__name__} expects a {self._input_ndim}-D {self._layout} input, "
                              f"got shape {x.shape}")
+        return batch_norm(x, *self.batch_norm_args())
+
+    def batch_norm_args(self) -> tuple:
+        """The arguments of ``F.batch_norm`` after the input, for one forward: (running_mean,
+        running_var, weight, bias, training, momentum, eps). Counts the batch when training (it is
+        called once per forward; a layer that fuses this norm into a larger op calls it too)."""
         momentum = 0.0 if self.momentum is None else self.momentum
         if self.training and self.track_running_stats:
             self.num_batches_tracked.data += 1
@@ -215,8 +221,7 @@ class BatchNorm2d(_NormBase):
         # Batch statistics when training, or when there are no running ones to use;
         # batch_norm updates the running stats it is given only when it uses batch stats.
         use_batch_stats = self.training or not self.track_running_stats
-        return batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
-                          use_batch_stats, momentum, self.eps)
+        return (self.running_mean, self.running_var, self.weight, self.bias, use_batch_stats, momentum, self.eps)
 
     def extra_repr(self):
         bias = f", bias={self.bias is not None}" if self.affine else ""  # torch ≥ 2.13 shows it
