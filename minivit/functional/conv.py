@@ -499,7 +499,6 @@ class Conv2dTokens(Function):
         return xp.ascontiguousarray(y.transpose(0, 2, 3, 1)).reshape(B, -1, y.shape[1])   # (B, H'·W', O)
 
     def backward(self, gy):
-        xp = get_array_module(gy)
         B, _, O = gy.shape
         Ho, Wo = self.out_hw
         g = gy.reshape(B, Ho, Wo, O).transpose(0, 3, 1, 2)                 # (B, O, H', W'): a view
@@ -544,8 +543,7 @@ def conv2d_tokens(input, feat_size, weight, bias=None, stride=1, padding=0, dila
     args = [input, weight] + ([] if bias is None else [bias])
     norm = None
     if batch_norm is not None:
-        pads = (padding[0] + padding[1], padding[2] + padding[3])         # (top + bottom, left + right)
-        out_hw = tuple((n + p - dd * (k - 1) - 1) // ss + 1 for n, p, dd, k, ss in zip((H, W), pads, d, (kh, kw), s))
+        out_hw = (_out_size(H, kh, s[0], padding[0], padding[1], d[0]), _out_size(W, kw, s[1], padding[2], padding[3], d[1]))
         norm = batch_norm_op((B, weight.shape[0]) + out_hw, input.dtype, *batch_norm)
         args += [p for p in batch_norm[2:4] if p is not None]
     return Conv2dTokens((H, W), conv, conv_bias=bias is not None, norm=norm)(*args)
