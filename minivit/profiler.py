@@ -95,16 +95,17 @@ class OpProfiler:
         prof = self
         sync = backend.synchronize
 
-        def timed(fn, *args):
-            # A subclass's forward may call its parent's (Mean → Sum): only the
-            # outermost call is timed, under the class that was really called.
+        def timed(fn, *args, **kwargs):
+            # A subclass's forward may call its parent's (Mean → Sum), an op another op's
+            # (QKVAttention → ScaledDotProductAttention, with keywords): only the outermost
+            # call is timed, under the class that was really called.
             if prof._inside:
-                return orig(fn, *args)
+                return orig(fn, *args, **kwargs)
             prof._inside = True
             try:
                 sync(prof.device)
                 t0 = time.perf_counter()
-                out = orig(fn, *args)
+                out = orig(fn, *args, **kwargs)
                 sync(prof.device)
                 dt = time.perf_counter() - t0
             finally:

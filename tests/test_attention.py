@@ -93,6 +93,30 @@ def test_qkv_attention_gradcheck(xp):
     assert gradcheck(lambda t: F.qkv_attention(t, num_heads=2), qkv)
 
 
+@pytest.mark.parametrize("windows", [1, 3])
+def test_qkv_attention_with_a_window_bias(xp, windows):
+    """(nW, h, N, N) bias on a batch of images × nW windows (Swin's), or (h, N, N) on every row:
+    the values and gradients (qkv's and the bias's) of the written-out steps, and a gradcheck."""
+    rng = np.random.default_rng(5)
+    B, N, h, d = 2 * windows, 4, 2, 3
+    qkv = t64(xp, rng.standard_normal((B, N, 3 * h * d)))
+    bias = t64(xp, rng.standard_normal((windows, h, N, N) if windows > 1 else (h, N, N)))
+    out = F.qkv_attention(qkv, h, 0.4, attn_mask=bias)
+    g = xp.asarray(rng.standard_normal(out.shape))
+    out.backward(g)
+    qkv2, bias2 = (Tensor(t.data.copy(), requires_grad=True) for t in (qkv, bias))
+    lead = (B,) if windows == 1 else (B // windows, windows)
+    n = len(lead)
+    q, k, v = qkv2.reshape(*lead, N, 3, h, d).permute(n + 1, *range(n), n + 2, n, n + 3).unbind(0)
+    ref = F.attention_simple(q, k, v, bias2, 0.4).transpose(n, n + 1).reshape(B, N, h * d)
+    ref.backward(g)
+    for a, b in ((out.data, ref.data), (qkv.grad, qkv2.grad), (bias.grad, bias2.grad)):
+        np.testing.assert_allclose(backend.to_numpy(a), backend.to_numpy(b), rtol=1e-12, atol=1e-12)
+    assert gradcheck(lambda t, m: F.qkv_attention(t, h, 0.4, attn_mask=m), qkv, bias)
+    with pytest.raises(ValueError, match=r"attn_mask must be \(2, 4, 4\), or \(nW, 2, 4, 4\)"):
+        F.qkv_attention(qkv, h, attn_mask=t64(xp, rng.standard_normal((5, h, N, N))))
+
+
 @pytest.mark.parametrize("training", [True, False])
 def test_fused_msa_layer_matches_the_written_out_layer(monkeypatch, training):
     rng = np.random.default_rng(3)

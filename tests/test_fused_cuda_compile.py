@@ -122,12 +122,25 @@ def _elementwise_kernels(monkeypatch):
                              operation=operation, preamble=preamble, options=tuple(options))
 
         def __call__(self, *args):
-            made.append(dict(self.spec, arg_is_array=[isinstance(a, np.ndarray) for a in args]))
+            made.append(dict(self.spec, arg_is_array=[isinstance(a, np.ndarray) for a in args],
+                             arg_ndim=[getattr(a, "ndim", 0) for a in args],
+                             arg_dtype=[np.dtype(a.dtype).name if hasattr(a, "dtype") else None for a in args]))
 
     monkeypatch.setattr(backend, "cuda_elementwise_kernel", Recorder)
     monkeypatch.setattr(fused_cuda, "_gelu_kernel", fused_cuda._gelu_kernel.__wrapped__)
     monkeypatch.setattr(fused_cuda, "_adamw_kernel", fused_cuda._adamw_kernel.__wrapped__)
     x = np.ones(4, np.float32)
+    parts = np.ones((3, 4), np.float32)
+    fused_cuda._chunk_sums_kernel.__wrapped__()(parts, parts, np.int64(3), x, x)   # layer norm's ∂w, ∂b
+    monkeypatch.setattr(fused_cuda, "_keep_mask_kernel", fused_cuda._keep_mask_kernel.__wrapped__)
+    fused_cuda.keep_mask(x, 0.9, 1 / 0.9, np.float32)                                # dropout's mask
+    monkeypatch.setattr(fused_cuda, "_col2im_kernel", fused_cuda._col2im_kernel.__wrapped__)
+    fused_cuda.col2im(np.ones((1, 2, 3, 3, 2, 2, 2), np.float32), (2, 2, 4, 4), (2, 2), (2, 2), (1, 1), (1, 1))
+    monkeypatch.setattr(fused_cuda, "_class_nll_kernel", fused_cuda._class_nll_kernel.__wrapped__)
+    labels = np.zeros(3, np.int64)
+    fused_cuda.class_nll_forward(parts, labels, x, 0.1, -100)                       # cross-entropy
+    fused_cuda.class_nll_backward(np.ones((), np.float32), parts, labels, x, labels.astype(np.float32),
+                                  np.ones((), np.float32), 0.1, -100, True)
     for approximate in ("none", "tanh"):
         fused_cuda.gelu_forward(x, approximate)
         fused_cuda.gelu_backward(x, x, approximate)
@@ -138,25 +151,39 @@ def _elementwise_kernels(monkeypatch):
     return made
 
 
+# CuPy's C names of the dtypes an ElementwiseKernel's parameters may name (cupy/_core/_scalar.pyx).
+NAMED_TYPES = {"int64": "long long", "int32": "int", "float32": "float", "float64": "double", "bool": "bool"}
+
+
 def elementwise_source(spec, ctype, ndim=1, contiguous=True, index_32=True):
     """The CUDA C cupy.ElementwiseKernel generates for ``spec`` with every T = ``ctype``."""
     ins = [p.split() for p in spec["in_params"].split(",")]
     outs = [p.split() for p in spec["out_params"].split(",")]
-    assert all(len(p) == 2 for p in ins + outs), "only 'type name' parameters are handled here"
+    assert all(len(p) == 2 or (len(p) == 3 and p[0] == "raw") for p in ins + outs), \
+        "only 'type name' and 'raw type name' parameters are handled here"
     is_array = spec["arg_is_array"]
     assert len(is_array) in (len(ins), len(ins) + len(outs)), "called with the inputs, or inputs and outputs"
     is_array = is_array[:len(ins)] + [True] * len(outs)        # outputs CuPy makes are arrays too
     params, refs = [], []
-    for (typ, name), is_array, is_in in zip(ins + outs, is_array, [True] * len(ins) + [False] * len(outs)):
-        c = ctype if typ == "T" else typ
+    for p, is_array, is_in, arg_ndim in zip(ins + outs, is_array, [True] * len(ins) + [False] * len(outs),
+                                            spec["arg_ndim"] + [ndim] * len(outs)):
+        raw, (typ, name) = p[0] == "raw", p[-2:]
+        c = ctype if typ == "T" else NAMED_TYPES.get(typ, typ)
         const = "const " if is_in else ""
-        if is_array:
+        if raw:                                                # the whole array, indexed by the operation
+            params.append(f"{const}CArray<{c}, {arg_ndim}, 1, {int(index_32)}> {name}")
+        elif is_array:
             params.append(f"{const}CArray<{c}, {ndim}, {int(contiguous)}, {int(index_32)}> _raw_{name}")
-            refs.append(f"{const}{typ} &{name} = _raw_{name}[_ind.get()];")
+            ref_type = typ if len(typ) == 1 and typ.isupper() else c     # a placeholder, or the C name of a dtype
+            refs.append(f"{const}{ref_type} &{name} = _raw_{name}[_ind.get()];")
         else:
             params.append(f"{const}{c} {name}")
     params.append(f"CIndexer<{ndim}, {int(index_32)}> _ind")
     headers = "".join(f"#include <{h}>\n" for h in CUPY_HEADERS)
+    # type placeholders other than T (``I t``): CuPy typedefs each to its argument's dtype
+    others = {p[-2]: NAMED_TYPES[dt] for p, dt in zip(ins, spec["arg_dtype"])
+              if len(p[-2]) == 1 and p[-2].isupper() and p[-2] != "T"}
+    headers += "".join(f"typedef {c} {name};\n" for name, c in others.items())
     body = "\n".join(refs + [spec["operation"]])
     return (f"{headers}typedef {ctype} T;\n{spec['preamble']}\n"
             f'extern "C" __global__ void {spec["name"]}({", ".join(params)}) {{\n'
@@ -167,7 +194,9 @@ def elementwise_source(spec, ctype, ndim=1, contiguous=True, index_32=True):
 def test_every_elementwise_kernel_is_caught(monkeypatch):
     names = [k["name"] for k in _elementwise_kernels(monkeypatch)]
     assert sorted(names) == sorted(["minivit_gelu_none", "minivit_gelu_none_backward", "minivit_gelu_tanh",
-                                    "minivit_gelu_tanh_backward", "minivit_adamw", "minivit_adamw_amsgrad"])
+                                    "minivit_gelu_tanh_backward", "minivit_adamw", "minivit_adamw_amsgrad",
+                                    "minivit_chunk_sums", "minivit_keep_mask", "minivit_col2im", "minivit_class_nll",
+                                    "minivit_class_nll_backward"])
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -186,7 +215,7 @@ def test_elementwise_kernels_compile(nvrtc, monkeypatch, arch, dtype, layout):
 
 # --------------------------------------------------------------------------- the check can fail
 def test_a_broken_kernel_fails_with_its_name_arch_dtype_and_log(nvrtc):
-    source = fused_cuda.row_kernel_source(np.float32).replace("fmax(m, xr[j])", "fmax(m, xr[j], 1, 2)")
+    source = fused_cuda.row_kernel_source(np.float32).replace("fmax(m, xr[j] * scale)", "fmax(m, xr[j] * scale, 1, 2)")
     with pytest.raises(AssertionError, match=r"(?s)row kernels \(softmax_forward.*sm_90 in float32.*fmax"):
         compile_cubin(nvrtc, source, "row kernels (softmax_forward, ...)", "90", np.dtype(np.float32))
 

@@ -418,8 +418,11 @@ def _uniform(xp, shape):
 
 def _keep_mask(xp, shape, keep, dtype):
     """Bernoulli(keep) mask scaled by 1/keep, in x's dtype (all zeros when keep == 0)."""
-    mask = _uniform(xp, shape) < keep
+    u = _uniform(xp, shape)
     scale = 1.0 / keep if keep > 0 else 0.0
+    if fused_cuda.applies(u) and np.dtype(dtype).char in "fd":
+        return fused_cuda.keep_mask(u, keep, scale, dtype)      # one kernel: these two lines' steps
+    mask = u < keep
     return xp.multiply(mask, dtype.type(scale), dtype=dtype)    # one op: bool × scale, in dtype
 
 

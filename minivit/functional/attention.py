@@ -29,6 +29,7 @@ import numpy as np
 from minivit import amp, backend, blas
 from minivit.autograd import Function, Tensor
 from minivit.backend import get_array_module
+from minivit.functional import fused_cuda
 from minivit.functional.activation import Softmax, dropout, softmax
 from minivit.functional.basic import matmul, sum_to, where
 
@@ -68,20 +69,36 @@ class ScaledDotProductAttention(Function):
         if self.cpu_fast:
             return self._cpu_forward(q, k, v, mask)
         self.softmax = Softmax(-1)                      # its array code: threads on the CPU, a kernel on a GPU
-        a = self.softmax.forward(_scores(xp, q, k, self.scale, mask))   # (…, L, S)
+        # On a GPU without a mask the fused softmax kernel takes c·S itself (and its backward returns
+        # c·dS): the same roundings as `s *= c` and `ds * c`, one launch fewer each way.
+        self.scale_in_kernel = mask is None and Softmax.fast_path and fused_cuda.applies(q, k)
+        if self.scale_in_kernel:
+            a = self.softmax.y = fused_cuda.softmax_forward(q @ _t(k), scale=self.scale)
+        else:
+            a = self.softmax.forward(_scores(xp, q, k, self.scale, mask))   # (…, L, S)
         self.score_nbytes = a.nbytes                    # (the complexity lab's memory probe reads it)
         return a @ v                                    # (…, L, d_v)
 
-    def backward(self, go):
+    def backward(self, go, out=None):
+        """dQ, dK, dV (None where not needed). On a GPU ``out`` (three arrays or None) receives them:
+        each product written in place, so that a caller packing them (QKVAttention) copies once."""
         if self.cpu_fast:
             return self._cpu_backward(go)
+        xp = get_array_module(go)
         a = self.softmax.y
         need = self.needs_grad
-        dv = _t(a) @ go if need[2] else None            # (…, S, d_v)
-        ds = self.softmax.backward(go @ _t(self.v))     # dS = A ⊙ (dA − rowsum(dA ⊙ A))
-        dsc = ds * ds.dtype.type(self.scale) if need[0] or need[1] else None   # c·dS: scaled once, for both
-        dq = dsc @ self.k if need[0] else None          # (…, L, d)
-        dk = _t(dsc) @ self.q if need[1] else None      # (…, S, d)
+
+        def mm(x, y, i):                                # x @ y, into out[i] when given
+            o = None if out is None else out[i]
+            return x @ y if o is None else xp.matmul(x, y, out=o)
+        dv = mm(_t(a), go, 2) if need[2] else None      # (…, S, d_v)
+        if self.scale_in_kernel:                        # c·dS from the kernel
+            dsc = fused_cuda.softmax_backward(go @ _t(self.v), a, scale=self.scale)
+        else:
+            ds = self.softmax.backward(go @ _t(self.v))     # dS = A ⊙ (dA − rowsum(dA ⊙ A))
+            dsc = ds * ds.dtype.type(self.scale) if need[0] or need[1] else None   # c·dS: scaled once, for both
+        dq = mm(dsc, self.k, 0) if need[0] else None    # (…, L, d)
+        dk = mm(_t(dsc), self.q, 1) if need[1] else None   # (…, S, d)
         if not self.has_mask:
             return dq, dk, dv
         dm = sum_to(ds, self.mask_shape) if need[3] else None   # a bias (Swin's) learns from dS
@@ -249,33 +266,54 @@ class QKVAttention(Function):
 
     Forward views qkv as (B, N, 3, h, d) and takes Q, K, V as strided views (no copies); the
     attention is the op above; the output (B, h, N, d) is written back as (B, N, h·d).
-    Backward writes dQ, dK, dV straight into one (B, N, 3, h, d) gradient."""
+    Backward writes dQ, dK, dV straight into one (B, N, 3, h, d) gradient.
 
-    def __init__(self, num_heads, scale):
-        self.num_heads, self.scale = num_heads, scale
-        self.inner = ScaledDotProductAttention(scale, has_mask=False)
+    With an additive ``mask`` (Swin's relative-position bias, and its shift mask) of shape
+    (nW, h, N, N), ``windows`` = nW: the rows of qkv are B/nW images of nW windows each, viewed
+    as (B/nW, nW, …) so that window w of every image adds mask[w]; backward also returns the
+    mask's gradient, dS summed over the images."""
 
-    def forward(self, qkv):
+    def __init__(self, num_heads, scale, windows=1, has_mask=False):
+        self.num_heads, self.scale, self.windows = num_heads, scale, windows
+        self.inner = ScaledDotProductAttention(scale, has_mask=has_mask)
+
+    def _lead(self, B):
+        return (B,) if self.windows == 1 else (B // self.windows, self.windows)
+
+    def forward(self, qkv, mask=None):
         xp = get_array_module(qkv)
         B, N, C3 = qkv.shape
         h = self.num_heads
         d = C3 // (3 * h)
-        q, k, v = qkv.reshape(B, N, 3, h, d).transpose(2, 0, 3, 1, 4)   # each (B, h, N, d), a view
-        self.inner.needs_grad = (True, True, True)
-        o = self.inner.forward(q, k, v)                                  # (B, h, N, d)
+        lead = self._lead(B)
+        n = len(lead)                                 # (B,) or (images, windows)
+        q, k, v = qkv.reshape(*lead, N, 3, h, d).transpose(n + 1, *range(n), n + 2, n, n + 3)   # each (…, h, N, d), a view
+        self.inner.needs_grad = (True, True, True) + (() if mask is None else (self.needs_grad[1],))
+        o = self.inner.forward(q, k, v) if mask is None else self.inner.forward(q, k, v, mask)   # (…, h, N, d)
         self.score_nbytes = self.inner.score_nbytes
-        return xp.ascontiguousarray(o.transpose(0, 2, 1, 3)).reshape(B, N, h * d)
+        return xp.ascontiguousarray(o.swapaxes(n, n + 1)).reshape(B, N, h * d)
 
     def backward(self, go):
         xp = get_array_module(go)
         B, N, C = go.shape
         h = self.num_heads
         d = C // h
-        dq, dk, dv = self.inner.backward(go.reshape(B, N, h, d).transpose(0, 2, 1, 3))   # each (B, h, N, d)
-        g = xp.empty((B, N, 3, h, d), dtype=go.dtype)
-        for i, part in enumerate((dq, dk, dv)):
-            g[:, :, i] = part.transpose(0, 2, 1, 3)                      # (B, N, h, d)
-        return g.reshape(B, N, 3 * h * d)
+        lead = self._lead(B)
+        n = len(lead)
+        go = go.reshape(*lead, N, h, d).swapaxes(n, n + 1)               # (…, h, N, d)
+        if not self.inner.cpu_fast:
+            # On a GPU the three products write into one (3, …, h, N, d) array, laid out as
+            # (…, N, 3, h, d) by one copy: one launch where the loop below takes three.
+            g3 = xp.empty((3, *lead, h, N, d), dtype=go.dtype)
+            grads = self.inner.backward(go, out=g3)
+            g = xp.ascontiguousarray(g3.transpose(*range(1, n + 1), n + 2, 0, n + 1, n + 3))
+        else:
+            grads = self.inner.backward(go)                              # dQ, dK, dV (…, h, N, d)[, dM]
+            g = xp.empty((*lead, N, 3, h, d), dtype=go.dtype)
+            for i, part in enumerate(grads[:3]):
+                g[(slice(None),) * (n + 1) + (i,)] = part.swapaxes(n, n + 1)   # (…, N, h, d)
+        g = g.reshape(B, N, 3 * h * d)
+        return g if len(grads) == 3 else (g, grads[3])
 
 
 class QKVSplitAttention(Function):
@@ -307,7 +345,14 @@ class QKVSplitAttention(Function):
         B, N, C = go.shape
         h = self.num_heads
         d = C // h
-        dq, dk, dv = self.inner.backward(go.reshape(B, N, h, d).transpose(0, 2, 1, 3))   # (B, h, ·, d)
+        go = go.reshape(B, N, h, d).transpose(0, 2, 1, 3)                # (B, h, N, d)
+        if not self.inner.cpu_fast and self.needs_grad[1]:
+            # On a GPU dK and dV are written into one (2, B, h, M, d) array and laid out by one copy.
+            g2 = xp.empty((2, B, h, self.M, d), dtype=go.dtype)
+            dq, _, _ = self.inner.backward(go, out=(None, g2[0], g2[1]))
+            gq = xp.ascontiguousarray(dq.transpose(0, 2, 1, 3)).reshape(B, N, C) if self.needs_grad[0] else None
+            return gq, xp.ascontiguousarray(g2.transpose(1, 3, 0, 2, 4)).reshape(B, self.M, 2 * C)
+        dq, dk, dv = self.inner.backward(go)                             # (B, h, ·, d)
         gq = xp.ascontiguousarray(dq.transpose(0, 2, 1, 3)).reshape(B, N, C) if self.needs_grad[0] else None
         gkv = None
         if self.needs_grad[1]:
@@ -382,18 +427,33 @@ def q_kv_attention(q, kv, num_heads: int, scale=None):
     return QKVSplitAttention(num_heads, scale)(q, kv)
 
 
-def qkv_attention(qkv, num_heads: int, scale=None):
+def qkv_attention(qkv, num_heads: int, scale=None, attn_mask=None):
     """Multi-head self-attention from the ``qkv`` linear layer's output (B, N, 3·C), laid out
     (3, heads, head_dim) along the last dim as timm's ``Attention`` reads it, to (B, N, C): the
     heads' outputs side by side, ready for ``proj``. One op (``QKVAttention``); under autocast
-    the composed form runs instead."""
+    the composed form runs instead.
+
+    ``attn_mask``: an additive float bias, (h, N, N) for every row of the batch, or (nW, h, N, N)
+    for a batch of windows (Swin's: B = images × nW, each image's nW windows consecutive), where
+    window w of every image adds attn_mask[w]."""
     B, N, C3 = qkv.shape
     if C3 % (3 * num_heads):
         raise ValueError(f"qkv_attention: the last dim ({C3}) must be 3 × num_heads ({num_heads}) × head_dim")
     d = C3 // (3 * num_heads)
     scale = d ** -0.5 if scale is None else float(scale)
+    windows = 1
+    if attn_mask is not None:
+        mshape = tuple(attn_mask.shape)
+        if len(mshape) not in (3, 4) or mshape[-3:] != (num_heads, N, N) or (len(mshape) == 4 and B % mshape[0]):
+            raise ValueError(f"qkv_attention: attn_mask must be ({num_heads}, {N}, {N}), or (nW, {num_heads}, {N}, {N}) "
+                             f"with the batch ({B}) a multiple of nW; got {mshape}")
+        windows = mshape[0] if len(mshape) == 4 else 1
     if amp._enabled:
-        q, k, v = qkv.reshape(B, N, 3, num_heads, d).permute(2, 0, 3, 1, 4).unbind(0)
-        x = scaled_dot_product_attention(q, k, v, scale=scale)
-        return x.transpose(1, 2).reshape(B, N, C3 // 3)
-    return QKVAttention(num_heads, scale)(qkv)
+        lead = (B,) if windows == 1 else (B // windows, windows)
+        n = len(lead)
+        q, k, v = qkv.reshape(*lead, N, 3, num_heads, d).permute(n + 1, *range(n), n + 2, n, n + 3).unbind(0)
+        x = scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
+        return x.transpose(n, n + 1).reshape(B, N, C3 // 3)
+    if attn_mask is None:
+        return QKVAttention(num_heads, scale)(qkv)
+    return QKVAttention(num_heads, scale, windows, has_mask=True)(qkv, attn_mask)

@@ -32,6 +32,7 @@ import numpy as np
 
 from minivit import amp, backend
 from minivit.autograd import Function, Tensor, is_grad_enabled
+from minivit.functional import fused_cuda
 from minivit.functional.basic import squeeze, unsqueeze
 from minivit.functional.linear import add_bias_
 
@@ -156,6 +157,8 @@ class Conv2d(Function):
             self.channels_last = True
             return self._channels_last_forward(x, w, b)
         G, (sh, sw), (dh, dw) = self.groups, self.stride, self.dilation
+        # tokens viewed as an image (channels-last in memory): a GPU's col2im writes ∂x alike
+        self.x_channels_last = not x.flags.c_contiguous and x.transpose(0, 2, 3, 1).flags.c_contiguous
         xpad = _pad_hw(x, self.pads)
         Hp, Wp = xpad.shape[-2:]
         Ho = _out_size(H, kh, sh, *self.pads[:2], dh)
@@ -194,6 +197,11 @@ class Conv2d(Function):
             gcols = (wt @ g3 if O // G > 1 else wt * g3).reshape(G, Cg, kh, kw, N, Ho, Wo)
             if self.tiling_fast_path and (kh, kw) == (sh, sw) and (dh, dw) == (1, 1):
                 gx = self._tiles_backward(xp, gcols)
+            elif fused_cuda.applies(gcols):
+                # On a GPU col2im is one kernel: each input pixel gathers its taps in the loop's
+                # order below, in the input's memory layout (fused_cuda.col2im).
+                gx = fused_cuda.col2im(gcols, (N, C, H, W), (Ho, Wo), (sh, sw), (dh, dw),
+                                       (self.pads[0], self.pads[2]), self.x_channels_last)
             else:
                 # col2im: each kernel offset (i, j) read one strided slice of the padded
                 # input; add its column gradient back onto that slice.

@@ -1,11 +1,12 @@
-"""Fused CUDA kernels: the GPU fast paths of softmax, log_softmax, layer_norm, batch_norm, GELU and AdamW.
+"""Fused CUDA kernels: the GPU fast paths of softmax, log_softmax, layer_norm, batch_norm, GELU,
+cross-entropy, col2im, dropout masks and AdamW.
 
 Why. On the GPU every CuPy operation is a kernel launch (a few microseconds of Python and
 driver time) and a full pass over memory. The readable reference code of these ops is a
 chain of such operations: a layer norm is about ten, a softmax five, GELU six, and AdamW
 ten per parameter, for some 150 parameters a step. Here each of them is one kernel that
 reads its inputs once and writes its outputs once (a layer norm's backward: one for ∂x,
-one for ∂w and ∂b in row chunks, then two small sums over the chunks).
+one for ∂w and ∂b in row chunks, then one for the sums over the chunks).
 
 What. Each kernel computes what the reference code beside its op computes: the same
 formulas, with the operations in the same order and compiled without contracting
@@ -17,7 +18,8 @@ expected to be equal. tests/test_fused_cuda.py holds every kernel to its referen
 * softmax / log_softmax over the last axis, forward and backward (``softmax_forward``,
   ``softmax_backward``): one warp per row (eight rows a block) up to 1024 elements a
   row, a whole block per longer row; the row max is subtracted first, as in the
-  reference, so ``exp`` never overflows.
+  reference, so ``exp`` never overflows. An optional ``scale`` (attention's c) is applied
+  to each input on the way in (forward) and to each output (backward).
 * layer norm forward (y, and the per-row mean and 1/σ for backward, as PyTorch keeps)
   and backward (∂x row by row; ∂w and ∂b as column sums over row chunks, coalesced).
 * batch norm in training (``batch_norm_forward``, ``batch_norm_backward``): one block per
@@ -25,6 +27,12 @@ expected to be equal. tests/test_fused_cuda.py holds every kernel to its referen
   (the reference: about thirteen operations), backward the channel's sums, ∂w, ∂b and ∂x in one.
 * GELU, exact (erf) and tanh forms: forward writes y alone; backward recomputes the
   derivative from x in the same pass that multiplies it by the incoming gradient.
+* cross-entropy with class indices (``class_nll_forward``, ``class_nll_backward``): the
+  target distribution (label smoothing, class weights, ignored and out-of-range labels)
+  computed where it is used instead of built as an (M, C) array.
+* col2im (``col2im``): a conv's input gradient from its column gradients, one thread a
+  pixel gathering its taps in the reference loop's order, in the input's memory layout.
+* dropout's keep mask from the uniforms (``keep_mask``).
 * AdamW: the whole update of one parameter (decay, both moments, amsgrad's max, the
   bias-corrected step), in place, as one pass.
 
@@ -134,34 +142,36 @@ __device__ __forceinline__ T row_max(T v, T* buf) {
 """
 
 _ROW_KERNELS = r"""
-// y = softmax(x) over each row (log_softmax != 0: y = log_softmax(x)); x, y (M, D).
-// As the reference: m = max(x); e = exp(x - m); y = e / sum(e)  (or (x - m) - log sum(e)).
+// y = softmax(scale*x) over each row (log_softmax != 0: y = log_softmax(scale*x)); x, y (M, D).
+// As the reference: v = scale*x (attention's c*QK^T; 1 elsewhere, which leaves x exact);
+// m = max(v); e = exp(v - m); y = e / sum(e)  (or (v - m) - log sum(e)).
 extern "C" __global__ void softmax_forward(const T* __restrict__ x, T* __restrict__ y,
-                                           const long long M, const int D, const int log_softmax) {
+                                           const long long M, const int D, const int log_softmax,
+                                           const T scale) {
     __shared__ T buf[32];
     ROW_OR_RETURN(M)
     const T* xr = x + row * D;
     T* yr = y + row * D;
     T m = NEG_INF;
-    for (int j = threadIdx.x; j < D; j += blockDim.x) m = fmax(m, xr[j]);
+    for (int j = threadIdx.x; j < D; j += blockDim.x) m = fmax(m, xr[j] * scale);
     m = row_max(m, buf);
     T s = 0;
-    for (int j = threadIdx.x; j < D; j += blockDim.x) s += exp(xr[j] - m);
+    for (int j = threadIdx.x; j < D; j += blockDim.x) s += exp(xr[j] * scale - m);
     s = row_sum(s, buf);
     if (log_softmax) {
         const T lse = log(s);
-        for (int j = threadIdx.x; j < D; j += blockDim.x) yr[j] = (xr[j] - m) - lse;
+        for (int j = threadIdx.x; j < D; j += blockDim.x) yr[j] = (xr[j] * scale - m) - lse;
     } else {
-        for (int j = threadIdx.x; j < D; j += blockDim.x) yr[j] = exp(xr[j] - m) / s;
+        for (int j = threadIdx.x; j < D; j += blockDim.x) yr[j] = exp(xr[j] * scale - m) / s;
     }
 }
 
-// Vector-Jacobian products, y the forward's output:
-//   softmax:      gx = gy*y - y*sum(gy*y)
-//   log_softmax:  gx = gy - exp(y)*sum(gy)
+// Vector-Jacobian products, y the forward's output, times scale (attention's c; else 1):
+//   softmax:      gx = (gy*y - y*sum(gy*y)) * scale
+//   log_softmax:  gx = (gy - exp(y)*sum(gy)) * scale
 extern "C" __global__ void softmax_backward(const T* __restrict__ gy, const T* __restrict__ y,
                                             T* __restrict__ gx, const long long M, const int D,
-                                            const int log_softmax) {
+                                            const int log_softmax, const T scale) {
     __shared__ T buf[32];
     ROW_OR_RETURN(M)
     const T* gr = gy + row * D;
@@ -175,9 +185,9 @@ extern "C" __global__ void softmax_backward(const T* __restrict__ gy, const T* _
     }
     s = row_sum(s, buf);
     if (log_softmax) {
-        for (int j = threadIdx.x; j < D; j += blockDim.x) gxr[j] = gr[j] - exp(yr[j]) * s;
+        for (int j = threadIdx.x; j < D; j += blockDim.x) gxr[j] = (gr[j] - exp(yr[j]) * s) * scale;
     } else {
-        for (int j = threadIdx.x; j < D; j += blockDim.x) gxr[j] = gr[j] * yr[j] - yr[j] * s;
+        for (int j = threadIdx.x; j < D; j += blockDim.x) gxr[j] = (gr[j] * yr[j] - yr[j] * s) * scale;
     }
 }
 
@@ -394,8 +404,11 @@ def _rows_of(a):
 
 
 # =========================================================================== softmax
-def softmax_forward(x, log: bool = False):
-    """softmax (or, with ``log``, log_softmax) of a CuPy array over its last axis."""
+def softmax_forward(x, log: bool = False, scale: float = 1.0):
+    """softmax (or, with ``log``, log_softmax) of ``scale``·x, x a CuPy array, over its last axis.
+
+    ``scale`` is attention's c = 1/√d, taken inside the kernel instead of by one more pass over the
+    scores (``s *= c``): the product is rounded to x's dtype first, as that pass would round it."""
     xp = backend.get_array_module(x)
     if x.size == 0:
         return x.copy()
@@ -404,12 +417,13 @@ def softmax_forward(x, log: bool = False):
     y = xp.empty((m, d), dtype=x.dtype)
     grid, block = _row_launch(m, d)
     _row_kernel("softmax_forward", x.dtype.char)(
-        grid, block, (x2, y, np.int64(m), np.int32(d), np.int32(bool(log))))
+        grid, block, (x2, y, np.int64(m), np.int32(d), np.int32(bool(log)), x.dtype.type(scale)))
     return y.reshape(x.shape)
 
 
-def softmax_backward(gy, y, log: bool = False):
-    """∂L/∂x of softmax (or log_softmax) over the last axis, from ∂L/∂y and the output y."""
+def softmax_backward(gy, y, log: bool = False, scale: float = 1.0):
+    """∂L/∂x of softmax (or log_softmax) over the last axis, from ∂L/∂y and the output y, times
+    ``scale`` (attention's c·dS, which would otherwise be one more pass; 1 leaves it exact)."""
     xp = backend.get_array_module(y)
     if y.size == 0:
         return xp.zeros(y.shape, dtype=y.dtype)
@@ -419,7 +433,7 @@ def softmax_backward(gy, y, log: bool = False):
     gx = xp.empty((m, d), dtype=y.dtype)
     grid, block = _row_launch(m, d)
     _row_kernel("softmax_backward", y.dtype.char)(
-        grid, block, (g2, y2, gx, np.int64(m), np.int32(d), np.int32(bool(log))))
+        grid, block, (g2, y2, gx, np.int64(m), np.int32(d), np.int32(bool(log)), y.dtype.type(scale)))
     return gx.reshape(y.shape)
 
 
@@ -473,9 +487,29 @@ def layer_norm_backward(gy2, x2, w, mean, rstd, need_x=True, need_params=True):
         _row_kernel("layer_norm_param_grads", x2.dtype.char)(
             (-(-d // 32), chunks), (32, 8),
             (gy2, x2, mean, rstd, part_w, part_b, np.int64(m), np.int32(d), np.int64(rows_per_chunk)))
-        gw = part_w[0] if chunks == 1 else part_w.sum(axis=0)
-        gb = part_b[0] if chunks == 1 else part_b.sum(axis=0)
+        if chunks == 1:
+            return gx, part_w[0], part_b[0]
+        gw, gb = xp.empty(d, dtype=x2.dtype), xp.empty(d, dtype=x2.dtype)
+        _chunk_sums_kernel()(part_w, part_b, np.int64(chunks), gw, gb)   # both column sums, one launch
     return gx, gw, gb
+
+
+@functools.lru_cache(maxsize=None)
+def _chunk_sums_kernel():
+    """gw, gb (D,) = the column sums of pw, pb (chunks, D), added chunk after chunk as
+    ``pw.sum(axis=0)`` adds them: one kernel for the two sums that would be two."""
+    return backend.cuda_elementwise_kernel(
+        "raw T pw, raw T pb, int64 chunks", "T gw, T gb",
+        """
+        const ptrdiff_t d = _ind.size();
+        T sw = pw[i], sb = pb[i];
+        for (long long c = 1; c < chunks; ++c) {
+            sw += pw[c * d + i];
+            sb += pb[c * d + i];
+        }
+        gw = sw;
+        gb = sb;
+        """, "minivit_chunk_sums", options=_OPTIONS)
 
 
 # =========================================================================== batch norm
@@ -580,6 +614,172 @@ def gelu_backward(gy, x, approximate: str = "none"):
     return _gelu_kernel(approximate, True)(gy, x)
 
 
+# =========================================================================== dropout masks
+@functools.lru_cache(maxsize=None)
+def _keep_mask_kernel():
+    return backend.cuda_elementwise_kernel("float32 u, float32 keep, T scale", "T mask",
+                                           "mask = u < keep ? scale : (T)0;", "minivit_keep_mask",
+                                           options=_OPTIONS)
+
+
+def keep_mask(u, keep: float, scale: float, dtype):
+    """Dropout's scaled keep mask from float32 uniforms u: scale where u < keep, else 0, in
+    ``dtype``; one kernel for the comparison and the cast-and-scale (activation._keep_mask)."""
+    xp = backend.get_array_module(u)
+    mask = xp.empty(u.shape, dtype=dtype)
+    _keep_mask_kernel()(u, np.float32(keep), np.dtype(dtype).type(scale), mask)
+    return mask
+
+
+# =========================================================================== col2im
+# A conv's input gradient from its column gradients gcols (C, kh, kw, N, Ho, Wo) (the layout
+# of conv.py's (G, Cg, kh, kw, N, Ho, Wo)): the reference adds each kernel offset's slice onto a
+# zero-filled padded gradient, kh·kw launches after a fill, then a copy to the input's layout.
+# Here one thread per input pixel gathers the taps that read it, in the same (a, b) order as
+# that loop (so the sums round alike), skipping the padding, and writes the gradient in the
+# input's own memory layout: NCHW, or channels-last (N, H, W, C) when the input was a token
+# tensor viewed as an image.
+_COL2IM = """
+    long long r = i;
+    int c, y, x, n;
+    if (channels_last) {
+        c = (int)(r % C); r /= C; x = (int)(r % W); r /= W; y = (int)(r % H); n = (int)(r / H);
+    } else {
+        x = (int)(r % W); r /= W; y = (int)(r % H); r /= H; c = (int)(r % C); n = (int)(r / C);
+    }
+    T s = 0;
+    for (int a = 0; a < kh; ++a) {
+        const int ty = y + pad_top - a * dh;
+        if (ty < 0 || ty % sh != 0 || ty / sh >= Ho) continue;
+        for (int b = 0; b < kw; ++b) {
+            const int tx = x + pad_left - b * dw;
+            if (tx < 0 || tx % sw != 0 || tx / sw >= Wo) continue;
+            s += gcols[((((long long)c * kh + a) * kw + b) * N + n) * ((long long)Ho * Wo)
+                       + (long long)(ty / sh) * Wo + tx / sw];
+        }
+    }
+    gx = s;
+"""
+
+
+@functools.lru_cache(maxsize=None)
+def _col2im_kernel():
+    return backend.cuda_elementwise_kernel(
+        "raw T gcols, int32 N, int32 C, int32 H, int32 W, int32 kh, int32 kw, int32 sh, int32 sw, "
+        "int32 dh, int32 dw, int32 pad_top, int32 pad_left, int32 Ho, int32 Wo, int32 channels_last",
+        "T gx", _COL2IM, "minivit_col2im", options=_OPTIONS)
+
+
+def col2im(gcols, x_shape, out_hw, stride, dilation, pad_top_left, channels_last=False):
+    """∂L/∂x (N, C, H, W) of a conv from its column gradients gcols (G, Cg, kh, kw, N, Ho, Wo), in one
+    kernel; channels-last in memory (an (N, H, W, C) array, returned as its (N, C, H, W) view) when
+    ``channels_last``."""
+    xp = backend.get_array_module(gcols)
+    N, C, H, W = x_shape
+    _, _, kh, kw = gcols.shape[:4]
+    gcols = xp.ascontiguousarray(gcols)
+    gx = xp.empty((N, H, W, C) if channels_last else (N, C, H, W), dtype=gcols.dtype)
+    i32 = np.int32
+    _col2im_kernel()(gcols, i32(N), i32(C), i32(H), i32(W), i32(kh), i32(kw), i32(stride[0]), i32(stride[1]),
+                     i32(dilation[0]), i32(dilation[1]), i32(pad_top_left[0]), i32(pad_top_left[1]),
+                     i32(out_hw[0]), i32(out_hw[1]), i32(bool(channels_last)), gx)
+    return gx.transpose(0, 3, 1, 2) if channels_last else gx
+
+
+# =========================================================================== cross-entropy
+# With class indices t, the target distribution of row n is Q_nc = ((1 − ε)·[c = t_n] + ε/C)·w_c
+# (w_c = 1 without class weights), a zero row where t_n is ignore_index, and a NaN row where t_n is
+# outside [0, C) (the reference marks those rows the same way: see loss.py). The reference builds
+# Q as an (M, C) array in about ten operations; these two kernels compute its entries where they
+# are used. Forward, one thread a row over the log-probabilities (M, C): the row's loss
+# −Σ_c Q_nc·logp_nc, its weight in the mean's denominator (w_{t_n}, 1, or 0 if ignored) and
+# Σ_c Q_nc, which backward needs. Backward, one thread an element:
+# ∂x_nc = (p_nc·Σ_k Q_nk − Q_nc)·g_n  (log_softmax's input), or −Q_nc·g_n (log-probabilities given).
+_CLASS_Q = """
+    const bool keep = y != ignore_index;
+    const bool bad = keep && (y < 0 || y >= C);
+"""
+_CLASS_NLL_FORWARD = """
+    const ptrdiff_t n = i;
+    const long long y = t;
+""" + _CLASS_Q + """
+    if (!keep) {
+        loss = 0; weight = 0; qsum = 0;
+    } else if (bad) {
+        loss = (T)nan(""); weight = 1; qsum = (T)nan("");
+    } else {
+        T s = 0, l = 0;
+        for (int c = 0; c < C; ++c) {
+            T q = (c == y ? one_minus_eps : (T)0) + eps_over_c;
+            if (has_w) q = q * w[c];
+            s += q;
+            l += q * logp[n * C + c];
+        }
+        loss = -l;
+        weight = has_w ? w[y] : (T)1;
+        qsum = s;
+    }
+"""
+_CLASS_NLL_BACKWARD = """
+    const ptrdiff_t n = i / C;
+    const int c = (int)(i - n * C);
+    const long long y = t[n];
+""" + _CLASS_Q + """
+    T q = (c == y ? one_minus_eps : (T)0) + eps_over_c;
+    if (has_w) q = q * w[c];
+    if (!keep) q = 0;
+    if (bad) q = (T)nan("");
+    T g = gy_per_row ? gy[n] : gy[0];
+    if (mean) g = g / denom[0];
+    gx = from_logits ? (exp(logp) * qsum[n] - q) * g : -q * g;
+"""
+
+
+@functools.lru_cache(maxsize=None)
+def _class_nll_kernel(backward: bool):
+    if backward:
+        return backend.cuda_elementwise_kernel(
+            "T logp, raw I t, raw T w, raw T qsum, raw T gy, raw T denom, int32 C, T one_minus_eps, "
+            "T eps_over_c, int32 has_w, int64 ignore_index, int32 gy_per_row, int32 mean, int32 from_logits",
+            "T gx", _CLASS_NLL_BACKWARD, "minivit_class_nll_backward", options=_OPTIONS)
+    return backend.cuda_elementwise_kernel(
+        "raw T logp, I t, raw T w, int32 C, T one_minus_eps, T eps_over_c, int32 has_w, int64 ignore_index",
+        "T loss, T weight, T qsum", _CLASS_NLL_FORWARD, "minivit_class_nll",
+        options=_OPTIONS)
+
+
+def class_nll_forward(logp, t, w, eps: float, ignore_index: int):
+    """Per-row cross-entropy terms of log-probabilities logp (M, C) against class indices t (M,),
+    class weights w (C,) or None and label smoothing eps, in one kernel. Returns (lw, qsum): lw
+    (2, M) holds each row's loss −Σ_c Q_nc·logp_nc and its weight in the mean's denominator, qsum
+    (M,) holds Σ_c Q_nc. Ignored rows are zero; rows with a class outside [0, C) NaN."""
+    xp = backend.get_array_module(logp)
+    logp = xp.ascontiguousarray(logp)
+    m, c = logp.shape
+    lw = xp.empty((2, m), dtype=logp.dtype)
+    qsum = xp.empty(m, dtype=logp.dtype)
+    _class_nll_kernel(False)(logp, t, logp if w is None else w, *_class_nll_scalars(c, eps, logp.dtype.type),
+                             np.int32(w is not None), np.int64(ignore_index), lw[0], lw[1], qsum)
+    return lw, qsum
+
+
+def class_nll_backward(gy, logp, t, w, qsum, denom, eps: float, ignore_index: int, from_logits: bool):
+    """∂loss/∂x (M, C) for class_nll_forward's rows: x the logits (``from_logits``: logp is their
+    log_softmax) or the log-probabilities themselves. gy: the gradient of the per-row losses (M,), or
+    of their sum or mean (0-d); denom: the mean's denominator (0-d), or None for a sum or no reduction."""
+    m, c = logp.shape
+    gy = gy.reshape(-1)                                     # (M,) or (1,): views, as the kernel reads them
+    return _class_nll_kernel(True)(
+        logp, t, logp if w is None else w, qsum, gy, gy if denom is None else denom.reshape(1),
+        *_class_nll_scalars(c, eps, logp.dtype.type), np.int32(w is not None), np.int64(ignore_index),
+        np.int32(gy.size != 1), np.int32(denom is not None), np.int32(bool(from_logits)))
+
+
+def _class_nll_scalars(c, eps, T):
+    """C, 1 − ε and ε/C as the reference computes them (Python floats, then cast to T)."""
+    return np.int32(c), T(1 - eps), T(eps / c if eps else 0.0)
+
+
 # =========================================================================== AdamW
 # One parameter's update, the steps and their order as AdamW.step (minivit/optim/adamw.py);
 # the scalars come from the same Python expressions there, cast to T.
@@ -632,4 +832,5 @@ def adamw_step(p, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step: int, lr: floa
 
 __all__ = ["enabled", "use_fused", "applies", "softmax_forward", "softmax_backward",
            "layer_norm_forward", "layer_norm_backward", "batch_norm_forward",
-           "batch_norm_backward", "gelu_forward", "gelu_backward", "adamw_step"]
+           "batch_norm_backward", "gelu_forward", "gelu_backward", "keep_mask", "col2im", "class_nll_forward",
+           "class_nll_backward", "adamw_step"]

@@ -80,6 +80,21 @@ class CrossEntropy(Function):
         self.logp = z
         w = self.weight                                                # (C,) or None
         eps = self.eps
+        self.fused = self.index_target is not None and fused_cuda.applies(z)
+        if self.fused:
+            # On a GPU Q is never built: one kernel computes each row's loss, weight and Σ_c Q_nc
+            # from the class indices (fused_cuda.class_nll_forward: the formulas below).
+            t = self.index_target.reshape(-1)                          # (M,)
+            lw, self.qsum = fused_cuda.class_nll_forward(z, t, w, eps, self.ignore_index)
+            if self.reduction == "none":
+                out_shape = self.x_shape[:1] + self.x_shape[2:] if len(self.x_shape) > 1 else ()
+                return lw[0].reshape(out_shape)
+            if self.reduction == "sum":
+                self.denom = None
+                return lw[0].sum()
+            sums = lw.sum(axis=1)                                      # Σ loss, Σ weight: one reduction
+            self.denom = sums[1:]                                      # (1,): a view, as is sums[:1]
+            return (sums[:1] / self.denom).reshape(())
         if self.index_target is not None:
             # Q = w_c · ((1 − ε)·onehot(y) + ε/C), zero on ignored rows. The mean divides
             # by Σ_n w_{y_n} over kept rows (by their count without weights), as PyTorch.
@@ -117,6 +132,11 @@ class CrossEntropy(Function):
 
     def backward(self, gy):
         xp = get_array_module(gy)
+        if self.fused:                                                 # one kernel (see forward)
+            gz = fused_cuda.class_nll_backward(gy, self.logp, self.index_target.reshape(-1), self.weight,
+                                               self.qsum, self.denom if self.reduction == "mean" else None,
+                                               self.eps, self.ignore_index, self.from_logits)
+            return (_unrows(gz, self.x_shape),)
         gm = gy.reshape(-1, 1)                                         # ∂L/∂loss_n, (M, 1) or (1, 1)
         if self.reduction == "mean":
             gm = gm / self.denom
@@ -163,8 +183,11 @@ def _class_loss(op, input, target, weight, ignore_index, reduction, label_smooth
             raise ValueError(f"{op}: class-index target must have shape {index_shape} for input of shape "
                              f"{input.shape} (class dim {0 if input.ndim == 1 else 1} removed), got {tuple(t.shape)}")
         t = xp.asarray(t)                          # on the input's device
-        bad = ((t < 0) | (t >= c)) & (t != ignore_index)
+
+        def out_of_range():
+            return ((t < 0) | (t >= c)) & (t != ignore_index)
         if xp is np:
+            bad = out_of_range()
             if bad.any():
                 raise _bad_labels(op, t[bad], c, ignore_index)
             fn = CrossEntropy(t, w, reduction, label_smoothing, ignore_index, from_logits)
@@ -173,14 +196,16 @@ def _class_loss(op, input, target, weight, ignore_index, reduction, label_smooth
         # device now would stall the stream every step. So the check stays on the device: the
         # bad rows' loss is NaN, and reading the loss on the host (item(), numpy(): a sync
         # anyway) raises the IndexError when it finds a NaN caused by a bad label. (minivit.data
-        # also validates a dataset's labels once, when it loads.)
-        bad = bad.reshape(-1)
+        # also validates a dataset's labels once, when it loads.) The fused kernels make those
+        # NaN rows themselves; the reference code is given them.
+        bad = None if fused_cuda.applies(_data(input)) else out_of_range().reshape(-1)
         fn = CrossEntropy(t, w, reduction, label_smoothing, ignore_index, from_logits, bad_rows=bad)
         out = fn(input)
 
         def check(value):
             if np.isnan(value).any():
-                labels = backend.to_numpy(t.reshape(-1)[bad])
+                rows = bad if bad is not None else out_of_range().reshape(-1)
+                labels = backend.to_numpy(t.reshape(-1)[rows])
                 if labels.size:
                     raise _bad_labels(op, labels, c, ignore_index)
         defer_check(out, check)

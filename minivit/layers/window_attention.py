@@ -196,13 +196,11 @@ class WindowAttention(nn.Module):
             bias = bias + Tensor(mask[:, None])                                # (nW, h, N, N); the mask is a constant
 
         if self.fused_attn and not self.store_attn and (self.attn_drop.p == 0 or not self.training):
-            # One op: softmax(Q Kᵀ·scale + bias) V, the images' windows as (B, nW) so that the
-            # (nW, h, N, N) bias broadcasts over the images, and its gradient sums over them.
-            # The head split and merge are one layout op each (the reference below writes them out).
-            qkv = F.rearrange(self.qkv(x), "(b w) n (three h d) -> three b w h n d", w=nW, three=3, h=h)
-            q, k, v = qkv.unbind(0)                                            # each (B, nW, h, N, d)
-            x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
-            x = F.rearrange(x, "b w h n d -> (b w) n (h d)")                   # (B_, N, h·d)
+            # One op: softmax(Q Kᵀ·scale + bias) V from the packed qkv, the images' windows as
+            # (B, nW) so that the (nW, h, N, N) bias broadcasts over the images and its gradient
+            # sums over them; the head split and merge happen inside (the reference below writes
+            # them out).
+            x = F.qkv_attention(self.qkv(x), h, self.scale, attn_mask=bias)   # (B_, N, h·d)
             return self.proj_drop(self.proj(x))
 
         qkv = self.qkv(x).reshape(B_, N, 3, h, self.head_dim)                  # (B_, N, 3, h, d)

@@ -298,26 +298,26 @@ def _as_rows(a, M, D):
 
 
 @emulates("softmax_forward")
-def _softmax_forward(L, x, y, M, D, log_softmax):
+def _softmax_forward(L, x, y, M, D, log_softmax, scale):
     M, D = _rows_launch(L, int(M), int(D))
     _size(L, "x", x, M * D)
     _size(L, "y", y, M * D)
-    xr, yr = _as_rows(x, M, D), _as_rows(y, M, D)
+    xr, yr = _as_rows(x, M, D) * scale, _as_rows(y, M, D)         # the scaled row, rounded to T
     m = xr.max(axis=1, keepdims=True)
     s = np.exp(xr - m).sum(axis=1, keepdims=True)
     yr[...] = (xr - m) - np.log(s) if log_softmax else np.exp(xr - m) / s
 
 
 @emulates("softmax_backward")
-def _softmax_backward(L, gy, y, gx, M, D, log_softmax):
+def _softmax_backward(L, gy, y, gx, M, D, log_softmax, scale):
     M, D = _rows_launch(L, int(M), int(D))
     for what, a in (("gy", gy), ("y", y), ("gx", gx)):
         _size(L, what, a, M * D)
     g, yr, gxr = _as_rows(gy, M, D), _as_rows(y, M, D), _as_rows(gx, M, D)
     if log_softmax:
-        gxr[...] = g - np.exp(yr) * g.sum(axis=1, keepdims=True)
+        gxr[...] = (g - np.exp(yr) * g.sum(axis=1, keepdims=True)) * scale
     else:
-        gxr[...] = g * yr - yr * (g * yr).sum(axis=1, keepdims=True)
+        gxr[...] = (g * yr - yr * (g * yr).sum(axis=1, keepdims=True)) * scale
 
 
 @emulates("layer_norm_forward")
@@ -504,6 +504,87 @@ def _adamw(amsgrad):
         denom = np.sqrt(v) / ins["sqrt_bias_correction2"] + ins["eps"]
         o["p"][...] = o["p"] - ins["step_size"] * (o["exp_avg"] / denom)
     return fn
+
+
+@emulates("minivit_keep_mask", elementwise=True)
+def _keep_mask(ins, outs):
+    outs["mask"][...] = np.where(ins["u"] < ins["keep"], ins["scale"], outs["mask"].dtype.type(0))
+
+
+@emulates("minivit_col2im", elementwise=True)
+def _col2im(ins, outs):
+    N, C, H, W, kh, kw, sh, sw, dh, dw, pt, pl, Ho, Wo = (int(ins[k]) for k in (
+        "N", "C", "H", "W", "kh", "kw", "sh", "sw", "dh", "dw", "pad_top", "pad_left", "Ho", "Wo"))
+    g = ins["gcols"].reshape(-1)[:C * kh * kw * N * Ho * Wo].reshape(C, kh, kw, N, Ho, Wo)
+    out = outs["gx"]
+    s = np.zeros((N, C, H, W), dtype=out.dtype)
+    for a in range(kh):                                 # the C loops' order
+        ty = np.arange(H) + pt - a * dh
+        iy = np.nonzero((ty >= 0) & (ty % sh == 0) & (ty // sh < Ho))[0]
+        for b in range(kw):
+            tx = np.arange(W) + pl - b * dw
+            ix = np.nonzero((tx >= 0) & (tx % sw == 0) & (tx // sw < Wo))[0]
+            tap = g[:, a, b].transpose(1, 0, 2, 3)      # (N, C, Ho, Wo)
+            s[:, :, iy[:, None], ix[None, :]] += tap[:, :, (ty[iy] // sh)[:, None], (tx[ix] // sw)[None, :]]
+    out[...] = s.transpose(0, 2, 3, 1) if ins["channels_last"] else s
+
+
+def _class_q(ins, y, C, T):
+    """(Q (M, C) of the kept, in-range rows; keep; bad) as fused_cuda's _CLASS_Q and loop compute them."""
+    keep = y != ins["ignore_index"]
+    bad = keep & ((y < 0) | (y >= C))
+    q = np.where(np.arange(C)[None, :] == y[:, None], ins["one_minus_eps"], T(0)) + ins["eps_over_c"]
+    if ins["has_w"]:
+        q = q * ins["w"].reshape(-1)[:C]
+    return q.astype(T, copy=False), keep, bad
+
+
+@emulates("minivit_class_nll", elementwise=True)
+def _class_nll(ins, outs):
+    T = ins["logp"].dtype.type
+    C = int(ins["C"])
+    y = ins["t"].astype(np.int64)
+    M = y.shape[0]
+    logp = ins["logp"].reshape(-1)[:M * C].reshape(M, C)
+    q, keep, bad = _class_q(ins, y, C, T)
+    s, loss = np.zeros(M, T), np.zeros(M, T)
+    for c in range(C):                                  # the C loop's order
+        s += q[:, c]
+        loss += q[:, c] * logp[:, c]
+    w_y = ins["w"].reshape(-1)[np.clip(y, 0, C - 1)] if ins["has_w"] else np.ones(M, T)
+    outs["loss"][...] = np.where(keep, np.where(bad, T(np.nan), -loss), T(0))
+    outs["weight"][...] = np.where(keep, np.where(bad, T(1), w_y), T(0))
+    outs["qsum"][...] = np.where(keep, np.where(bad, T(np.nan), s), T(0))
+
+
+@emulates("minivit_class_nll_backward", elementwise=True)
+def _class_nll_backward(ins, outs):
+    logp = ins["logp"]
+    T = logp.dtype.type
+    M, C = logp.shape
+    y = ins["t"].reshape(-1)[:M].astype(np.int64)
+    q, keep, bad = _class_q(ins, y, C, T)
+    q = np.where(keep[:, None], q, T(0))
+    q = np.where(bad[:, None], T(np.nan), q)
+    gy = ins["gy"].reshape(-1)
+    g = gy[:M] if ins["gy_per_row"] else np.full(M, gy[0], dtype=T)
+    if ins["mean"]:
+        g = g / ins["denom"].reshape(-1)[0]
+    if ins["from_logits"]:
+        outs["gx"][...] = (np.exp(logp) * ins["qsum"].reshape(-1)[:M, None] - q) * g[:, None]
+    else:
+        outs["gx"][...] = -q * g[:, None]
+
+
+@emulates("minivit_chunk_sums", elementwise=True)
+def _chunk_sums(ins, outs):
+    d = outs["gw"].shape[0]
+    for p, g in (("pw", "gw"), ("pb", "gb")):
+        rows = ins[p].reshape(-1)[:int(ins["chunks"]) * d].reshape(-1, d)
+        s = rows[0].copy()
+        for r in rows[1:]:                              # chunk after chunk, as the C loop
+            s += r
+        outs[g][...] = s
 
 
 emulates("minivit_adamw", elementwise=True)(_adamw(False))
