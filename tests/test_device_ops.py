@@ -9,6 +9,7 @@ import pytest
 
 import minivit.functional as F
 from minivit import Tensor, backend
+from minivit.functional import fused_cuda
 from minivit.functional.activation import LogSoftmax, Softmax
 from minivit.testing import strict_cupy
 
@@ -189,13 +190,33 @@ def test_layer_norm_backward_sums_its_chunks_in_one_kernel():
     y = F.layer_norm(x, (16,), w, b)
     g = xp.ones((300, 16), dtype=np.float32)
     bwd = _launches(lambda: y.backward(g))
-    assert bwd == ["RawKernel layer_norm_backward", "RawKernel layer_norm_param_grads",
-                   "ElementwiseKernel minivit_chunk_sums"], bwd
+    assert bwd == ["RawKernel layer_norm_backward_all", "ElementwiseKernel minivit_chunk_sums"], bwd
     assert not shares(w.grad, b.grad)
     x64, w64, b64 = (Tensor(backend.to_numpy(t.data).astype(np.float64), requires_grad=True) for t in (x, w, b))
     F.layer_norm(x64, (16,), w64, b64).backward(np.ones((300, 16)))
     for got, want in ((w.grad, w64.grad), (b.grad, b64.grad)):
         np.testing.assert_allclose(backend.to_numpy(got), want, rtol=1e-4, atol=1e-4)
+
+
+@standin
+@pytest.mark.parametrize("m, d", [(300, 16), (37, 40), (5, 1024), (9, 1030)])
+def test_layer_norm_backward_in_one_launch_equals_its_two_kernels(m, d):
+    """∂x and the chunks' partial sums in one launch (rows ≤ 1024) compute exactly what
+    layer_norm_backward and layer_norm_param_grads compute launched one after the other."""
+    xp = backend.xp_for("cuda")
+    rng = np.random.default_rng(m + d)
+    x2, gy2 = (xp.asarray(rng.standard_normal((m, d)).astype(np.float32)) for _ in range(2))
+    w = xp.asarray(rng.standard_normal(d).astype(np.float32))
+    _, mean, rstd = fused_cuda.layer_norm_forward(x2, w, None, 1e-5)
+    got = _launches(lambda: fused_cuda.layer_norm_backward(gy2, x2, w, mean, rstd))
+    one = d <= 1024
+    assert got[0] == ("RawKernel layer_norm_backward_all" if one else "RawKernel layer_norm_backward"), got
+    assert len(got) == (1 if one else 2) + (m > 32), got          # + the chunk sums when there are chunks
+    gx, gw, gb = fused_cuda.layer_norm_backward(gy2, x2, w, mean, rstd)
+    gx_alone, _, _ = fused_cuda.layer_norm_backward(gy2, x2, w, mean, rstd, need_params=False)
+    _, gw_alone, gb_alone = fused_cuda.layer_norm_backward(gy2, x2, w, mean, rstd, need_x=False)
+    for a, b in ((gx, gx_alone), (gw, gw_alone), (gb, gb_alone)):
+        np.testing.assert_array_equal(backend.to_numpy(a), backend.to_numpy(b))
 
 
 @standin

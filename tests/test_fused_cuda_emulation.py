@@ -242,6 +242,16 @@ def test_layer_norm_param_grads_over_several_chunks(on_emulator, emulated, dtype
     assert chunks > 1 and gx_blocks == -(-d // 32)
     assert_close(gw, tw.grad, dtype, f"layer norm param grads m={m} d={d}: weight")
     assert_close(gb, tb.grad, dtype, f"layer norm param grads m={m} d={d}: bias")
+    # with ∂x, rows of at most 1024: one launch whose extra blocks do the same chunks
+    both = emulated[np.dtype(dtype).char]["layer_norm_backward_all"]
+    both.launches.clear()
+    gx2, gw2, gb2 = fused_cuda.layer_norm_backward(g, x, w, mean, rstd)
+    assert len(both.launches) == (d <= fused_cuda._LONG_ROW)
+    if both.launches:
+        assert both.launches[-1][0][0] == -(-m // 8) + chunks * -(-d // 32)
+    assert_close(gx2, tx.grad, dtype, f"layer norm m={m} d={d}: gradient of x")
+    np.testing.assert_array_equal(gw2, gw)
+    np.testing.assert_array_equal(gb2, gb)
 
 
 @pytest.mark.parametrize("shape", [(3, 2, 5), (5, 3), (4, 3, 8, 8), (2, 2, 190, 190)], ids=str)

@@ -5,8 +5,8 @@ Why. On the GPU every CuPy operation is a kernel launch (a few microseconds of P
 driver time) and a full pass over memory. The readable reference code of these ops is a
 chain of such operations: a layer norm is about ten, a softmax five, GELU six, and AdamW
 ten per parameter, for some 150 parameters a step. Here each of them is one kernel that
-reads its inputs once and writes its outputs once (a layer norm's backward: one for ∂x,
-one for ∂w and ∂b in row chunks, then one for the sums over the chunks).
+reads its inputs once and writes its outputs once (a layer norm's backward: one for ∂x
+and the partial sums of ∂w and ∂b over row chunks, then one for the sums over the chunks).
 
 What. Each kernel computes what the reference code beside its op computes: the same
 formulas, with the operations in the same order and compiled without contracting
@@ -21,7 +21,8 @@ expected to be equal. tests/test_fused_cuda.py holds every kernel to its referen
   reference, so ``exp`` never overflows. An optional ``scale`` (attention's c) is applied
   to each input on the way in (forward) and to each output (backward).
 * layer norm forward (y, and the per-row mean and 1/σ for backward, as PyTorch keeps)
-  and backward (∂x row by row; ∂w and ∂b as column sums over row chunks, coalesced).
+  and backward (∂x row by row; ∂w and ∂b as column sums over row chunks, coalesced; for rows of at most
+  1024 both in one launch, different blocks doing each).
 * batch norm in training (``batch_norm_forward``, ``batch_norm_backward``): one block per
   channel; forward computes the statistics, y and the running statistics' update in one kernel
   (the reference: about thirteen operations), backward the channel's sums, ∂w, ∂b and ∂x in one.
@@ -226,12 +227,15 @@ extern "C" __global__ void layer_norm_forward(const T* __restrict__ x, const T* 
 
 // Input gradient of layer norm, row by row, with g' = gy*w (or gy) and xhat = (x - mu)*rstd:
 //   gx = ((g' - mean(g')) - xhat*mean(g'*xhat)) * rstd
-extern "C" __global__ void layer_norm_backward(const T* __restrict__ gy, const T* __restrict__ x,
-                                               const T* __restrict__ w, const T* __restrict__ mean,
-                                               const T* __restrict__ rstd, T* __restrict__ gx,
-                                               const long long M, const int D, const int has_w) {
+// Rows of block `blk` (as ROW_OR_RETURN: blk * blockDim.y + threadIdx.y).
+__device__ __forceinline__ void ln_input_grad(const T* __restrict__ gy, const T* __restrict__ x,
+                                              const T* __restrict__ w, const T* __restrict__ mean,
+                                              const T* __restrict__ rstd, T* __restrict__ gx,
+                                              const long long M, const int D, const int has_w,
+                                              const long long blk) {
     __shared__ T buf[32];
-    ROW_OR_RETURN(M)
+    const long long row = blk * blockDim.y + threadIdx.y;
+    if (row >= M) return;
     const T* gr = gy + row * D;
     const T* xr = x + row * D;
     T* gxr = gx + row * D;
@@ -251,19 +255,27 @@ extern "C" __global__ void layer_norm_backward(const T* __restrict__ gy, const T
     }
 }
 
+extern "C" __global__ void layer_norm_backward(const T* __restrict__ gy, const T* __restrict__ x,
+                                               const T* __restrict__ w, const T* __restrict__ mean,
+                                               const T* __restrict__ rstd, T* __restrict__ gx,
+                                               const long long M, const int D, const int has_w) {
+    ln_input_grad(gy, x, w, mean, rstd, gx, M, D, has_w, blockIdx.x);
+}
+
 // Parameter gradients of layer norm, as column sums over the rows: gw = sum(gy*xhat),
-// gb = sum(gy). Block (32, 8): threadIdx.x picks a column of a 32-column tile (blockIdx.x),
+// gb = sum(gy). Block (32, 8): threadIdx.x picks a column of the 32-column tile `tile`,
 // so a warp reads 32 neighbouring elements; threadIdx.y strides down the rows of chunk
-// blockIdx.y. One partial sum per (chunk, column) goes to part_w / part_b (chunks, D),
+// `chunk`. One partial sum per (chunk, column) goes to part_w / part_b (chunks, D),
 // added up over the chunks afterwards: no atomics, so the result is deterministic.
-extern "C" __global__ void layer_norm_param_grads(const T* __restrict__ gy, const T* __restrict__ x,
+__device__ __forceinline__ void ln_param_partials(const T* __restrict__ gy, const T* __restrict__ x,
                                                   const T* __restrict__ mean, const T* __restrict__ rstd,
                                                   T* __restrict__ part_w, T* __restrict__ part_b,
                                                   const long long M, const int D,
-                                                  const long long rows_per_chunk) {
+                                                  const long long rows_per_chunk,
+                                                  const long long tile, const long long chunk) {
     __shared__ T sw[8][32], sb[8][32];
-    const int j = blockIdx.x * 32 + threadIdx.x;
-    const long long start = (long long)blockIdx.y * rows_per_chunk;
+    const int j = (int)tile * 32 + threadIdx.x;
+    const long long start = chunk * rows_per_chunk;
     const long long end = start + rows_per_chunk < M ? start + rows_per_chunk : M;
     T aw = 0, ab = 0;
     if (j < D) {
@@ -281,8 +293,35 @@ extern "C" __global__ void layer_norm_param_grads(const T* __restrict__ gy, cons
             aw += sw[k][threadIdx.x];
             ab += sb[k][threadIdx.x];
         }
-        part_w[blockIdx.y * (long long)D + j] = aw;
-        part_b[blockIdx.y * (long long)D + j] = ab;
+        part_w[chunk * D + j] = aw;
+        part_b[chunk * D + j] = ab;
+    }
+}
+
+extern "C" __global__ void layer_norm_param_grads(const T* __restrict__ gy, const T* __restrict__ x,
+                                                  const T* __restrict__ mean, const T* __restrict__ rstd,
+                                                  T* __restrict__ part_w, T* __restrict__ part_b,
+                                                  const long long M, const int D,
+                                                  const long long rows_per_chunk) {
+    ln_param_partials(gy, x, mean, rstd, part_w, part_b, M, D, rows_per_chunk, blockIdx.x, blockIdx.y);
+}
+
+// Both in one launch, for rows of at most 1024 (a warp a row, block (32, 8) as both use): blocks
+// [0, row_blocks) do layer_norm_backward's eight rows each, block row_blocks + p the partial sums
+// of tile p % tiles, chunk p / tiles. The two kinds read the same inputs and write different
+// outputs, so no block waits for another; each computes exactly what its own kernel computes.
+extern "C" __global__ void layer_norm_backward_all(const T* __restrict__ gy, const T* __restrict__ x,
+                                                   const T* __restrict__ w, const T* __restrict__ mean,
+                                                   const T* __restrict__ rstd, T* __restrict__ gx,
+                                                   T* __restrict__ part_w, T* __restrict__ part_b,
+                                                   const long long M, const int D, const int has_w,
+                                                   const long long row_blocks, const long long rows_per_chunk) {
+    const long long b = blockIdx.x;
+    if (b < row_blocks) {
+        ln_input_grad(gy, x, w, mean, rstd, gx, M, D, has_w, b);
+    } else {
+        const long long tiles = (D + 31) / 32, p = b - row_blocks;
+        ln_param_partials(gy, x, mean, rstd, part_w, part_b, M, D, rows_per_chunk, p % tiles, p / tiles);
     }
 }
 
@@ -470,28 +509,45 @@ def layer_norm_backward(gy2, x2, w, mean, rstd, need_x=True, need_params=True):
     gx = gw = gb = None
     if need_x:
         gx = xp.empty((m, d), dtype=x2.dtype)
-        if gx.size:
-            w_arg = x2 if w is None else xp.ascontiguousarray(w.reshape(d))
-            grid, block = _row_launch(m, d)
-            _row_kernel("layer_norm_backward", x2.dtype.char)(
-                grid, block, (gy2, x2, w_arg, mean, rstd, gx, np.int64(m), np.int32(d),
-                              np.int32(w is not None)))
-    if need_params:
-        if x2.size == 0:
-            return gx, xp.zeros(d, dtype=x2.dtype), xp.zeros(d, dtype=x2.dtype)
-        chunks = min(_PG_MAX_CHUNKS, -(-m // _PG_MIN_ROWS))
-        rows_per_chunk = -(-m // chunks)
-        chunks = -(-m // rows_per_chunk)                   # no empty chunk at the end
-        part_w = xp.empty((chunks, d), dtype=x2.dtype)
-        part_b = xp.empty((chunks, d), dtype=x2.dtype)
+    if not need_params:
+        if gx is not None and gx.size:
+            _ln_input_grad(gy2, x2, w, mean, rstd, gx)
+        return gx, gw, gb
+    if x2.size == 0:
+        return gx, xp.zeros(d, dtype=x2.dtype), xp.zeros(d, dtype=x2.dtype)
+    chunks = min(_PG_MAX_CHUNKS, -(-m // _PG_MIN_ROWS))
+    rows_per_chunk = -(-m // chunks)
+    chunks = -(-m // rows_per_chunk)                       # no empty chunk at the end
+    part_w = xp.empty((chunks, d), dtype=x2.dtype)
+    part_b = xp.empty((chunks, d), dtype=x2.dtype)
+    if need_x and d <= _LONG_ROW:                          # ∂x and the partial sums: one launch
+        row_blocks = -(-m // _WARP_ROWS)
+        w_arg = x2 if w is None else xp.ascontiguousarray(w.reshape(d))
+        _row_kernel("layer_norm_backward_all", x2.dtype.char)(
+            (row_blocks + -(-d // 32) * chunks,), (32, _WARP_ROWS),
+            (gy2, x2, w_arg, mean, rstd, gx, part_w, part_b, np.int64(m), np.int32(d),
+             np.int32(w is not None), np.int64(row_blocks), np.int64(rows_per_chunk)))
+    else:
+        if need_x:
+            _ln_input_grad(gy2, x2, w, mean, rstd, gx)
         _row_kernel("layer_norm_param_grads", x2.dtype.char)(
             (-(-d // 32), chunks), (32, 8),
             (gy2, x2, mean, rstd, part_w, part_b, np.int64(m), np.int32(d), np.int64(rows_per_chunk)))
-        if chunks == 1:
-            return gx, part_w[0], part_b[0]
-        gw, gb = xp.empty(d, dtype=x2.dtype), xp.empty(d, dtype=x2.dtype)
-        _chunk_sums_kernel()(part_w, part_b, np.int64(chunks), gw, gb)   # both column sums, one launch
+    if chunks == 1:
+        return gx, part_w[0], part_b[0]
+    gw, gb = xp.empty(d, dtype=x2.dtype), xp.empty(d, dtype=x2.dtype)
+    _chunk_sums_kernel()(part_w, part_b, np.int64(chunks), gw, gb)   # both column sums, one launch
     return gx, gw, gb
+
+
+def _ln_input_grad(gy2, x2, w, mean, rstd, gx):
+    """layer_norm_backward's launch: gx (M, D) from gy2, x2 (M, D), w (D,) or None, mean, rstd (M,)."""
+    xp = backend.get_array_module(x2)
+    m, d = x2.shape
+    w_arg = x2 if w is None else xp.ascontiguousarray(w.reshape(d))   # never read when absent
+    grid, block = _row_launch(m, d)
+    _row_kernel("layer_norm_backward", x2.dtype.char)(
+        grid, block, (gy2, x2, w_arg, mean, rstd, gx, np.int64(m), np.int32(d), np.int32(w is not None)))
 
 
 @functools.lru_cache(maxsize=None)

@@ -349,6 +349,11 @@ def _layer_norm_forward(L, x, w, b, y, mean, rstd, M, D, eps, has_w, has_b):
 @emulates("layer_norm_backward")
 def _layer_norm_backward(L, gy, x, w, mean, rstd, gx, M, D, has_w):
     M, D = _rows_launch(L, int(M), int(D))
+    _ln_input_grad(L, gy, x, w, mean, rstd, gx, M, D, has_w)
+
+
+def _ln_input_grad(L, gy, x, w, mean, rstd, gx, M, D, has_w):
+    """ln_input_grad for rows 0..M-1: g' = gy*w, xhat = (x - mu)*rstd, gx = ((g' - mean g') - xhat*mean(g'xhat))*rstd."""
     T = x.dtype.type
     for what, a in (("gy", gy), ("x", x), ("gx", gx)):
         _size(L, what, a, M * D)
@@ -372,7 +377,11 @@ def _layer_norm_param_grads(L, gy, x, mean, rstd, part_w, part_b, M, D, rows_per
     L.require(L.block == (32, 8, 1), "the kernel's shared tiles are sw[8][32]: block must be (32, 8)")
     L.require(L.grid[0] * 32 >= D, f"covers {L.grid[0] * 32} columns of {D}")
     L.require(rpc >= 1 and L.grid[1] * rpc >= M, f"{L.grid[1]} chunks of {rpc} rows cover {L.grid[1] * rpc} of {M}")
-    chunks = L.grid[1]
+    _ln_param_partials(L, gy, x, mean, rstd, part_w, part_b, M, D, rpc, L.grid[1])
+
+
+def _ln_param_partials(L, gy, x, mean, rstd, part_w, part_b, M, D, rpc, chunks):
+    """ln_param_partials for every (tile, chunk): the column sums of gy*xhat and gy over each chunk's rows."""
     for what, a in (("gy", gy), ("x", x)):
         _size(L, what, a, M * D)
     _size(L, "mean", mean, M)
@@ -386,6 +395,24 @@ def _layer_norm_param_grads(L, gy, x, mean, rstd, part_w, part_b, M, D, rows_per
         lo, hi = c * rpc, min(M, (c + 1) * rpc)
         pw[c] = (g[lo:hi] * xhat[lo:hi]).sum(axis=0)
         pb[c] = g[lo:hi].sum(axis=0)
+
+
+@emulates("layer_norm_backward_all")
+def _layer_norm_backward_all(L, gy, x, w, mean, rstd, gx, part_w, part_b, M, D, has_w, row_blocks, rows_per_chunk):
+    """Blocks [0, row_blocks): layer_norm_backward's rows (a warp each, eight a block); the rest
+    layer_norm_param_grads' (tile, chunk) blocks, p = blockIdx.x - row_blocks → (p % tiles, p / tiles)."""
+    M, D, rb, rpc = int(M), int(D), int(row_blocks), int(rows_per_chunk)
+    L.require(L.block == (32, 8, 1), "a warp a row and the sw[8][32] tiles: block must be (32, 8)")
+    L.require(L.grid[1] == 1 and L.grid[2] == 1, "the kernel uses only x of the grid")
+    L.require(D <= 1024, f"rows of {D} > 1024 need a block each, not a warp")
+    L.require(rb * 8 >= M, f"{rb} row blocks cover {rb * 8} rows of {M}")
+    tiles = -(-D // 32)
+    chunks, spare = divmod(L.grid[0] - rb, tiles)
+    L.require(spare == 0 and chunks >= 1, f"{L.grid[0] - rb} parameter blocks are not a whole number of "
+                                          f"chunks of {tiles} tiles")
+    L.require(rpc >= 1 and chunks * rpc >= M, f"{chunks} chunks of {rpc} rows cover {chunks * rpc} of {M}")
+    _ln_input_grad(L, gy, x, w, mean, rstd, gx, M, D, has_w)
+    _ln_param_partials(L, gy, x, mean, rstd, part_w, part_b, M, D, rpc, chunks)
 
 
 def _channels_launch(L: Launch, N: int, C: int, S: int):

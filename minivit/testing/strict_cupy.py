@@ -840,6 +840,7 @@ def _scatter(op, a, slices, value):
     key, mask = _index(a._a, slices)
     if mask:
         _sync("boolean mask indexing")
+    _launch_logs and _launch()                  # one kernel (cupyx.scatter_add's atomic adds)
     op.at(a._a, key, value._a if type(value) is ndarray else _in(value, "cupyx.scatter_*"))
 
 
