@@ -215,7 +215,8 @@ def test_elementwise_kernels_compile(nvrtc, monkeypatch, arch, dtype, layout):
 
 # --------------------------------------------------------------------------- the check can fail
 def test_a_broken_kernel_fails_with_its_name_arch_dtype_and_log(nvrtc):
-    source = fused_cuda.row_kernel_source(np.float32).replace("fmax(m, xr[j] * scale)", "fmax(m, xr[j] * scale, 1, 2)")
+    source = fused_cuda.row_kernel_source(np.float32).replace("fmax(m, SCORE(j))", "fmax(m, SCORE(j), 1, 2)")
+    assert "fmax(m, SCORE(j), 1, 2)" in source
     with pytest.raises(AssertionError, match=r"(?s)row kernels \(softmax_forward.*sm_90 in float32.*fmax"):
         compile_cubin(nvrtc, source, "row kernels (softmax_forward, ...)", "90", np.dtype(np.float32))
 

@@ -10,7 +10,8 @@ import minivit.functional as F
 from minivit import backend
 from minivit.autograd import Tensor
 from minivit.functional.layout import Rearrange
-from minivit.layers.window_attention import WindowAttention, window_partition, window_reverse
+from minivit.layers.window_attention import (WindowAttention, shifted_window_order, window_partition,
+                                             window_reverse)
 from minivit.testing import gradcheck
 
 
@@ -107,7 +108,9 @@ def test_rearrange_is_one_op_and_bad_patterns_say_what_is_wrong():
             F.rearrange(x, pattern, **sizes)
 
 
-def test_swin_bias_gather_equals_reshape_permute(xp):
+@pytest.mark.parametrize("fused_bias", [True, False])
+def test_swin_bias_gather_equals_reshape_permute(xp, fused_bias, monkeypatch):
+    monkeypatch.setattr(WindowAttention, "fused_bias", fused_bias)
     attn = WindowAttention(8, num_heads=2, window_size=3).to(dtype=np.float64)
     attn.relative_position_bias_table.data = xp.asarray(
         np.random.default_rng(0).standard_normal(attn.relative_position_bias_table.shape))
@@ -128,3 +131,41 @@ def test_swin_bias_gather_equals_reshape_permute(xp):
         out.append((host(y), host(table.grad)))
     np.testing.assert_array_equal(out[0][0], out[1][0])
     np.testing.assert_allclose(out[0][1], out[1][1], rtol=0, atol=1e-12)
+
+
+# --------------------------------------------------------------------------- tokens in another order
+@pytest.mark.parametrize("B,nh,nw,mh,mw,sh,sw,C", [(2, 4, 4, 4, 4, 2, 2, 3), (1, 2, 3, 3, 2, 1, 1, 2),
+                                                   (2, 3, 2, 2, 3, 1, 0, 1), (1, 1, 2, 3, 3, 0, 2, 4)])
+def test_shifted_partition_as_one_gather(xp, B, nh, nw, mh, mw, sh, sw, C):
+    """Swin's roll(−shift) + window partition, and window reverse + roll(+shift), as one
+    F.permute_tokens each: equal values and gradients (float64, exactly: data is only moved)."""
+    H, W, N = nh * mh, nw * mw, mh * mw
+    order = shifted_window_order(H, W, (mh, mw), (sh, sw))
+    assert sorted(order) == list(range(H * W))
+    order_d, inverse_d = xp.asarray(order), xp.asarray(np.argsort(order))
+    assert_same(xp, (B, H, W, C),
+                lambda x: F.permute_tokens(x, order_d, (-1, N, C), inverse_d),
+                lambda x: F.rearrange(x.roll((-sh, -sw), dims=(1, 2)), "b (h p) (w q) c -> (b h w) (p q) c",
+                                      p=mh, q=mw))
+    assert_same(xp, (B * nh * nw, N, C),
+                lambda t: F.permute_tokens(t.reshape(B, H * W, C), inverse_d, (B, H, W, C)),   # inverse made here
+                lambda t: F.rearrange(t, "(b h w) (p q) c -> b (h p) (w q) c", h=nh, w=nw, p=mh,
+                                      q=mw).roll((sh, sw), dims=(1, 2)))
+
+
+def test_permute_tokens_gradient_and_errors():
+    order = np.random.default_rng(0).permutation(6)
+    x = Tensor(np.random.default_rng(1).standard_normal((2, 2, 3, 4)), requires_grad=True)
+    gradcheck(lambda t: F.permute_tokens(t, order, (2, 6, 4)), x)
+    assert shifted_window_order(4, 4, 2, 0) is None                     # no shift, no reordering
+    with pytest.raises(ValueError, match="order must hold the 6 token positions"):
+        F.permute_tokens(x, np.arange(5), (2, 5, 4))
+
+
+def test_relative_position_bias_gradient_by_finite_differences():
+    from minivit.layers.window_attention import relative_position_index
+    idx = relative_position_index(2, 3)                                 # (6, 6) into a (3·5, h) table
+    table = Tensor(np.random.default_rng(2).standard_normal((15, 2)), requires_grad=True)
+    gradcheck(lambda t: F.relative_position_bias(t, idx), table)
+    y = F.relative_position_bias(table, idx)
+    np.testing.assert_array_equal(y.data, table.data[idx].transpose(2, 0, 1))

@@ -245,3 +245,25 @@ def test_no_weight_decay_is_the_bias_tables():
     nwd = model.no_weight_decay()
     assert nwd == {f"layers.{i}.blocks.{j}.attn.relative_position_bias_table" for i in range(2) for j in range(2)}
     assert nwd <= set(dict(model.named_parameters()))
+
+
+def test_fast_paths_equal_the_written_out_steps(xp, device, monkeypatch):
+    """The shifted partition as one gather (fused_shift) and the bias gradient as one product
+    (fused_bias) against roll + rearrange and indexing: the same logits and gradients (float64)."""
+    from minivit.layers.window_attention import WindowAttention
+    from minivit.models.swin import SwinTransformerBlock
+    x0 = np.random.default_rng(0).standard_normal((2, 3, 32, 32))
+    results = []
+    for fused in (True, False):
+        monkeypatch.setattr(SwinTransformerBlock, "fused_shift", fused)
+        monkeypatch.setattr(WindowAttention, "fused_bias", fused)
+        backend.manual_seed(0)
+        model = create_model("swin_tiny", drop_path_rate=0.0).to(device=device).to(dtype=np.float64)
+        x = Tensor(xp.asarray(x0), requires_grad=True)
+        y = model(x)
+        n = int(np.prod(y.shape))
+        (y * Tensor(xp.asarray(np.arange(n, dtype=np.float64).reshape(y.shape) / n))).sum().backward()
+        results.append([host(y), host(x.grad)] + [host(p.grad) for _, p in sorted(model.named_parameters())])
+    np.testing.assert_array_equal(results[0][0], results[1][0])
+    for a, b in zip(results[0][1:], results[1][1:]):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14 * max(1.0, np.abs(b).max()))

@@ -185,7 +185,7 @@ def _softmax_kernel(cp, dtype="f"):
 def test_raw_kernel_runs_its_emulation(cp):
     x = cp.asarray(np.random.default_rng(0).standard_normal((5, 7)).astype(np.float32))
     y = cp.empty((5, 7), dtype=np.float32)
-    _softmax_kernel(cp)((1,), (32, 8), (x, y, np.int64(5), np.int32(7), np.int32(0), np.float32(1)))
+    _softmax_kernel(cp)((1,), (32, 8), (x, y, np.int64(5), np.int32(7), np.int32(0), np.float32(1), x, np.int64(0)))
     e = np.exp(x.get() - x.get().max(axis=1, keepdims=True))
     np.testing.assert_allclose(y.get(), e / e.sum(axis=1, keepdims=True), rtol=1e-6)
 
@@ -193,25 +193,25 @@ def test_raw_kernel_runs_its_emulation(cp):
 def test_raw_kernel_arguments_are_checked_against_the_c_signature(cp):
     k = _softmax_kernel(cp)
     x, y = cp.zeros((5, 7), dtype=np.float32), cp.empty((5, 7), dtype=np.float32)
-    with pytest.raises(TypeError, match="takes 6 arguments"):
+    with pytest.raises(TypeError, match="takes 8 arguments"):
         k((1,), (32, 8), (x, y, np.int64(5), np.int32(7), np.int32(0)))
     with pytest.raises(TypeError, match="reads float32 elements, the array holds float64"):
-        k((1,), (32, 8), (x.astype(np.float64), y, np.int64(5), np.int32(7), np.int32(0), np.float32(1)))
+        k((1,), (32, 8), (x.astype(np.float64), y, np.int64(5), np.int32(7), np.int32(0), np.float32(1), x, np.int64(0)))
     with pytest.raises(TypeError, match="the C parameter is int32, a Python int is passed as int64"):
-        k((1,), (32, 8), (x, y, np.int64(5), 7, np.int32(0), np.float32(1)))
+        k((1,), (32, 8), (x, y, np.int64(5), 7, np.int32(0), np.float32(1), x, np.int64(0)))
     with pytest.raises(TypeError, match="the C parameter is int64, got int32"):
-        k((1,), (32, 8), (x, y, np.int32(5), np.int32(7), np.int32(0), np.float32(1)))
+        k((1,), (32, 8), (x, y, np.int32(5), np.int32(7), np.int32(0), np.float32(1), x, np.int64(0)))
     with pytest.raises(ValueError, match="not C-contiguous"):
-        k((1,), (32, 8), (cp.zeros((7, 5), dtype=np.float32).T, y, np.int64(5), np.int32(7), np.int32(0), np.float32(1)))
+        k((1,), (32, 8), (cp.zeros((7, 5), dtype=np.float32).T, y, np.int64(5), np.int32(7), np.int32(0), np.float32(1), x, np.int64(0)))
     with pytest.raises(TypeError, match="needs a device array"):
-        k((1,), (32, 8), (x.get(), y, np.int64(5), np.int32(7), np.int32(0), np.float32(1)))
-    k((1,), (32, 8), (x, y, 5, np.int32(7), np.int32(0), np.float32(1)))         # a Python int is a long long: fine
+        k((1,), (32, 8), (x.get(), y, np.int64(5), np.int32(7), np.int32(0), np.float32(1), x, np.int64(0)))
+    k((1,), (32, 8), (x, y, 5, np.int32(7), np.int32(0), np.float32(1), x, np.int64(0)))         # a Python int is a long long: fine
 
 
 def test_raw_kernel_launch_geometry_is_checked(cp):
     k = _softmax_kernel(cp)
     x, y = cp.zeros((17, 7), dtype=np.float32), cp.empty((17, 7), dtype=np.float32)
-    args = (x, y, np.int64(17), np.int32(7), np.int32(0), np.float32(1))
+    args = (x, y, np.int64(17), np.int32(7), np.int32(0), np.float32(1), x, np.int64(0))
     with pytest.raises(ValueError, match="covers 16 rows of 17"):
         k((2,), (32, 8), args)
     with pytest.raises(ValueError, match="one warp a row"):
@@ -244,3 +244,13 @@ def test_elementwise_kernel_types_and_shapes_are_checked(cp):
         k(np.zeros(3, dtype=np.float32))
     with pytest.raises(TypeError, match="Wrong number of arguments"):
         k(x, x, x)
+
+
+def test_scatter_add_counts_as_one_launch(cp):
+    """cupyx.scatter_add is a kernel (atomic adds): counted once, like any other operation."""
+    a = cp.zeros(5, dtype=np.float32)
+    idx = cp.asarray(np.array([0, 2, 2]))
+    with strict_cupy.count_launches() as log:
+        backend.scatter_add(a, idx, cp.ones(3, dtype=np.float32))
+    assert [k for _, _, k in log].count("op") == 2, log           # the ones, the scatter
+    np.testing.assert_array_equal(a.get(), [1, 0, 2, 0, 0])

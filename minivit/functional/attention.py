@@ -69,11 +69,14 @@ class ScaledDotProductAttention(Function):
         if self.cpu_fast:
             return self._cpu_forward(q, k, v, mask)
         self.softmax = Softmax(-1)                      # its array code: threads on the CPU, a kernel on a GPU
-        # On a GPU without a mask the fused softmax kernel takes c·S itself (and its backward returns
-        # c·dS): the same roundings as `s *= c` and `ds * c`, one launch fewer each way.
-        self.scale_in_kernel = mask is None and Softmax.fast_path and fused_cuda.applies(q, k)
+        # On a GPU the fused softmax kernel takes c·S itself, and a float mask (Swin's bias) added
+        # after it (its backward returns c·dS, and dS for the bias): the same roundings as `s *= c`,
+        # `s + mask` and `ds * c`, up to two launches fewer each way.
+        self.scale_in_kernel = (Softmax.fast_path and fused_cuda.applies(q, k) and (
+            mask is None or (mask.dtype == q.dtype and backend.is_cupy_array(mask)
+                             and fused_cuda.bias_fits(q.shape[:-1] + k.shape[-2:-1], mask.shape))))
         if self.scale_in_kernel:
-            a = self.softmax.y = fused_cuda.softmax_forward(q @ _t(k), scale=self.scale)
+            a = self.softmax.y = fused_cuda.softmax_forward(q @ _t(k), scale=self.scale, bias=mask)
         else:
             a = self.softmax.forward(_scores(xp, q, k, self.scale, mask))   # (…, L, S)
         self.score_nbytes = a.nbytes                    # (the complexity lab's memory probe reads it)
@@ -92,8 +95,11 @@ class ScaledDotProductAttention(Function):
             o = None if out is None else out[i]
             return x @ y if o is None else xp.matmul(x, y, out=o)
         dv = mm(_t(a), go, 2) if need[2] else None      # (…, S, d_v)
-        if self.scale_in_kernel:                        # c·dS from the kernel
-            dsc = fused_cuda.softmax_backward(go @ _t(self.v), a, scale=self.scale)
+        if self.scale_in_kernel:                        # c·dS (and dS for a learned bias) from the kernel
+            if self.has_mask and need[3]:
+                dsc, ds = fused_cuda.softmax_backward(go @ _t(self.v), a, scale=self.scale, unscaled=True)
+            else:
+                dsc = fused_cuda.softmax_backward(go @ _t(self.v), a, scale=self.scale)
         else:
             ds = self.softmax.backward(go @ _t(self.v))     # dS = A ⊙ (dA − rowsum(dA ⊙ A))
             dsc = ds * ds.dtype.type(self.scale) if need[0] or need[1] else None   # c·dS: scaled once, for both
@@ -457,3 +463,32 @@ def qkv_attention(qkv, num_heads: int, scale=None, attn_mask=None):
     if attn_mask is None:
         return QKVAttention(num_heads, scale)(qkv)
     return QKVAttention(num_heads, scale, windows, has_mask=True)(qkv, attn_mask)
+
+
+# =========================================================================== Swin's relative position bias
+class RelativePositionBias(Function):
+    """B[h, i, j] = B̂[index[i, j], h]: the (T, heads) table gathered to (heads, N, N) (Swin eq. 4).
+
+    Backward: ∂B̂[t, h] = Σ of ∂B[h, i, j] over the pairs with index[i, j] = t. With E the (T, N·N)
+    one-hot matrix of the index (E[t, (i, j)] = 1 where index[i, j] = t) that is one product,
+    ∂B̂ = E · ∂B(heads, N·N)ᵀ: one GEMM, where the scatter-add of ``table[index]``'s backward is two
+    device operations (a zero fill, then the adds). Sums of the same terms, in another order."""
+
+    def __init__(self, index, one_hot):
+        self.index, self.one_hot = index, one_hot              # (N, N) int; (T, N·N) 0/1 of the table's dtype
+
+    def forward(self, table):
+        return table.T[:, self.index]                          # (heads, N, N)
+
+    def backward(self, gy):
+        h = gy.shape[0]
+        return self.one_hot.astype(gy.dtype, copy=False) @ gy.reshape(h, -1).T    # (T, heads)
+
+
+def relative_position_bias(table, index, one_hot=None):
+    """Swin's B (heads, N, N) from the bias table B̂ (T, heads) and the (N, N) index into it;
+    ``one_hot``, the (T, N·N) matrix [index[i, j] = t], is made here unless the caller keeps one."""
+    if one_hot is None:
+        xp = table.xp
+        one_hot = (xp.arange(table.shape[0])[:, None] == index.reshape(1, -1)).astype(table.dtype)
+    return RelativePositionBias(index, one_hot)(table)

@@ -19,7 +19,8 @@ expected to be equal. tests/test_fused_cuda.py holds every kernel to its referen
   ``softmax_backward``): one warp per row (eight rows a block) up to 1024 elements a
   row, a whole block per longer row; the row max is subtracted first, as in the
   reference, so ``exp`` never overflows. An optional ``scale`` (attention's c) is applied
-  to each input on the way in (forward) and to each output (backward).
+  to each input on the way in (forward) and to each output (backward), and an optional
+  additive ``bias`` (attention's mask) after the scale; backward can write dS beside c·dS.
 * layer norm forward (y, and the per-row mean and 1/σ for backward, as PyTorch keeps)
   and backward (∂x row by row; ∂w and ∂b as column sums over row chunks, coalesced; for rows of at most
   1024 both in one launch, different blocks doing each).
@@ -143,41 +144,52 @@ __device__ __forceinline__ T row_max(T v, T* buf) {
 """
 
 _ROW_KERNELS = r"""
-// y = softmax(scale*x) over each row (log_softmax != 0: y = log_softmax(scale*x)); x, y (M, D).
-// As the reference: v = scale*x (attention's c*QK^T; 1 elsewhere, which leaves x exact);
+// y = softmax(scale*x [+ bias]) over each row (log_softmax != 0: y = log_softmax(...)); x, y (M, D).
+// As the reference: v = scale*x (attention's c*QK^T; 1 elsewhere, which leaves x exact), then
+// v + bias (attention's additive mask, rounded after the product as `s *= c; s + mask` round);
 // m = max(v); e = exp(v - m); y = e / sum(e)  (or (v - m) - log sum(e)).
+// bias: bias_rows rows of D, row r of x taking bias row r % bias_rows (a mask broadcast over the
+// leading dims, e.g. Swin's (nW, h, N, N) over the images); bias_rows == 0: no bias (not read).
 extern "C" __global__ void softmax_forward(const T* __restrict__ x, T* __restrict__ y,
                                            const long long M, const int D, const int log_softmax,
-                                           const T scale) {
+                                           const T scale, const T* __restrict__ bias,
+                                           const long long bias_rows) {
     __shared__ T buf[32];
     ROW_OR_RETURN(M)
     const T* xr = x + row * D;
     T* yr = y + row * D;
     T m = NEG_INF;
-    for (int j = threadIdx.x; j < D; j += blockDim.x) m = fmax(m, xr[j] * scale);
+    const T* br = bias_rows ? bias + (row % bias_rows) * D : (const T*)0;
+#define SCORE(j) (br ? xr[j] * scale + br[j] : xr[j] * scale)
+    for (int j = threadIdx.x; j < D; j += blockDim.x) m = fmax(m, SCORE(j));
     m = row_max(m, buf);
     T s = 0;
-    for (int j = threadIdx.x; j < D; j += blockDim.x) s += exp(xr[j] * scale - m);
+    for (int j = threadIdx.x; j < D; j += blockDim.x) s += exp(SCORE(j) - m);
     s = row_sum(s, buf);
     if (log_softmax) {
         const T lse = log(s);
-        for (int j = threadIdx.x; j < D; j += blockDim.x) yr[j] = (xr[j] * scale - m) - lse;
+        for (int j = threadIdx.x; j < D; j += blockDim.x) yr[j] = (SCORE(j) - m) - lse;
     } else {
-        for (int j = threadIdx.x; j < D; j += blockDim.x) yr[j] = exp(xr[j] * scale - m) / s;
+        for (int j = threadIdx.x; j < D; j += blockDim.x) yr[j] = exp(SCORE(j) - m) / s;
     }
+#undef SCORE
 }
 
 // Vector-Jacobian products, y the forward's output, times scale (attention's c; else 1):
 //   softmax:      gx = (gy*y - y*sum(gy*y)) * scale
 //   log_softmax:  gx = (gy - exp(y)*sum(gy)) * scale
+// With write_unscaled, gu receives the product before the scale too (attention with a learned
+// bias needs dS for the bias and c*dS for Q and K: the reference's `ds` and `ds * c`).
 extern "C" __global__ void softmax_backward(const T* __restrict__ gy, const T* __restrict__ y,
-                                            T* __restrict__ gx, const long long M, const int D,
-                                            const int log_softmax, const T scale) {
+                                            T* __restrict__ gx, T* __restrict__ gu,
+                                            const long long M, const int D, const int log_softmax,
+                                            const T scale, const int write_unscaled) {
     __shared__ T buf[32];
     ROW_OR_RETURN(M)
     const T* gr = gy + row * D;
     const T* yr = y + row * D;
     T* gxr = gx + row * D;
+    T* gur = gu + row * D;
     T s = 0;
     if (log_softmax) {
         for (int j = threadIdx.x; j < D; j += blockDim.x) s += gr[j];
@@ -185,10 +197,10 @@ extern "C" __global__ void softmax_backward(const T* __restrict__ gy, const T* _
         for (int j = threadIdx.x; j < D; j += blockDim.x) s += gr[j] * yr[j];
     }
     s = row_sum(s, buf);
-    if (log_softmax) {
-        for (int j = threadIdx.x; j < D; j += blockDim.x) gxr[j] = (gr[j] - exp(yr[j]) * s) * scale;
-    } else {
-        for (int j = threadIdx.x; j < D; j += blockDim.x) gxr[j] = (gr[j] * yr[j] - yr[j] * s) * scale;
+    for (int j = threadIdx.x; j < D; j += blockDim.x) {
+        const T t = log_softmax ? gr[j] - exp(yr[j]) * s : gr[j] * yr[j] - yr[j] * s;
+        gxr[j] = t * scale;
+        if (write_unscaled) gur[j] = t;
     }
 }
 
@@ -443,36 +455,61 @@ def _rows_of(a):
 
 
 # =========================================================================== softmax
-def softmax_forward(x, log: bool = False, scale: float = 1.0):
-    """softmax (or, with ``log``, log_softmax) of ``scale``·x, x a CuPy array, over its last axis.
+def bias_fits(shape, bias_shape) -> bool:
+    """Whether an additive bias of ``bias_shape`` broadcasts over scores of ``shape`` as the softmax
+    kernel reads it: after its leading 1s, the trailing dims of ``shape`` (rows repeat over the rest)."""
+    b = tuple(bias_shape)
+    while len(b) > 1 and b[0] == 1:
+        b = b[1:]
+    return 1 <= len(b) <= len(shape) and tuple(shape[len(shape) - len(b):]) == b
+
+
+def softmax_forward(x, log: bool = False, scale: float = 1.0, bias=None):
+    """softmax (or, with ``log``, log_softmax) of ``scale``·x [+ ``bias``], x a CuPy array, over its last axis.
 
     ``scale`` is attention's c = 1/√d, taken inside the kernel instead of by one more pass over the
-    scores (``s *= c``): the product is rounded to x's dtype first, as that pass would round it."""
+    scores (``s *= c``): the product is rounded to x's dtype first, as that pass would round it.
+    ``bias`` (x's dtype, ``bias_fits(x.shape, bias.shape)``) is attention's additive mask, added
+    after the scale as ``s + mask`` would add it: one more pass saved."""
     xp = backend.get_array_module(x)
     if x.size == 0:
         return x.copy()
     x2 = _rows_of(x)
     m, d = x2.shape
     y = xp.empty((m, d), dtype=x.dtype)
+    b2, bias_rows = x2, 0                                 # (never read without a bias)
+    if bias is not None:
+        if bias.dtype != x.dtype or not bias_fits(x.shape, bias.shape):
+            raise ValueError(f"softmax_forward: a bias of shape {bias.shape} ({bias.dtype}) does not broadcast "
+                             f"as trailing dims over scores {x.shape} ({x.dtype})")
+        b2 = _rows_of(bias)
+        bias_rows = b2.shape[0]
     grid, block = _row_launch(m, d)
     _row_kernel("softmax_forward", x.dtype.char)(
-        grid, block, (x2, y, np.int64(m), np.int32(d), np.int32(bool(log)), x.dtype.type(scale)))
+        grid, block, (x2, y, np.int64(m), np.int32(d), np.int32(bool(log)), x.dtype.type(scale),
+                      b2, np.int64(bias_rows)))
     return y.reshape(x.shape)
 
 
-def softmax_backward(gy, y, log: bool = False, scale: float = 1.0):
+def softmax_backward(gy, y, log: bool = False, scale: float = 1.0, unscaled: bool = False):
     """∂L/∂x of softmax (or log_softmax) over the last axis, from ∂L/∂y and the output y, times
-    ``scale`` (attention's c·dS, which would otherwise be one more pass; 1 leaves it exact)."""
+    ``scale`` (attention's c·dS, which would otherwise be one more pass; 1 leaves it exact).
+    With ``unscaled`` returns (c·dS, dS): attention with a learned bias needs both."""
     xp = backend.get_array_module(y)
     if y.size == 0:
-        return xp.zeros(y.shape, dtype=y.dtype)
+        z = xp.zeros(y.shape, dtype=y.dtype)
+        return (z, z.copy()) if unscaled else z
     g2 = _rows_of(gy.astype(y.dtype, copy=False))
     y2 = _rows_of(y)
     m, d = y2.shape
     gx = xp.empty((m, d), dtype=y.dtype)
+    gu = xp.empty((m, d), dtype=y.dtype) if unscaled else gx       # (not written without unscaled)
     grid, block = _row_launch(m, d)
     _row_kernel("softmax_backward", y.dtype.char)(
-        grid, block, (g2, y2, gx, np.int64(m), np.int32(d), np.int32(bool(log)), y.dtype.type(scale)))
+        grid, block, (g2, y2, gx, gu, np.int64(m), np.int32(d), np.int32(bool(log)), y.dtype.type(scale),
+                      np.int32(bool(unscaled))))
+    if unscaled:
+        return gx.reshape(y.shape), gu.reshape(y.shape)
     return gx.reshape(y.shape)
 
 
@@ -886,7 +923,7 @@ def adamw_step(p, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step: int, lr: floa
         _adamw_kernel(True)(grad, *scalars, p, exp_avg, exp_avg_sq, max_exp_avg_sq)
 
 
-__all__ = ["enabled", "use_fused", "applies", "softmax_forward", "softmax_backward",
+__all__ = ["enabled", "use_fused", "applies", "bias_fits", "softmax_forward", "softmax_backward",
            "layer_norm_forward", "layer_norm_backward", "batch_norm_forward",
            "batch_norm_backward", "gelu_forward", "gelu_backward", "keep_mask", "col2im", "class_nll_forward",
            "class_nll_backward", "adamw_step"]

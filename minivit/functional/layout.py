@@ -107,3 +107,37 @@ def rearrange(x, pattern: str, **sizes):
     """einops' ``rearrange`` for the patterns a transformer needs (see the module's docstring)."""
     elementary, perm, out_shape = _plan(pattern, tuple(x.shape), tuple(sorted(sizes.items())))
     return Rearrange(elementary, perm, out_shape)(x)
+
+
+# =========================================================================== tokens in another order
+class PermuteTokens(Function):
+    """y = x.reshape(B, L, C).take(order, axis=1).reshape(shape); backward: the same with the inverse."""
+
+    def __init__(self, order, inverse, shape):
+        self.order, self.inverse, self.shape = order, inverse, shape
+
+    def forward(self, x):
+        self.in_shape = x.shape
+        B, C = x.shape[0], x.shape[-1]
+        return x.reshape(B, -1, C).take(self.order, axis=1).reshape(self.shape)
+
+    def backward(self, gy):
+        B, C = self.in_shape[0], self.in_shape[-1]
+        return gy.reshape(B, -1, C).take(self.inverse, axis=1).reshape(self.in_shape)
+
+
+def permute_tokens(x, order, shape, inverse=None):
+    """The tokens of x (B, ..., C) in another order, as one op: the L = prod(x.shape[1:-1]) token
+    positions flattened, token i of the result taken from position ``order[i]``, then reshaped to
+    ``shape``. ``order`` is a permutation of range(L) (an integer array on x's device); backward
+    gathers with its inverse (``inverse``, the argsort of ``order``, passed when it is kept).
+
+    Swin's cyclic shift and window partition are such a reordering: a roll and a rearrange (two
+    copies each way) become one gather each way (``SwinTransformerBlock._attn``)."""
+    if inverse is None:
+        inverse = x.xp.argsort(order)
+    L = prod(x.shape[1:-1])
+    if order.shape != (L,):
+        raise ValueError(f"permute_tokens: order must hold the {L} token positions of x {tuple(x.shape)}, "
+                         f"got shape {tuple(order.shape)}")
+    return PermuteTokens(order, inverse, tuple(shape))(x)

@@ -88,6 +88,19 @@ def relative_position_index(win_h: int, win_w: int) -> np.ndarray:
 
 
 # =========================================================================== shift mask
+def shifted_window_order(H: int, W: int, window_size, shift_size):
+    """Where SW-MSA's window tokens come from: (H·W,) int64, entry k = the row-major position in
+    the (H, W) map of token k of the windows roll(−shift) then window_partition make (window
+    after window, each row by row), or None when there is no shift. The same two steps applied
+    to the positions 0..H·W−1 themselves; its argsort puts the windows back (reverse, roll back)."""
+    sh, sw = to_2tuple(shift_size)
+    if not (sh or sw):
+        return None
+    Mh, Mw = to_2tuple(window_size)
+    pos = np.roll(np.arange(H * W).reshape(H, W), (-sh, -sw), axis=(0, 1))
+    return pos.reshape(H // Mh, Mh, W // Mw, Mw).transpose(0, 2, 1, 3).reshape(-1)
+
+
 def shifted_window_mask(H: int, W: int, window_size, shift_size, dtype=np.float32):
     """The additive attention mask of SW-MSA: (nW, N, N) of 0 (may attend) and −100
     (blocked), or None when there is no shift.
@@ -161,16 +174,29 @@ class WindowAttention(nn.Module):
         self.store_attn = False
         self.attn_map = None
         self._heads = np.arange(num_heads)[:, None, None]                      # head index of the bias gather
+        self._one_hot = (None, None)                                           # ((module, dtype), (T, N·N) 0/1)
 
     def relative_position_bias(self):
         """B for every (query, key) pair of a window: (heads, N, N), gathered from B̂."""
         # B[h, i, j] = B̂[index[i, j], h]: one gather with two index arrays that broadcast to
         # (heads, N, N) (the same as B̂[index.reshape(-1)].reshape(N, N, heads).permute(2, 0, 1)).
         idx = self.relative_position_index.data                                # (N, N)
+        table = self.relative_position_bias_table
         xp = get_array_module(idx)
+        if self.fused_bias:
+            # The same gather as one op whose backward is one product with the index's one-hot
+            # matrix (F.relative_position_bias), made once per device and dtype.
+            key = (xp.__name__, table.dtype)
+            if self._one_hot[0] != key:
+                self._one_hot = (key, (xp.arange(table.shape[0])[:, None] == idx.reshape(1, -1)).astype(table.dtype))
+            return F.relative_position_bias(table, idx, self._one_hot[1])
         if get_array_module(self._heads) is not xp:                            # made once per device
             self._heads = xp.arange(self.num_heads)[:, None, None]             # (heads, 1, 1)
-        return self.relative_position_bias_table[idx[None], self._heads]       # (heads, N, N)
+        return table[idx[None], self._heads]                                   # (heads, N, N)
+
+    # True: the bias gathered by F.relative_position_bias (its gradient one GEMM, not a zero fill
+    # and a scatter-add); False: by indexing. Equal (tests/test_models_swin.py).
+    fused_bias = True
 
     # softmax(Q Kᵀ·scale + B) V as one op (F.scaled_dot_product_attention, the bias and mask as its
     # attn_mask), as timm's ``fused_attn``. False, store_attn, or attention dropout while training:

@@ -37,7 +37,7 @@ from minivit import nn
 from minivit.layers.mlp import Mlp
 from minivit.layers.patch_embed import PatchEmbed, check_image, to_2tuple
 from minivit.layers.patch_merging import PatchMerging
-from minivit.layers.window_attention import WindowAttention, shifted_window_mask
+from minivit.layers.window_attention import WindowAttention, shifted_window_mask, shifted_window_order
 from minivit.models.features import check_output_fmt, feature_take_indices
 from minivit.models.registry import register_model
 
@@ -163,11 +163,26 @@ class SwinTransformerBlock(nn.Module):
         H, W = self.input_resolution
         self.register_buffer("attn_mask", shifted_window_mask(H, W, self.window_size, self.shift_size),
                              persistent=False)
+        # The fast path's shifted partition: for each window token, the map position it comes from.
+        order = shifted_window_order(H, W, self.window_size, self.shift_size)
+        self.register_buffer("window_order", order, persistent=False)
+        self.register_buffer("window_order_inverse", None if order is None else np.argsort(order),
+                             persistent=False)
+
+    # True: with a shift, roll + partition (and reverse + roll back) as one gather each
+    # (F.permute_tokens with window_order), one copy where the steps below make two. The same
+    # numbers (tests/test_models_swin.py); False: the steps as the paper writes them.
+    fused_shift = True
 
     def _attn(self, x):
         """(Shifted) window attention on the map: (B, H, W, C) → (B, H, W, C)."""
         B, H, W, C = x.shape
         (sh, sw), (Mh, Mw) = self.shift_size, self.window_size
+        if self.fused_shift and self.window_order is not None:
+            order, inverse = self.window_order.data, self.window_order_inverse.data
+            windows = F.permute_tokens(x, order, (-1, Mh * Mw, C), inverse)          # (B·nW, N, C)
+            windows = self.attn(windows, mask=self.attn_mask)                       # (B·nW, N, C)
+            return F.permute_tokens(windows.reshape(B, H * W, C), inverse, (B, H, W, C), order)
         if sh or sw:
             x = x.roll((-sh, -sw), dims=(1, 2))                            # cyclic shift (Swin Fig. 4)
         # window_partition(x) then (B·nW, N, C), as one op (F.rearrange; tests/test_layout.py

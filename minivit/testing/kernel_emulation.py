@@ -298,26 +298,34 @@ def _as_rows(a, M, D):
 
 
 @emulates("softmax_forward")
-def _softmax_forward(L, x, y, M, D, log_softmax, scale):
+def _softmax_forward(L, x, y, M, D, log_softmax, scale, bias, bias_rows):
     M, D = _rows_launch(L, int(M), int(D))
     _size(L, "x", x, M * D)
     _size(L, "y", y, M * D)
     xr, yr = _as_rows(x, M, D) * scale, _as_rows(y, M, D)         # the scaled row, rounded to T
+    if bias_rows:                                                  # row r takes bias row r % bias_rows
+        R = int(bias_rows)
+        _size(L, "bias", bias, R * D)
+        xr = xr + _as_rows(bias, R, D)[np.arange(M) % R]
     m = xr.max(axis=1, keepdims=True)
     s = np.exp(xr - m).sum(axis=1, keepdims=True)
     yr[...] = (xr - m) - np.log(s) if log_softmax else np.exp(xr - m) / s
 
 
 @emulates("softmax_backward")
-def _softmax_backward(L, gy, y, gx, M, D, log_softmax, scale):
+def _softmax_backward(L, gy, y, gx, gu, M, D, log_softmax, scale, write_unscaled):
     M, D = _rows_launch(L, int(M), int(D))
     for what, a in (("gy", gy), ("y", y), ("gx", gx)):
         _size(L, what, a, M * D)
     g, yr, gxr = _as_rows(gy, M, D), _as_rows(y, M, D), _as_rows(gx, M, D)
     if log_softmax:
-        gxr[...] = (g - np.exp(yr) * g.sum(axis=1, keepdims=True)) * scale
+        t = g - np.exp(yr) * g.sum(axis=1, keepdims=True)
     else:
-        gxr[...] = (g * yr - yr * (g * yr).sum(axis=1, keepdims=True)) * scale
+        t = g * yr - yr * (g * yr).sum(axis=1, keepdims=True)
+    if write_unscaled:
+        _size(L, "gu", gu, M * D)
+        _as_rows(gu, M, D)[...] = t
+    gxr[...] = t * scale
 
 
 @emulates("layer_norm_forward")
