@@ -136,6 +136,7 @@ DEPTHWISE = [
     dict(shape=(1, 6, 5, 5), k=(5, 5), stride=1, padding=0, dilation=1),         # no padding
     dict(shape=(2, 2, 6, 6), k=(3, 3), stride=(1, 2), padding=(2, 0), dilation=(1, 2)),
     dict(shape=(2, 3, 4, 4), k=(3, 3), stride=1, padding=3, dilation=1),         # padding larger than k−1
+    dict(shape=(2, 4, 7, 6), k=(3, 3), stride=(2, 1), padding=1, dilation=(2, 1)),  # width stride 1: merged (w, c)
 ]
 
 

@@ -333,12 +333,12 @@ class Conv2d(Function):
         # (einsum picks its loop order from the operands' strides: keep them all channels-last)
         taps = xp.ascontiguousarray(w.reshape(C, kh, kw).transpose(1, 2, 0))         # (kh, kw, C)
         y = xp.empty((N, Ho, Wo, C), dtype=x.dtype)
+        tiled = _tiled_taps(taps, Wo, sw)
 
         def piece(lo, hi):   # images lo..hi-1, on one of backend's threads
             _zero_frame(xpad[lo:hi], self.pads)
             xpad[lo:hi, top:top + H, left:left + W] = x[lo:hi].transpose(0, 2, 3, 1)
-            win = _windows_last(xpad[lo:hi], (kh, kw), self.stride, self.dilation)  # (n, Ho, Wo, C, kh, kw)
-            xp.einsum("nhwcij,ijc->nhwc", win, taps, out=y[lo:hi])
+            _depthwise_sum(xpad[lo:hi], taps, tiled, self.stride, self.dilation, y[lo:hi])
             if b is not None:
                 y[lo:hi] += b
         backend.parallel_pieces(N, piece)
@@ -367,6 +367,7 @@ class Conv2d(Function):
             if flipped:
                 gpad = xp.empty((N, Ho + lo_h + hi_h, Wo + lo_w + hi_w, C), dtype=gy.dtype)
                 taps_flipped = xp.ascontiguousarray(self.taps[::-1, ::-1])
+                tiled_flipped = _tiled_taps(taps_flipped, W, 1)
             else:
                 gxpad = xp.zeros((N, Hp, Wp, C), dtype=gy.dtype)
 
@@ -376,8 +377,7 @@ class Conv2d(Function):
             if want_x and flipped:
                 _zero_frame(gpad[lo:hi], (lo_h, hi_h, lo_w, hi_w))
                 gpad[lo:hi, lo_h:lo_h + Ho, lo_w:lo_w + Wo] = g[lo:hi]
-                xp.einsum("nhwcij,ijc->nhwc", _windows_last(gpad[lo:hi], (kh, kw), (1, 1), self.dilation),
-                          taps_flipped, out=gx[lo:hi])
+                _depthwise_sum(gpad[lo:hi], taps_flipped, tiled_flipped, (1, 1), self.dilation, gx[lo:hi])
             elif want_x:
                 # Strided: add each tap's share back onto the input positions it read.
                 for i in range(kh):
@@ -407,6 +407,34 @@ def _zero_frame(a, pads):
     a[:, Hp - bottom:] = 0
     a[:, top:Hp - bottom, :left] = 0
     a[:, top:Hp - bottom, Wp - right:] = 0
+
+
+def _tiled_taps(taps, Wo, sw):
+    """taps (kh, kw, C) repeated along the output width, (kh, kw, Wo·C), for _depthwise_sum's
+    merged axis (stride 1 along the width); None otherwise."""
+    if sw != 1:
+        return None
+    kh, kw, C = taps.shape
+    return np.ascontiguousarray(np.broadcast_to(taps[:, :, None, :], (kh, kw, Wo, C))).reshape(kh, kw, Wo * C)
+
+
+def _depthwise_sum(xpad, taps, tiled, stride, dilation, out):
+    """out[n, h, w, c] = Σ_ij xpad[n, h·sh + i·dh, w·sw + j·dw, c] · taps[i, j, c], channels-last (CPU).
+
+    With stride 1 along the width (``tiled`` given) the output's (w, c) pairs of a row are one
+    contiguous run of Wo·C values, and so are the inputs one tap multiplies them by: einsum then
+    runs over that merged axis, Wo times longer than over the channels alone, and its per-step
+    overhead (most of the time when C is small) is paid Wo times less often. The taps are repeated
+    along w for it (``_tiled_taps``). Otherwise the windows' view (N, Ho, Wo, C, kh, kw)."""
+    kh, kw, C = taps.shape
+    n, Ho, Wo, _ = out.shape
+    if tiled is None or not (xpad.flags.c_contiguous and out.flags.c_contiguous):
+        np.einsum("nhwcij,ijc->nhwc", _windows_last(xpad, (kh, kw), stride, dilation), taps, out=out)
+        return
+    sN, sH, sW, sC = xpad.strides
+    win = np.lib.stride_tricks.as_strided(                                     # (n, Ho, kh, kw, Wo·C), a view
+        xpad, (n, Ho, kh, kw, Wo * C), (sN, sH * stride[0], sH * dilation[0], sW * dilation[1], sC), writeable=False)
+    np.einsum("nhijk,ijk->nhk", win, tiled, out=out.reshape(n, Ho, Wo * C))
 
 
 def _windows_last(xpad, k, stride, dilation):
