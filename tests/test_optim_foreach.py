@@ -116,3 +116,26 @@ def test_a_parameter_without_gradient_falls_back_to_the_loop(kind):
     assert id(no_decay["params"]) not in ob._flat                  # that group took the loop
     for pa, pb in zip(a.parameters(), b.parameters()):
         assert np.array_equal(pa.numpy(), pb.numpy())
+
+
+@pytest.mark.parametrize("amsgrad", [False, True])
+def test_adamw_blocks_of_a_large_cpu_piece_equal_the_whole_update(monkeypatch, amsgrad):
+    """A large parameter (or flat group) is updated block by block on each thread: the same
+    numbers as the update of the whole array at once, bit for bit."""
+    import minivit.optim.adamw as adamw
+    from minivit import backend
+    monkeypatch.setattr(adamw, "_BLOCK", 4099)                          # pieces are not whole blocks
+    rng = np.random.default_rng(0)
+    n = 100_003
+    arrays = [rng.standard_normal(n).astype(np.float32), rng.standard_normal(n).astype(np.float32),
+              rng.standard_normal(n).astype(np.float32) * 0.1, rng.random(n).astype(np.float32) * 0.01,
+              rng.random(n).astype(np.float32) * 0.02 if amsgrad else None]
+    whole = [None if a is None else a.copy() for a in arrays]
+    adamw._update(*whole, 7, 1e-3, 0.9, 0.999, 1e-8, 0.05, np)
+    blocks = [None if a is None else a.copy() for a in arrays]
+    backend.parallel_pieces(n, lambda lo, hi: adamw._update_blocks(blocks, lo, hi, 7, 1e-3, 0.9, 0.999, 1e-8, 0.05),
+                            min_size=adamw._PIECE)
+    for i, (a, b) in enumerate(zip(whole, blocks)):
+        if a is not None and i != 1:                                     # p, m, v (, vmax) change; g does not
+            assert not np.array_equal(a, arrays[i])
+            np.testing.assert_array_equal(a, b)

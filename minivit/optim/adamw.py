@@ -97,8 +97,7 @@ class AdamW(Optimizer):
                         a is None or a.flags.c_contiguous for a in arrays):
                     flat = [None if a is None else a.reshape(-1) for a in arrays]
                     backend.parallel_pieces(
-                        p.data.size, lambda lo, hi: _update(*(None if a is None else a[lo:hi] for a in flat),
-                                                            t, lr, beta1, beta2, eps, wd, xp),
+                        p.data.size, lambda lo, hi: _update_blocks(flat, lo, hi, t, lr, beta1, beta2, eps, wd),
                         min_size=_PIECE)
                 else:
                     _update(*arrays, t, lr, beta1, beta2, eps, wd, xp)
@@ -125,9 +124,8 @@ class AdamW(Optimizer):
         if self._use_fused(params[0], G, M, V, VM, P):
             fused_cuda.adamw_step(P, G, M, V, VM, t, lr, beta1, beta2, eps, wd)
         elif P.size >= 2 * _PIECE and params[0].xp is np:
-            backend.parallel_pieces(P.size, lambda lo, hi: _update(
-                P[lo:hi], G[lo:hi], M[lo:hi], V[lo:hi], None if VM is None else VM[lo:hi],
-                t, lr, beta1, beta2, eps, wd, np), min_size=_PIECE)
+            backend.parallel_pieces(P.size, lambda lo, hi: _update_blocks(
+                (P, G, M, V, VM), lo, hi, t, lr, beta1, beta2, eps, wd), min_size=_PIECE)
         else:
             _update(P, G, M, V, VM, t, lr, beta1, beta2, eps, wd, params[0].xp)
         return True
@@ -150,6 +148,17 @@ class AdamW(Optimizer):
 
 
 _PIECE = 1 << 15        # elements: smaller parameters are updated whole, on the calling thread
+_BLOCK = 1 << 16        # elements: a thread's piece goes through _update this many at a time
+
+
+def _update_blocks(flat, lo, hi, t, lr, beta1, beta2, eps, wd):
+    """_update on elements lo..hi-1 of the flat CPU arrays (p, g, m, v, vmax), a block at a time:
+    its half-dozen temporaries then stay in the core's cache (and malloc reuses them) instead of
+    being as large as the piece (fresh pages for each, a pass over memory for each). Elementwise,
+    so the numbers are the whole update's, bit for bit (tests/test_optim_foreach.py)."""
+    for a in range(lo, hi, _BLOCK):
+        b = min(hi, a + _BLOCK)
+        _update(*(None if x is None else x[a:b] for x in flat), t, lr, beta1, beta2, eps, wd, np)
 
 
 def _update(p, g, m, v, vmax, t, lr, beta1, beta2, eps, wd, xp):
