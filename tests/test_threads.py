@@ -62,6 +62,33 @@ def test_an_exception_in_a_piece_reaches_the_caller():
         backend.set_num_threads(before)
 
 
+def test_two_callers_at_once_each_get_their_own_pieces():
+    """Each call collects its pieces' results on a queue of its own: two Python threads using
+    the workers at the same time (a loader thread and the training loop, say) never swap results."""
+    import threading
+    before = backend.get_num_threads()
+    backend.set_num_threads(3)
+    out, errors = {}, []
+
+    def caller(tag):
+        try:
+            for _ in range(200):
+                got = backend.parallel_pieces(30, lambda lo, hi: (tag, lo, hi))
+                assert got == [(tag, 0, 10), (tag, 10, 20), (tag, 20, 30)], got
+            out[tag] = True
+        except BaseException as e:                                   # noqa: BLE001 (reported below)
+            errors.append(e)
+    try:
+        threads = [threading.Thread(target=caller, args=(t,)) for t in ("a", "b")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        backend.set_num_threads(before)
+    assert not errors and out == {"a": True, "b": True}
+
+
 def test_pieces_inside_pieces_run_whole_instead_of_waiting_on_the_pool():
     before = backend.get_num_threads()
     backend.set_num_threads(2)
