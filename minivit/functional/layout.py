@@ -134,10 +134,10 @@ def permute_tokens(x, order, shape, inverse=None):
 
     Swin's cyclic shift and window partition are such a reordering: a roll and a rearrange (two
     copies each way) become one gather each way (``SwinTransformerBlock._attn``)."""
-    if inverse is None:
-        inverse = x.xp.argsort(order)
     L = prod(x.shape[1:-1])
     if order.shape != (L,):
         raise ValueError(f"permute_tokens: order must hold the {L} token positions of x {tuple(x.shape)}, "
                          f"got shape {tuple(order.shape)}")
+    if inverse is None:
+        inverse = x.xp.argsort(order)
     return PermuteTokens(order, inverse, tuple(shape))(x)
