@@ -485,10 +485,15 @@ class RelativePositionBias(Function):
         return self.one_hot.astype(gy.dtype, copy=False) @ gy.reshape(h, -1).T    # (T, heads)
 
 
+def index_one_hot(index, rows: int, dtype):
+    """The (rows, index.size) matrix E[t, k] = [index.flat[k] = t] of ``dtype``, on index's device."""
+    xp = get_array_module(index)
+    return (xp.arange(rows)[:, None] == index.reshape(1, -1)).astype(dtype)
+
+
 def relative_position_bias(table, index, one_hot=None):
     """Swin's B (heads, N, N) from the bias table B̂ (T, heads) and the (N, N) index into it;
-    ``one_hot``, the (T, N·N) matrix [index[i, j] = t], is made here unless the caller keeps one."""
+    ``one_hot``, ``index_one_hot(index, T, table.dtype)``, is made here unless the caller keeps one."""
     if one_hot is None:
-        xp = table.xp
-        one_hot = (xp.arange(table.shape[0])[:, None] == index.reshape(1, -1)).astype(table.dtype)
+        one_hot = index_one_hot(index, table.shape[0], table.dtype)
     return RelativePositionBias(index, one_hot)(table)

@@ -33,6 +33,7 @@ import numpy as np
 import minivit.functional as F
 from minivit import nn
 from minivit.autograd import Tensor
+from minivit.functional.attention import index_one_hot
 from minivit.backend import get_array_module
 from minivit.layers.patch_embed import to_2tuple
 
@@ -188,7 +189,7 @@ class WindowAttention(nn.Module):
             # matrix (F.relative_position_bias), made once per device and dtype.
             key = (xp.__name__, table.dtype)
             if self._one_hot[0] != key:
-                self._one_hot = (key, (xp.arange(table.shape[0])[:, None] == idx.reshape(1, -1)).astype(table.dtype))
+                self._one_hot = (key, index_one_hot(idx, table.shape[0], table.dtype))
             return F.relative_position_bias(table, idx, self._one_hot[1])
         if get_array_module(self._heads) is not xp:                            # made once per device
             self._heads = xp.arange(self.num_heads)[:, None, None]             # (heads, 1, 1)
