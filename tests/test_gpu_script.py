@@ -81,3 +81,32 @@ def test_checkout_and_data_fit_one_gpu_call(tmp_path):
         assert total <= TRAVEL_LIMIT - MiB, (
             f"checkout {checkout / MiB:.1f} MiB + {what} {size / MiB:.1f} MiB = {total / MiB:.1f} MiB: over "
             f"the 64 MiB a GPU call may carry; make the checkout smaller or the carried data")
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="bash not installed")
+def test_gpu_scripts_find_the_python_that_has_numpy(tmp_path):
+    """.ci/gpu-env: where `python` lacks NumPy and `python3` has it (the GPU image of 4 December),
+    `python` becomes a wrapper that runs that python3 by its own path, inside its virtual
+    environment; where neither has it, one error line and exit status 2."""
+    import sys
+    import venv
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    (fake / "python").write_text("#!/bin/sh\nexit 1\n")                # a python without NumPy
+    (fake / "python").chmod(0o755)
+    env = tmp_path / "env"                      # a virtual environment whose python3 has NumPy (from
+    venv.create(env, system_site_packages=True, symlinks=True)      # the site packages it sees)
+    tools = tmp_path / "tools"                  # only what the script needs: no other python on PATH
+    tools.mkdir()
+    for t in ("bash", "sh", "mktemp", "chmod"):
+        (tools / t).symlink_to(shutil.which(t))
+    probe = "source .ci/gpu-env && python -c 'import numpy, sys; print(sys.prefix)'"
+    run = lambda path: subprocess.run([str(tools / "bash"), "-c", probe], cwd=REPO, capture_output=True,
+                                      text=True, timeout=120, env={"PATH": path, "HOME": str(tmp_path)})
+    proc = run(f"{fake}:{env / 'bin'}:{tools}")
+    # the environment's own prefix: a symlink to its python3 would have started the base Python
+    assert proc.returncode == 0 and proc.stdout.strip() == str(env), proc.stdout + proc.stderr
+    proc = run(f"{fake}:{tools}")
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:") \
+        and "export PATH=" in lines[0] and not proc.stdout, proc.stderr

@@ -10,10 +10,15 @@ def build_from_timm(tm):
 
     conv = tm.stem[0]
     dw = tm.blocks[0][0].fn[0]
-    if tm.global_pool.pool_type not in ("avg", ""):
-        raise ValueError(f"minivit.convert.convmixer: global_pool={tm.global_pool.pool_type!r} is not supported "
+    pool = tm.global_pool if hasattr(tm, "global_pool") else tm.pooling    # timm < 1.0.31 calls it `pooling`
+    if pool.pool_type not in ("avg", ""):
+        raise ValueError(f"minivit.convert.convmixer: global_pool={pool.pool_type!r} is not supported "
                          f"('avg' or '')")
+    if pool.pool_type == "" and type(pool.flatten).__name__ == "Flatten":
+        raise ValueError("minivit.convert.convmixer: this timm ConvMixer flattens the unpooled (C, h, w) grid "
+                         "(timm < 1.0.31 does); minivit's keeps it, as timm >= 1.0.31 does: upgrade timm "
+                         "(pip install 'timm>=1.0.31') or convert a model with global_pool='avg'")
     return ConvMixer(dim=tm.num_features, depth=len(tm.blocks), kernel_size=dw.kernel_size[0],
                      patch_size=conv.kernel_size[0], in_chans=conv.in_channels, num_classes=tm.num_classes,
-                     global_pool=tm.global_pool.pool_type, drop_rate=float(tm.head_drop.p),
+                     global_pool=pool.pool_type, drop_rate=float(tm.head_drop.p),
                      act_layer=_activation(tm.stem[1], "convmixer"))
