@@ -10,8 +10,8 @@ fit beside it in one call. Two ways around that, neither of which changes a byte
 * ``split`` / ``join``: the archive cut into parts (each small enough to carry in its own call,
   while the machine stays warm) and joined back there, checked against the whole file's SHA-256.
 
-    python -m minivit.data.archive subset ../shared/data/cifar10-jpeg.tar.gz data/cifar10-jpeg-20k.tar.gz --train-per-class 2000
-    python -m minivit.data.archive split ../shared/data/cifar10-jpeg.tar.gz data/parts --parts 2
+    python -m minivit.data.archive subset ../shared/data/cifar10-jpeg.tar.gz data/cifar10-jpeg-15k.tar.gz --train-per-class 1500
+    python -m minivit.data.archive split ../shared/data/cifar10-jpeg.tar.gz data/parts --parts 3
     python -m minivit.data.archive join data/parts data/cifar10-jpeg.tar.gz
 """
 from __future__ import annotations
