@@ -217,14 +217,14 @@ class GradScaler:
         if state["stage"] == _STEPPED:
             raise RuntimeError("unscale_() is being called after step(): call scaler.unscale_(optimizer) "
                                "before scaler.step(optimizer), then scaler.update()")
-        finite = []
-        for group in optimizer.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                g = p.grad
-                p.grad = g * g.dtype.type(1.0 / self._scale)
-                finite.append(p.xp.isfinite(p.grad).all())       # a device bool: no sync here
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        runs = {}                                # (device, dtype) -> its parameters, in order
+        for p in params:
+            runs.setdefault((p.device, p.grad.dtype), []).append(p)
+        finite = []                              # device bools: no sync here
+        for run in runs.values():
+            unscale = _unscale_flat if len(run) > 1 else _unscale_each
+            finite.append(unscale(run, 1.0 / self._scale))
         if finite:
             xp = backend.get_array_module(finite[0])
             state["found_inf"] = ~xp.stack(finite).all()
@@ -302,3 +302,31 @@ class GradScaler:
 
 __all__ = ["autocast", "GradScaler", "cast_inputs", "is_autocast_enabled", "get_autocast_dtype",
            "LOWER_PRECISION_OPS", "FLOAT32_OPS"]
+
+
+def _unscale_each(params, inv_scale: float):
+    """The reference: each gradient times 1/S (a new array), and whether all of them are finite,
+    as a device bool. Three operations per parameter."""
+    finite = []
+    for p in params:
+        g = p.grad
+        p.grad = g * g.dtype.type(inv_scale)
+        finite.append(p.xp.isfinite(p.grad).all())
+    return p.xp.stack(finite).all() if len(finite) > 1 else finite[0]
+
+
+def _unscale_flat(params, inv_scale: float):
+    """The same for gradients of one device and dtype as whole-array operations: concatenated
+    into one new flat array (one copy), multiplied by 1/S in place, checked once; each ``p.grad``
+    then is a view of its slice. Four operations for any number of parameters (the reference's
+    per-parameter chains were most of an fp16 step's optimizer time on a GPU). The same
+    multiplications, so the same numbers, as ``_unscale_each`` (a test holds them equal)."""
+    xp = params[0].xp
+    flat = xp.concatenate([p.grad.reshape(-1) for p in params])        # (Σ sizes,), our own array
+    flat *= flat.dtype.type(inv_scale)
+    lo = 0
+    for p in params:
+        n = p.grad.size
+        p.grad = flat[lo:lo + n].reshape(p.grad.shape)
+        lo += n
+    return xp.isfinite(flat).all()

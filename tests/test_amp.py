@@ -147,6 +147,55 @@ def test_scale_and_unscale_are_exact_and_a_float16_loss_does_not_overflow(xp):
     assert [t.item() for t in scaler.scale([loss, loss])] == [float(loss.data) * 1024] * 2
 
 
+@pytest.mark.parametrize("bad", [None, np.inf, np.nan])
+def test_unscale_as_whole_arrays_equals_the_per_parameter_reference(xp, bad):
+    """_unscale_flat (one flat array per device and dtype) gives the reference's gradients bit
+    for bit, in their shapes and dtypes, and the same finite flag; GradScaler uses it."""
+    rng = np.random.default_rng(0)
+    shapes = [(3, 4), (5,), (2, 3, 2), (1,)]
+    def params(dtype):
+        ps = [Tensor(xp.zeros(s, dtype), requires_grad=True) for s in shapes]
+        for p in ps:
+            p.grad = xp.asarray((rng.standard_normal(p.shape) * 3e3).astype(dtype))
+        if bad is not None:
+            ps[2].grad[1, 2, 0] = bad
+        return ps
+    for dtype in (np.float32, np.float16):
+        a = params(dtype)
+        b = [Tensor(p.data.copy(), requires_grad=True) for p in a]
+        for p, q in zip(a, b):
+            q.grad = p.grad.copy()
+        fa, fb = amp._unscale_each(a, 1 / 1024), amp._unscale_flat(b, 1 / 1024)
+        assert bool(fa) == bool(fb) == (bad is None)
+        for p, q in zip(a, b):
+            assert q.grad.shape == p.grad.shape and q.grad.dtype == p.grad.dtype == dtype
+            assert xp.array_equal(p.grad, q.grad, equal_nan=True)
+    # through GradScaler: two dtypes, so two runs, and the flag over both
+    p32, p16 = params(np.float32), params(np.float16)
+    scaler = amp.GradScaler(init_scale=2.0 ** 10)
+    expected = [p.grad / np.float32(1024) if p.grad.dtype == np.float32 else p.grad / np.float16(1024)
+                for p in p32 + p16]
+    scaler.unscale_(optim.SGD(p32 + p16, lr=0.1))
+    for p, e in zip(p32 + p16, expected):
+        assert xp.array_equal(p.grad, e, equal_nan=True)
+    assert bool(scaler._per_optimizer[next(iter(scaler._per_optimizer))]["found_inf"]) == (bad is not None)
+
+
+@pytest.mark.skipif(not backend.is_strict_standin(), reason="counts the strict CuPy stand-in's device operations")
+def test_unscale_takes_the_same_device_operations_for_any_number_of_parameters():
+    from minivit.testing import strict_cupy
+    xp = backend.xp_for("cuda")
+    def count(n):
+        ps = [Tensor(xp.ones(4, np.float32), requires_grad=True) for _ in range(n)]
+        for p in ps:
+            p.grad = xp.full(4, 2.0, np.float32)
+        scaler = amp.GradScaler()
+        with strict_cupy.count_launches() as log:
+            scaler.unscale_(optim.SGD(ps, lr=0.1))
+        return len(log)
+    assert count(2) == count(40) <= 8            # the reference: 3 a parameter, 120 for 40
+
+
 @pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
 def test_an_overflowed_gradient_skips_the_step_and_halves_the_scale(xp, bad):
     p, q = _param(xp, 1.0), _param(xp, 2.0)

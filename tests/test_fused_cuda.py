@@ -406,7 +406,7 @@ def test_adamw_kernel_leaves_the_gradient_alone(cp):
 
 
 # =========================================================================== a whole model
-@pytest.mark.parametrize("name", ["vit_tiny", "swin_tiny"])
+@pytest.mark.parametrize("name", ["vit_tiny", "swin_tiny", "pvt_v2_tiny", "cvt_tiny"])
 def test_model_gradients_and_update_match_the_reference(cp, name):
     """One float64 training step of a small model (norms, GELU, attention softmax with Swin's
     bias and mask, cross-entropy, AdamW): loss, every gradient and every updated weight agree."""
@@ -429,10 +429,89 @@ def test_model_gradients_and_update_match_the_reference(cp, name):
         results[fused] = (float(loss.data), grads, {n: backend.to_numpy(p.data) for n, p in model.named_parameters()})
     (loss_f, grads_f, params_f), (loss_r, grads_r, params_r) = results[True], results[False]
     assert loss_f == pytest.approx(loss_r, rel=1e-12)
+    largest = max(float(np.abs(g).max()) for g in grads_r.values())
     for n in grads_r:
         scale = max(float(np.abs(grads_r[n]).max()), 1e-30)
+        if scale <= 1e-12 * largest:        # zero in exact arithmetic (CvT's key BatchNorm bias): rounding noise
+            assert float(np.abs(grads_f[n]).max()) <= 1e-12 * largest, n
+            continue
         np.testing.assert_allclose(grads_f[n], grads_r[n], rtol=1e-8, atol=1e-9 * scale, err_msg=n)
         np.testing.assert_allclose(params_f[n], params_r[n], rtol=1e-9, atol=1e-10, err_msg=n)   # lr 1e-3
+
+
+# =========================================================================== depthwise conv
+DEPTHWISE = [   # (N, C, H, W), kernel, stride, padding, dilation
+    ((3, 5, 7, 6), (3, 3), 1, 1, 1),                  # PVT v2's Mix-FFN conv
+    ((2, 4, 9, 8), (3, 3), 2, 1, 1),                  # CvT's strided k/v projection
+    ((2, 3, 8, 9), (3, 2), 1, "same", 2),             # even kernel: uneven 'same' pads, dilation
+    ((1, 6, 5, 5), (5, 5), 1, 0, 1),                  # no padding
+    ((2, 2, 6, 7), (3, 3), (1, 2), (2, 0), (1, 2)),
+    ((2, 3, 4, 4), (3, 3), 1, 3, 1),                  # padding larger than k − 1
+    ((4, 64, 8, 8), (3, 3), 1, 1, 1),                 # several chunks of positions for ∂w
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("case", DEPTHWISE, ids=range(len(DEPTHWISE)))
+def test_depthwise_conv_kernels_match_the_reference(cp, monkeypatch, case, bias, layout, dtype):
+    """One kernel each way (and the parameter gradients' partial sums) against im2col on the GPU:
+    values, ∂x in the input's layout, ∂w, ∂b; NCHW input or tokens' channels-last memory."""
+    shape, k, stride, padding, dilation = case
+    N, C, H, W = shape
+    calls = _spy(monkeypatch, "depthwise_conv_forward")
+    rng = np.random.default_rng(len(calls) + C)
+    x = rng.standard_normal((N, H, W, C) if layout == "channels_last" else shape)
+    arrays = [x, rng.standard_normal((C, 1) + k)] + ([rng.standard_normal(C)] if bias else [])
+
+    def conv(x, w, b=None):
+        if layout == "channels_last":                 # an NCHW view of channels-last memory, as tokens give
+            x = x.permute(0, 3, 1, 2)
+        return F.conv2d(x, w, b, stride=stride, padding=padding, dilation=dilation, groups=C)
+    _compare(cp, conv, arrays, dtype, f"depthwise {case}", param_scale=10.0)
+    assert len(calls) >= 1                            # the fused run took the kernel
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_depthwise_conv_kernels_skip_unwanted_gradients(cp, dtype):
+    """A frozen filter: no input kept for ∂w, ∂b still right; no gradients wanted: none computed."""
+    rng = np.random.default_rng(3)
+    x_np, w_np, b_np = rng.standard_normal((2, 4, 6, 5)), rng.standard_normal((4, 1, 3, 3)), rng.standard_normal(4)
+    results = {}
+    for fused in (True, False):
+        with fused_cuda.use_fused(fused):
+            x = Tensor(cp.asarray(x_np.astype(dtype)), requires_grad=True)
+            w = Tensor(cp.asarray(w_np.astype(dtype)))                      # frozen
+            b = Tensor(cp.asarray(b_np.astype(dtype)), requires_grad=True)
+            y = F.conv2d(x, w, b, padding=1, groups=4)
+            if fused:
+                assert y._ctx.depthwise == "cuda" and y._ctx.dw_saved[0] is None
+            y.backward(cp.ones(y.shape, dtype=dtype))
+            assert w.grad is None
+            results[fused] = (y.data, x.grad, b.grad)
+    for a, b_ in zip(results[True], results[False]):
+        assert_close(a, b_, dtype, "frozen filter", scale=10.0)
+
+
+@pytest.mark.skipif(not backend.is_strict_standin(), reason="counts the strict CuPy stand-in's device operations")
+def test_depthwise_conv_is_three_kernels_and_a_sum_a_step():
+    """PVT v2's Mix-FFN conv on tokens: forward one kernel; backward ∂x, the partial sums, their
+    sum and ∂w's transpose: about five device operations, where im2col took a dozen and held the columns."""
+    cp = backend.xp_for("cuda")
+    rng = np.random.default_rng(0)
+    x = Tensor(cp.asarray(rng.standard_normal((2, 16, 32)).astype(np.float32)), requires_grad=True)
+    w = Tensor(cp.asarray(rng.standard_normal((32, 1, 3, 3)).astype(np.float32)), requires_grad=True)
+    b = Tensor(cp.asarray(rng.standard_normal(32).astype(np.float32)), requires_grad=True)
+    with strict_cupy.count_launches() as fwd:
+        y = F.conv2d_tokens(x, (4, 4), w, b, padding=1, groups=32)
+    g = cp.ones(y.shape, dtype=np.float32)
+    with strict_cupy.count_launches() as bwd:
+        y.backward(g)
+    kinds = [k for _, _, k in fwd]
+    assert "RawKernel depthwise_forward" in kinds and len(kinds) <= 3, kinds
+    kinds = [k for _, _, k in bwd]
+    assert {"RawKernel depthwise_input_grad", "RawKernel depthwise_param_grads"} <= set(kinds) and len(kinds) <= 7, kinds
 
 
 # =========================================================================== everywhere (no GPU needed)

@@ -350,3 +350,44 @@ def test_a_broken_kernel_fails_on_the_emulator(bug, tmp_path, monkeypatch):
     with pytest.raises(AssertionError, match=EXPECTED[bug]):
         y = fused_cuda.softmax_forward(x)
         assert_close(y, F.softmax(Tensor(x), dim=-1).data, np.float32, bug)
+
+
+DEPTHWISE = [   # (N, C, H, W), kernel, stride, padding (top, bottom, left, right), dilation
+    ((2, 3, 6, 5), (3, 3), (1, 1), (1, 1, 1, 1), (1, 1)),         # PVT v2's Mix-FFN conv
+    ((2, 4, 7, 8), (3, 3), (2, 2), (1, 1, 1, 1), (1, 1)),         # CvT's strided projection
+    ((1, 2, 8, 9), (3, 2), (1, 2), (2, 2, 0, 1), (2, 1)),         # uneven pads, dilation, strides
+    ((2, 5, 4, 4), (3, 3), (1, 1), (3, 3, 3, 3), (1, 1)),         # padding larger than k − 1
+]
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("case", DEPTHWISE, ids=range(len(DEPTHWISE)))
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda t: np.dtype(t).name)
+def test_depthwise_conv_kernels_on_the_emulator(on_emulator, emulated, dtype, case, channels_last, bias):
+    """The depthwise kernels' CUDA C, through fused_cuda's wrappers, against the CPU conv: output,
+    ∂x (in the input's layout), ∂w and ∂b; every output element written (NaN-filled first)."""
+    on_emulator("launcher")
+    shape, k, stride, pads, dilation = case
+    N, C, H, W = shape
+    rng = np.random.default_rng(C)
+    x = rng.standard_normal(shape).astype(dtype)
+    if channels_last:
+        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    w = rng.standard_normal((C, 1) + k).astype(dtype)
+    b = rng.standard_normal(C).astype(dtype) if bias else None
+    xt, wt = Tensor(x.copy(), requires_grad=True), Tensor(w, requires_grad=True)
+    bt = Tensor(b, requires_grad=True) if bias else None
+    y_ref = F.conv2d(F.pad(xt, (pads[2], pads[3], pads[0], pads[1])), wt, bt,        # uneven pads: F.pad first
+                     stride=stride, dilation=dilation, groups=C)
+    g = rng.standard_normal(y_ref.shape).astype(dtype)
+    y_ref.backward(g)
+    y, xm, x_cl = fused_cuda.depthwise_conv_forward(x, w, b, stride, dilation, pads)
+    assert x_cl == int(channels_last) and y.shape == y_ref.shape == (N, C) + y.shape[2:]
+    assert_close(np.asarray(y), y_ref.data, dtype, f"depthwise {case}: output")
+    gx, gw, gb = fused_cuda.depthwise_conv_backward(g, xm, x_cl, x.shape, w, stride, dilation, pads, True, True, bias)
+    assert gx.transpose(0, 2, 3, 1).flags.c_contiguous == channels_last    # ∂x in the input's layout
+    assert_close(np.asarray(gx), xt.grad, dtype, f"depthwise {case}: ∂x")
+    assert_close(gw, wt.grad, dtype, f"depthwise {case}: ∂w")
+    if bias:
+        assert_close(gb, bt.grad, dtype, f"depthwise {case}: ∂b")

@@ -152,6 +152,12 @@ class Conv2d(Function):
         if self.depthwise_fast_path and Cg == 1 and O == self.groups and backend.device_of(x) == "cpu":
             self.depthwise = True
             return self._depthwise_forward(x, w, b)
+        if self.depthwise_fast_path and Cg == 1 and O == self.groups and fused_cuda.applies(x, w, *(() if b is None else (b,))):
+            # On a GPU: one kernel each way (fused_cuda.depthwise_conv_*), no columns.
+            self.depthwise = "cuda"
+            y, xm, x_cl = fused_cuda.depthwise_conv_forward(x, w, b, self.stride, self.dilation, self.pads)
+            self.dw_saved = (xm if self.keep_cols else None, x_cl, x.shape, w, b is not None)
+            return y
         if (self.channels_last_path and self.groups == 1 and backend.device_of(x) == "cpu"
                 and x.transpose(0, 2, 3, 1).flags.c_contiguous and not x.flags.c_contiguous):
             self.channels_last = True
@@ -181,6 +187,12 @@ class Conv2d(Function):
         return y
 
     def backward(self, gy):
+        if self.depthwise == "cuda":
+            xm, x_cl, x_shape, w, has_b = self.dw_saved
+            gx, gw, gb = fused_cuda.depthwise_conv_backward(
+                gy, xm, x_cl, x_shape, w, self.stride, self.dilation, self.pads, self.needs_grad[0],
+                self.needs_grad[1], has_b and self.needs_grad[2])
+            return (gx, gw) if not has_b else (gx, gw, gb)
         if self.depthwise:
             return self._depthwise_backward(gy)
         if self.channels_last:
@@ -319,7 +331,7 @@ class Conv2d(Function):
     # Arrays are laid out channels-last (N, H, W, C): the channel is the contiguous
     # axis the einsum runs along, and tokens (B, N, C) reshaped to an image already
     # are channels-last in memory, so for them the transposes cost nothing.
-    # CPU only: on a GPU the im2col path's one batched GEMM is the better fit.
+    # The GPU has its own kernels (fused_cuda.depthwise_conv_*, chosen in forward).
 
     def _depthwise_forward(self, x, w, b):
         xp = get_array_module(x)

@@ -34,6 +34,9 @@ expected to be equal. tests/test_fused_cuda.py holds every kernel to its referen
   computed where it is used instead of built as an (M, C) array.
 * col2im (``col2im``): a conv's input gradient from its column gradients, one thread a
   pixel gathering its taps in the reference loop's order, in the input's memory layout.
+* depthwise conv (``depthwise_conv_forward``, ``depthwise_conv_backward``): one thread an output
+  element forward, one an input pixel for ∂x, the filter and bias gradients as partial sums over
+  chunks of positions; no im2col columns.
 * dropout's keep mask from the uniforms (``keep_mask``).
 * AdamW: the whole update of one parameter (decay, both moments, amsgrad's max, the
   bias-corrected step), in place, as one pass.
@@ -423,6 +426,116 @@ extern "C" __global__ void batch_norm_backward(const T* __restrict__ gy, const T
         gx[i] = ((gp - mean_g) - xhat * mean_gx) * r;
     }
 }
+
+// ---------------------------------------------------------------- depthwise conv (groups = C)
+// y[n, c, ho, wo] = b[c] + sum_{a, bb} x[n, c, ho*sh - pt + a*dh, wo*sw - pl + bb*dw] * w[c, a, bb],
+// taps outside the input skipped (zero padding). A map (N, C, H, W) is read and written in
+// either layout: NCHW (cl = 0) or channels-last (N, H, W, C) in memory (cl = 1), which is how
+// tokens (B, H*W, C) viewed as a map lie. Grid-stride loops: any grid covers the work.
+__device__ __forceinline__ long long map_at(int cl, long long n, int c, int y, int x, int C, int H, int W) {
+    return cl ? ((n * H + y) * W + x) * C + c : ((n * C + c) * H + y) * W + x;
+}
+
+// One thread an output element, y channels-last (N, Ho, Wo, C); taps in the order (a, bb).
+extern "C" __global__ void depthwise_forward(const T* __restrict__ x, const T* __restrict__ w,
+                                             const T* __restrict__ b, T* __restrict__ y,
+                                             const long long N, const int C, const int H, const int W,
+                                             const int Ho, const int Wo, const int kh, const int kw,
+                                             const int sh, const int sw, const int dh, const int dw,
+                                             const int pt, const int pl, const int x_cl, const int has_b) {
+    const long long total = N * Ho * Wo * C;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total;
+         i += (long long)gridDim.x * blockDim.x) {
+        const int c = (int)(i % C);
+        long long r = i / C;
+        const int wo = (int)(r % Wo);
+        r /= Wo;
+        const int ho = (int)(r % Ho);
+        const long long n = r / Ho;
+        T s = 0;
+        for (int a = 0; a < kh; ++a) {
+            const int yy = ho * sh - pt + a * dh;
+            if (yy < 0 || yy >= H) continue;
+            for (int bb = 0; bb < kw; ++bb) {
+                const int xx = wo * sw - pl + bb * dw;
+                if (xx < 0 || xx >= W) continue;
+                s += x[map_at(x_cl, n, c, yy, xx, C, H, W)] * w[(c * kh + a) * kw + bb];
+            }
+        }
+        y[i] = has_b ? s + b[c] : s;
+    }
+}
+
+// dL/dx: one thread an input pixel (in x's layout) gathers the outputs whose taps read it:
+// the tap (a, bb) of output (ty/sh, tx/sw) with ty = y + pt - a*dh, tx = x + pl - bb*dw.
+extern "C" __global__ void depthwise_input_grad(const T* __restrict__ g, const T* __restrict__ w,
+                                                T* __restrict__ gx,
+                                                const long long N, const int C, const int H, const int W,
+                                                const int Ho, const int Wo, const int kh, const int kw,
+                                                const int sh, const int sw, const int dh, const int dw,
+                                                const int pt, const int pl, const int g_cl, const int x_cl) {
+    const long long total = N * C * H * W;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total;
+         i += (long long)gridDim.x * blockDim.x) {
+        int c, y, x;
+        long long n, r = i;
+        if (x_cl) {
+            c = (int)(r % C); r /= C; x = (int)(r % W); r /= W; y = (int)(r % H); n = r / H;
+        } else {
+            x = (int)(r % W); r /= W; y = (int)(r % H); r /= H; c = (int)(r % C); n = r / C;
+        }
+        T s = 0;
+        for (int a = 0; a < kh; ++a) {
+            const int ty = y + pt - a * dh;
+            if (ty < 0 || ty % sh != 0 || ty / sh >= Ho) continue;
+            for (int bb = 0; bb < kw; ++bb) {
+                const int tx = x + pl - bb * dw;
+                if (tx < 0 || tx % sw != 0 || tx / sw >= Wo) continue;
+                s += g[map_at(g_cl, n, c, ty / sh, tx / sw, C, Ho, Wo)] * w[(c * kh + a) * kw + bb];
+            }
+        }
+        gx[i] = s;
+    }
+}
+
+// dL/dw and dL/db as partial sums over chunks of the N*Ho*Wo output positions:
+// part[p, t, c] = sum over the positions l of chunk p (blockIdx.y) of g[l, c] * x[l's tap t, c]
+// for the taps t < kh*kw, and of g[l, c] alone for t = kh*kw (the bias; written when
+// taps_out = kh*kw + 1). Consecutive threads take consecutive channels: coalesced reads
+// of channels-last maps. The caller adds the chunks up.
+extern "C" __global__ void depthwise_param_grads(const T* __restrict__ g, const T* __restrict__ x,
+                                                 T* __restrict__ part,
+                                                 const long long N, const int C, const int H, const int W,
+                                                 const int Ho, const int Wo, const int kh, const int kw,
+                                                 const int sh, const int sw, const int dh, const int dw,
+                                                 const int pt, const int pl, const int g_cl, const int x_cl,
+                                                 const long long chunk, const int taps_out) {
+    const long long L = N * Ho * Wo;
+    const long long lo = (long long)blockIdx.y * chunk;
+    const long long hi = lo + chunk < L ? lo + chunk : L;
+    const int K = kh * kw;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (long long)taps_out * C;
+         i += (long long)gridDim.x * blockDim.x) {
+        const int c = (int)(i % C), t = (int)(i / C);
+        const int a = t / kw, bb = t % kw;
+        T s = 0;
+        for (long long l = lo; l < hi; ++l) {
+            const int wo = (int)(l % Wo);
+            const long long r = l / Wo;
+            const int ho = (int)(r % Ho);
+            const long long n = r / Ho;
+            const T gv = g[map_at(g_cl, n, c, ho, wo, C, Ho, Wo)];
+            if (t == K) {
+                s += gv;
+                continue;
+            }
+            const int yy = ho * sh - pt + a * dh, xx = wo * sw - pl + bb * dw;
+            if (yy < 0 || yy >= H || xx < 0 || xx >= W) continue;
+            s += gv * x[map_at(x_cl, n, c, yy, xx, C, H, W)];
+        }
+        part[((long long)blockIdx.y * taps_out + t) * C + c] = s;
+    }
+}
 """
 
 _WARP_ROWS = 8          # rows (one warp each) per 256-thread block
@@ -777,6 +890,101 @@ def col2im(gcols, x_shape, out_hw, stride, dilation, pad_top_left, channels_last
                      i32(dilation[0]), i32(dilation[1]), i32(pad_top_left[0]), i32(pad_top_left[1]),
                      i32(out_hw[0]), i32(out_hw[1]), i32(bool(channels_last)), gx)
     return gx.transpose(0, 3, 1, 2) if channels_last else gx
+
+
+# =========================================================================== depthwise conv
+# A depthwise conv (groups = C, one filter a channel: PVT v2's Mix-FFN, CvT's projections) through
+# im2col is a batched GEMM of one row per channel over columns that hold every input pixel k·k
+# times, kept for the backward: on an H200 PVT v2's took 28% of a profiled step and its columns
+# the most memory (README, First GPU contact). Here: one thread an output element (forward), one
+# an input pixel (∂x, gathering as col2im does), and the filter and bias gradients as partial sums
+# over chunks of the output positions (one thread a (tap, channel) and chunk), added up after.
+# Maps are read in their own layout, NCHW or channels-last; y is written channels-last.
+_DW_THREADS = 256
+_DW_PARTIAL_THREADS = 1 << 18       # (tap, channel, chunk) threads to aim for in param_grads
+
+
+def _map_layout(a):
+    """(a C-contiguous array holding a's (N, C, H, W) map, 1 if it is channels-last) — a copy,
+    channels-last, only when a is neither NCHW nor channels-last in memory."""
+    xp = backend.get_array_module(a)
+    cl = a.transpose(0, 2, 3, 1)
+    if cl.flags.c_contiguous:
+        return cl, 1
+    if a.flags.c_contiguous:
+        return a, 0
+    return xp.ascontiguousarray(cl), 1
+
+
+def _dw_grid(total: int):
+    return (max(1, min(-(-total // _DW_THREADS), 1 << 20)),), (_DW_THREADS,)
+
+
+def _dw_geometry(x_shape, w_shape, stride, dilation, pads):
+    N, C, H, W = x_shape
+    kh, kw = w_shape[2:]
+    (sh, sw), (dh, dw) = stride, dilation
+    top, bottom, left, right = pads
+    Ho = (H + top + bottom - dh * (kh - 1) - 1) // sh + 1
+    Wo = (W + left + right - dw * (kw - 1) - 1) // sw + 1
+    i32 = np.int32
+    return (Ho, Wo), (np.int64(N), i32(C), i32(H), i32(W), i32(Ho), i32(Wo), i32(kh), i32(kw), i32(sh), i32(sw),
+                      i32(dh), i32(dw), i32(top), i32(left))
+
+
+def depthwise_conv_forward(x, w, b, stride, dilation, pads):
+    """y = depthwise conv of x (N, C, H, W) with w (C, 1, kh, kw) and b (C,) or None, pads (top,
+    bottom, left, right): one kernel. Returns (y as the (N, C, Ho, Wo) view of a channels-last
+    array, the map x as the kernel read it, its layout flag) — the last two for the backward."""
+    xp = backend.get_array_module(x)
+    (Ho, Wo), geo = _dw_geometry(x.shape, w.shape, stride, dilation, pads)
+    xm, x_cl = _map_layout(x)
+    N, C = x.shape[:2]
+    y = xp.empty((N, Ho, Wo, C), dtype=x.dtype)
+    wc = xp.ascontiguousarray(w)
+    grid, block = _dw_grid(y.size)
+    _row_kernel("depthwise_forward", x.dtype.char)(
+        grid, block, (xm, wc, wc if b is None else xp.ascontiguousarray(b), y) + geo
+        + (np.int32(x_cl), np.int32(b is not None)))
+    return y.transpose(0, 3, 1, 2), xm, x_cl
+
+
+def depthwise_conv_backward(gy, xm, x_cl, x_shape, w, stride, dilation, pads, need_x, need_w, need_b):
+    """(∂x in x's layout as an (N, C, H, W) view, or None; ∂w (C, 1, kh, kw) or None; ∂b (C,) or
+    None) of depthwise_conv_forward, from gy (N, C, Ho, Wo) and what the forward returned."""
+    xp = backend.get_array_module(gy)
+    (Ho, Wo), geo = _dw_geometry(x_shape, w.shape, stride, dilation, pads)
+    N, C, H, W = x_shape
+    kh, kw = w.shape[2:]
+    g, g_cl = _map_layout(gy.astype(w.dtype, copy=False))
+    wc = xp.ascontiguousarray(w)
+    gx = gw = gb = None
+    if need_x:
+        gx = xp.empty((N, H, W, C) if x_cl else (N, C, H, W), dtype=w.dtype)
+        grid, block = _dw_grid(gx.size)
+        _row_kernel("depthwise_input_grad", w.dtype.char)(
+            grid, block, (g, wc, gx) + geo + (np.int32(g_cl), np.int32(x_cl)))
+        gx = gx.transpose(0, 3, 1, 2) if x_cl else gx
+    if need_b and not need_w:                                             # frozen filter: a plain sum
+        gb = g.sum(axis=(0, 1, 2) if g_cl else (0, 2, 3))
+    elif need_w:
+        K = kh * kw
+        taps_out = K + 1 if need_b else K
+        L = N * Ho * Wo
+        chunks = max(1, min(L, 1024, _DW_PARTIAL_THREADS // (taps_out * C)))
+        chunk = -(-L // chunks)
+        chunks = -(-L // chunk)
+        part = xp.empty((chunks, taps_out, C), dtype=w.dtype)
+        x_blocks = max(1, min(-(-taps_out * C // _DW_THREADS), 1 << 20))
+        _row_kernel("depthwise_param_grads", w.dtype.char)(
+            (x_blocks, chunks), (_DW_THREADS,),
+            (g, xm, part) + geo + (np.int32(g_cl), np.int32(x_cl), np.int64(chunk),
+                                                   np.int32(taps_out)))
+        sums = part.sum(axis=0)                                           # (taps_out, C)
+        gw = xp.ascontiguousarray(sums[:K].T).reshape(C, 1, kh, kw)
+        if need_b:
+            gb = sums[K]
+    return gx, gw, gb
 
 
 # =========================================================================== cross-entropy

@@ -624,3 +624,83 @@ def _chunk_sums(ins, outs):
 
 emulates("minivit_adamw", elementwise=True)(_adamw(False))
 emulates("minivit_adamw_amsgrad", elementwise=True)(_adamw(True))
+
+
+# =========================================================================== depthwise conv
+def _dw_launch(L: Launch, two_d: bool = False):
+    bx, by, bz = L.block
+    L.require(by == 1 and bz == 1 and L.grid[2] == 1 and (two_d or L.grid[1] == 1),
+              "the depthwise kernels use x of the block and x of the grid (and y for the chunks)")
+
+
+def _dw_map(a, cl, N, C, H, W):
+    """The (N, C, H, W) map a flat array holds, NCHW or channels-last, as fused_cuda's map_at reads it."""
+    a = a[:N * C * H * W]
+    return a.reshape(N, H, W, C).transpose(0, 3, 1, 2) if cl else a.reshape(N, C, H, W)
+
+
+def _dw_taps(n_out, n_in, pad, k, s, d):
+    """For each tap a: (output positions whose tap a reads inside the input, the input rows read)."""
+    for a in range(k):
+        src = np.arange(n_out) * s - pad + a * d
+        ok = (src >= 0) & (src < n_in)
+        yield a, np.nonzero(ok)[0], src[ok]
+
+
+@emulates("depthwise_forward")
+def _depthwise_forward(L, x, w, b, y, N, C, H, W, Ho, Wo, kh, kw, sh, sw, dh, dw, pt, pl, x_cl, has_b):
+    _dw_launch(L)
+    N, C, H, W, Ho, Wo, kh, kw = (int(v) for v in (N, C, H, W, Ho, Wo, kh, kw))
+    for what, a, n in (("x", x, N * C * H * W), ("y", y, N * Ho * Wo * C), ("w", w, C * kh * kw)):
+        _size(L, what, a, n)
+    xm = _dw_map(x, x_cl, N, C, H, W)
+    wt = w[:C * kh * kw].reshape(C, kh, kw)
+    s = np.zeros((N, C, Ho, Wo), dtype=y.dtype)
+    for a, oy, iy in _dw_taps(Ho, H, int(pt), kh, int(sh), int(dh)):          # the C loops' order
+        for bb, ox, ix in _dw_taps(Wo, W, int(pl), kw, int(sw), int(dw)):
+            s[:, :, oy[:, None], ox[None, :]] += xm[:, :, iy[:, None], ix[None, :]] * wt[:, a, bb][None, :, None, None]
+    if has_b:
+        _size(L, "b", b, C)
+        s = s + b[:C][None, :, None, None]
+    y[:N * Ho * Wo * C] = s.transpose(0, 2, 3, 1).reshape(-1)
+
+
+@emulates("depthwise_input_grad")
+def _depthwise_input_grad(L, g, w, gx, N, C, H, W, Ho, Wo, kh, kw, sh, sw, dh, dw, pt, pl, g_cl, x_cl):
+    _dw_launch(L)
+    N, C, H, W, Ho, Wo, kh, kw = (int(v) for v in (N, C, H, W, Ho, Wo, kh, kw))
+    for what, a, n in (("g", g, N * Ho * Wo * C), ("gx", gx, N * C * H * W), ("w", w, C * kh * kw)):
+        _size(L, what, a, n)
+    gm = _dw_map(g, g_cl, N, C, Ho, Wo)
+    wt = w[:C * kh * kw].reshape(C, kh, kw)
+    s = np.zeros((N, C, H, W), dtype=gx.dtype)
+    for a, oy, iy in _dw_taps(Ho, H, int(pt), kh, int(sh), int(dh)):         # each output tap adds onto the
+        for bb, ox, ix in _dw_taps(Wo, W, int(pl), kw, int(sw), int(dw)):    # pixel it read, in tap order
+            s[:, :, iy[:, None], ix[None, :]] += gm[:, :, oy[:, None], ox[None, :]] * wt[:, a, bb][None, :, None, None]
+    gx[:N * C * H * W] = (s.transpose(0, 2, 3, 1) if x_cl else s).reshape(-1)
+
+
+@emulates("depthwise_param_grads")
+def _depthwise_param_grads(L, g, x, part, N, C, H, W, Ho, Wo, kh, kw, sh, sw, dh, dw, pt, pl, g_cl, x_cl, chunk,
+                           taps_out):
+    _dw_launch(L, two_d=True)
+    N, C, H, W, Ho, Wo, kh, kw, chunk, taps_out = (int(v) for v in (N, C, H, W, Ho, Wo, kh, kw, chunk, taps_out))
+    K, n_pos, chunks = kh * kw, N * Ho * Wo, L.grid[1]
+    L.require(taps_out in (K, K + 1), f"taps_out {taps_out}: the {K} taps, and the bias or not")
+    L.require(chunk >= 1 and chunks * chunk >= n_pos, f"{chunks} chunks of {chunk} positions cover "
+              f"{chunks * chunk} of {n_pos}")
+    for what, a, n in (("g", g, n_pos * C), ("x", x, N * C * H * W), ("part", part, chunks * taps_out * C)):
+        _size(L, what, a, n)
+    gm = _dw_map(g, g_cl, N, C, Ho, Wo)
+    xm = _dw_map(x, x_cl, N, C, H, W)
+    prods = np.zeros((taps_out, N, Ho, Wo, C), dtype=part.dtype)            # each tap's g·x per position
+    for a, oy, iy in _dw_taps(Ho, H, int(pt), kh, int(sh), int(dh)):
+        for bb, ox, ix in _dw_taps(Wo, W, int(pl), kw, int(sw), int(dw)):
+            t = (gm[:, :, oy[:, None], ox[None, :]] * xm[:, :, iy[:, None], ix[None, :]]).transpose(0, 2, 3, 1)
+            prods[a * kw + bb][:, oy[:, None], ox[None, :]] = t
+    if taps_out == K + 1:
+        prods[K] = gm.transpose(0, 2, 3, 1)
+    prods = prods.reshape(taps_out, n_pos, C)
+    out = part[:chunks * taps_out * C].reshape(chunks, taps_out, C)
+    for p in range(chunks):
+        out[p] = prods[:, p * chunk:(p + 1) * chunk].sum(axis=1)
