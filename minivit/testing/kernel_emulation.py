@@ -647,20 +647,31 @@ def _dw_taps(n_out, n_in, pad, k, s, d):
         yield a, np.nonzero(ok)[0], src[ok]
 
 
+def _dw_pairs(Ho, Wo, H, W, kh, kw, sh, sw, dh, dw, pt, pl):
+    """(a, bb, output rows, output columns, input rows, input columns) of every tap, in the C
+    loops' order (a, then bb), as index arrays ready for an open-mesh gather."""
+    for a, oy, iy in _dw_taps(Ho, H, int(pt), kh, int(sh), int(dh)):
+        for bb, ox, ix in _dw_taps(Wo, W, int(pl), kw, int(sw), int(dw)):
+            yield a, bb, (oy[:, None], ox[None, :]), (iy[:, None], ix[None, :])
+
+
+def _dw_check(L, sizes, **arrays):
+    """The launch's shape, and each named array at least as large as the kernel reads it."""
+    for what, a in arrays.items():
+        _size(L, what, a, sizes[what])
+
+
 @emulates("depthwise_forward")
 def _depthwise_forward(L, x, w, b, y, N, C, H, W, Ho, Wo, kh, kw, sh, sw, dh, dw, pt, pl, x_cl, has_b):
     _dw_launch(L)
     N, C, H, W, Ho, Wo, kh, kw = (int(v) for v in (N, C, H, W, Ho, Wo, kh, kw))
-    for what, a, n in (("x", x, N * C * H * W), ("y", y, N * Ho * Wo * C), ("w", w, C * kh * kw)):
-        _size(L, what, a, n)
-    xm = _dw_map(x, x_cl, N, C, H, W)
-    wt = w[:C * kh * kw].reshape(C, kh, kw)
+    _dw_check(L, {"x": N * C * H * W, "y": N * Ho * Wo * C, "w": C * kh * kw, "b": C},
+              x=x, y=y, w=w, **({"b": b} if has_b else {}))
+    xm, wt = _dw_map(x, x_cl, N, C, H, W), w[:C * kh * kw].reshape(C, kh, kw)
     s = np.zeros((N, C, Ho, Wo), dtype=y.dtype)
-    for a, oy, iy in _dw_taps(Ho, H, int(pt), kh, int(sh), int(dh)):          # the C loops' order
-        for bb, ox, ix in _dw_taps(Wo, W, int(pl), kw, int(sw), int(dw)):
-            s[:, :, oy[:, None], ox[None, :]] += xm[:, :, iy[:, None], ix[None, :]] * wt[:, a, bb][None, :, None, None]
+    for a, bb, out, src in _dw_pairs(Ho, Wo, H, W, kh, kw, sh, sw, dh, dw, pt, pl):
+        s[(slice(None), slice(None)) + out] += xm[(slice(None), slice(None)) + src] * wt[:, a, bb][None, :, None, None]
     if has_b:
-        _size(L, "b", b, C)
         s = s + b[:C][None, :, None, None]
     y[:N * Ho * Wo * C] = s.transpose(0, 2, 3, 1).reshape(-1)
 
@@ -669,15 +680,12 @@ def _depthwise_forward(L, x, w, b, y, N, C, H, W, Ho, Wo, kh, kw, sh, sw, dh, dw
 def _depthwise_input_grad(L, g, w, gx, N, C, H, W, Ho, Wo, kh, kw, sh, sw, dh, dw, pt, pl, g_cl, x_cl):
     _dw_launch(L)
     N, C, H, W, Ho, Wo, kh, kw = (int(v) for v in (N, C, H, W, Ho, Wo, kh, kw))
-    for what, a, n in (("g", g, N * Ho * Wo * C), ("gx", gx, N * C * H * W), ("w", w, C * kh * kw)):
-        _size(L, what, a, n)
-    gm = _dw_map(g, g_cl, N, C, Ho, Wo)
-    wt = w[:C * kh * kw].reshape(C, kh, kw)
+    _dw_check(L, {"g": N * Ho * Wo * C, "gx": N * C * H * W, "w": C * kh * kw}, g=g, gx=gx, w=w)
+    gm, wt = _dw_map(g, g_cl, N, C, Ho, Wo), w[:C * kh * kw].reshape(C, kh, kw)
     s = np.zeros((N, C, H, W), dtype=gx.dtype)
-    for a, oy, iy in _dw_taps(Ho, H, int(pt), kh, int(sh), int(dh)):         # each output tap adds onto the
-        for bb, ox, ix in _dw_taps(Wo, W, int(pl), kw, int(sw), int(dw)):    # pixel it read, in tap order
-            s[:, :, iy[:, None], ix[None, :]] += gm[:, :, oy[:, None], ox[None, :]] * wt[:, a, bb][None, :, None, None]
-    gx[:N * C * H * W] = (s.transpose(0, 2, 3, 1) if x_cl else s).reshape(-1)
+    for a, bb, out, src in _dw_pairs(Ho, Wo, H, W, kh, kw, sh, sw, dh, dw, pt, pl):   # each tap adds onto
+        s[(slice(None), slice(None)) + src] += gm[(slice(None), slice(None)) + out] * wt[:, a, bb][None, :, None, None]
+    gx[:N * C * H * W] = (s.transpose(0, 2, 3, 1) if x_cl else s).reshape(-1)      # the pixel it read
 
 
 @emulates("depthwise_param_grads")
@@ -689,15 +697,12 @@ def _depthwise_param_grads(L, g, x, part, N, C, H, W, Ho, Wo, kh, kw, sh, sw, dh
     L.require(taps_out in (K, K + 1), f"taps_out {taps_out}: the {K} taps, and the bias or not")
     L.require(chunk >= 1 and chunks * chunk >= n_pos, f"{chunks} chunks of {chunk} positions cover "
               f"{chunks * chunk} of {n_pos}")
-    for what, a, n in (("g", g, n_pos * C), ("x", x, N * C * H * W), ("part", part, chunks * taps_out * C)):
-        _size(L, what, a, n)
-    gm = _dw_map(g, g_cl, N, C, Ho, Wo)
-    xm = _dw_map(x, x_cl, N, C, H, W)
+    _dw_check(L, {"g": n_pos * C, "x": N * C * H * W, "part": chunks * taps_out * C}, g=g, x=x, part=part)
+    gm, xm = _dw_map(g, g_cl, N, C, Ho, Wo), _dw_map(x, x_cl, N, C, H, W)
     prods = np.zeros((taps_out, N, Ho, Wo, C), dtype=part.dtype)            # each tap's g·x per position
-    for a, oy, iy in _dw_taps(Ho, H, int(pt), kh, int(sh), int(dh)):
-        for bb, ox, ix in _dw_taps(Wo, W, int(pl), kw, int(sw), int(dw)):
-            t = (gm[:, :, oy[:, None], ox[None, :]] * xm[:, :, iy[:, None], ix[None, :]]).transpose(0, 2, 3, 1)
-            prods[a * kw + bb][:, oy[:, None], ox[None, :]] = t
+    for a, bb, out, src in _dw_pairs(Ho, Wo, H, W, kh, kw, sh, sw, dh, dw, pt, pl):
+        t = gm[(slice(None), slice(None)) + out] * xm[(slice(None), slice(None)) + src]   # (N, C, oy, ox)
+        prods[a * kw + bb][(slice(None),) + out] = t.transpose(0, 2, 3, 1)
     if taps_out == K + 1:
         prods[K] = gm.transpose(0, 2, 3, 1)
     prods = prods.reshape(taps_out, n_pos, C)
