@@ -254,3 +254,55 @@ def test_scatter_add_counts_as_one_launch(cp):
         backend.scatter_add(a, idx, cp.ones(3, dtype=np.float32))
     assert [k for _, _, k in log].count("op") == 2, log           # the ones, the scatter
     np.testing.assert_array_equal(a.get(), [1, 0, 2, 0, 0])
+
+
+def test_memory_pool_counts_live_device_arrays_and_their_peak(cp):
+    """The pool's used bytes are the live device buffers' (views and wrappers add nothing), its total
+    the peak since free_all_blocks, as CuPy's pool keeps freed blocks."""
+    import gc
+    pool = cp.get_default_memory_pool()
+    gc.collect()
+    pool.free_all_blocks()
+    used0, total0 = pool.used_bytes(), pool.total_bytes()
+    a = cp.ones((250, 1000), dtype=np.float32)                    # 1 MB
+    v = a.T[::2]                                                  # a view: no memory of its own
+    b = a * 2                                                     # a new buffer
+    assert pool.used_bytes() - used0 == 2_000_000 and v.base is a
+    del b
+    gc.collect()
+    assert pool.used_bytes() - used0 == 1_000_000
+    assert pool.total_bytes() - total0 == 2_000_000               # the peak stays until the pool is emptied
+    pool.free_all_blocks()
+    assert pool.total_bytes() == pool.used_bytes() == used0 + 1_000_000
+    del a, v
+    gc.collect()
+    assert pool.used_bytes() == used0
+    assert cp.get_default_pinned_memory_pool().total_bytes() == 0
+
+
+def test_depthwise_kernels_hold_no_columns(cp):
+    """The depthwise conv's GPU kernels keep the input, not im2col's k·k copies of it: the peak
+    device memory of a forward and backward is a fraction of the im2col path's."""
+    import gc
+    import minivit.functional as F
+    from minivit.autograd import Tensor
+    from minivit.functional.conv import Conv2d
+    pool = cp.get_default_memory_pool()
+    rng = np.random.default_rng(0)
+    x_np, w_np = rng.standard_normal((8, 64, 16, 16)).astype(np.float32), rng.standard_normal((64, 1, 3, 3))
+    peaks = {}
+    for kernels in (True, False):
+        Conv2d.depthwise_fast_path = kernels
+        try:
+            x = Tensor(cp.asarray(x_np), requires_grad=True)
+            w = Tensor(cp.asarray(w_np.astype(np.float32)), requires_grad=True)
+            gc.collect()
+            pool.free_all_blocks()
+            base = pool.total_bytes()
+            y = F.conv2d(x, w, padding=1, groups=64)
+            y.backward(cp.ones(y.shape, dtype=np.float32))
+            peaks[kernels] = pool.total_bytes() - base
+            del x, w, y
+        finally:
+            Conv2d.depthwise_fast_path = True
+    assert peaks[True] <= 0.4 * peaks[False], peaks

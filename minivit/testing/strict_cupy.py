@@ -189,7 +189,45 @@ def _wrap(a: np.ndarray) -> "ndarray":
     d._a = a
     if a.base is None:                          # owns its memory: the one that views' ``base`` names
         _owners[id(a)] = d
+    _track(a)
     return d
+
+
+# Device memory: the bytes of the live NumPy arrays that own device arrays' memory, and the
+# largest that total has reached since the pool was last emptied, which is what CuPy's memory
+# pool holds (freed blocks stay cached): cupy.get_default_memory_pool().total_bytes() reads it.
+_mem = {"live": 0, "peak": 0}
+_tracked: set = set()
+
+
+def _track(a: np.ndarray):
+    while isinstance(a.base, np.ndarray):       # the buffer's owner (a view of a temporary holds it)
+        a = a.base
+    if a.base is not None or id(a) in _tracked:
+        return
+    _tracked.add(id(a))
+    _mem["live"] += a.nbytes
+    _mem["peak"] = max(_mem["peak"], _mem["live"])
+    weakref.finalize(a, _untrack, id(a), a.nbytes)
+
+
+def _untrack(key: int, nbytes: int):
+    _tracked.discard(key)
+    _mem["live"] -= nbytes
+
+
+def memory_live_bytes() -> int:
+    """Bytes of the device arrays alive now (their owning buffers)."""
+    return _mem["live"]
+
+
+def memory_reset_peak() -> None:
+    """The pool emptied of cached blocks: the peak starts again from what is alive."""
+    _mem["peak"] = _mem["live"]
+
+
+def memory_peak_bytes() -> int:
+    return _mem["peak"]
 
 
 # The device array that owns each NumPy array's memory, so that ``view.base`` is that array
@@ -470,6 +508,7 @@ class ndarray:
         if memptr is not None or strides is not None:
             raise StandinError("cupy.ndarray(memptr=..., strides=...) is not emulated")
         self._a = _poison(np.empty(shape, dtype=dtype, order=order))
+        _track(self._a)
 
     # ---- attributes (host metadata: no sync)
     shape = property(lambda self: self._a.shape, lambda self, s: setattr(self._a, "shape", s))
