@@ -197,23 +197,29 @@ def _wrap(a: np.ndarray) -> "ndarray":
 # largest that total has reached since the pool was last emptied, which is what CuPy's memory
 # pool holds (freed blocks stay cached): cupy.get_default_memory_pool().total_bytes() reads it.
 _mem = {"live": 0, "peak": 0}
-_tracked: set = set()
+_tracked: set = set()                           # id() of the owning NumPy arrays alive
+_refs: dict = {}                                # id(weakref) -> (the weakref, id(owner), its bytes)
 
 
 def _track(a: np.ndarray):
     while isinstance(a.base, np.ndarray):       # the buffer's owner (a view of a temporary holds it)
         a = a.base
-    if a.base is not None or id(a) in _tracked:
+    key = id(a)
+    if a.base is not None or key in _tracked:
         return
-    _tracked.add(id(a))
-    _mem["live"] += a.nbytes
-    _mem["peak"] = max(_mem["peak"], _mem["live"])
-    weakref.finalize(a, _untrack, id(a), a.nbytes)
+    n = a.nbytes
+    ref = weakref.ref(a, _untrack)              # (a weakref is cheaper than weakref.finalize)
+    _refs[id(ref)] = (ref, key, n)
+    _tracked.add(key)
+    live = _mem["live"] = _mem["live"] + n
+    if live > _mem["peak"]:
+        _mem["peak"] = live
 
 
-def _untrack(key: int, nbytes: int):
+def _untrack(ref):
+    _, key, n = _refs.pop(id(ref))
     _tracked.discard(key)
-    _mem["live"] -= nbytes
+    _mem["live"] -= n
 
 
 def memory_live_bytes() -> int:
