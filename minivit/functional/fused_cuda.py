@@ -975,11 +975,10 @@ def depthwise_conv_backward(gy, xm, x_cl, x_shape, w, stride, dilation, pads, ne
         chunk = -(-L // chunks)
         chunks = -(-L // chunk)
         part = xp.empty((chunks, taps_out, C), dtype=w.dtype)
-        x_blocks = max(1, min(-(-taps_out * C // _DW_THREADS), 1 << 20))
+        grid, block = _dw_grid(taps_out * C)                              # grid.y: the chunks
         _row_kernel("depthwise_param_grads", w.dtype.char)(
-            (x_blocks, chunks), (_DW_THREADS,),
-            (g, xm, part) + geo + (np.int32(g_cl), np.int32(x_cl), np.int64(chunk),
-                                                   np.int32(taps_out)))
+            grid + (chunks,), block,
+            (g, xm, part) + geo + (np.int32(g_cl), np.int32(x_cl), np.int64(chunk), np.int32(taps_out)))
         sums = part.sum(axis=0)                                           # (taps_out, C)
         gw = xp.ascontiguousarray(sums[:K].T).reshape(C, 1, kh, kw)
         if need_b:
