@@ -96,3 +96,17 @@ def test_the_readmes_gpu_sweep_table_is_the_scripts_output():
                          capture_output=True, text=True, check=True).stdout.strip()
     assert out.count("\n") == 1 + len(json.loads(path.read_text())["results"])
     assert out in README, "the README's GPU sweep table differs from benchmarks/sweep_table.py's output"
+
+
+@pytest.mark.parametrize("label", ["first-contact", "gpu"])
+def test_the_readmes_gpu_benchmark_tables_are_the_scripts_output(label):
+    import subprocess
+    import sys
+    if not any(r["label"] == label for p in (REPO / "benchmarks").glob("cuda_*_b256_*.json")
+               for r in json.loads(p.read_text())["records"]):
+        pytest.skip(f"no GPU records labelled {label} committed")
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "cuda_table.py"), "--label", label],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    assert out.count("\n") >= 2, out
+    assert out in README, f"the README's GPU table ({label}) differs from benchmarks/cuda_table.py's output"
+    assert "python benchmarks/cuda_table.py --label" in README, "the README must name the table's command"
