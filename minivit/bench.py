@@ -67,6 +67,7 @@ import minivit.models
 from minivit.models.registry import parse_model_kwargs
 from minivit import amp, backend, blas, cli
 from minivit.autograd import Tensor, no_grad
+from minivit.functional import fused_cpu
 from minivit.optim import AdamW
 
 # --precision → the dtype of the parameters, inputs and optimizer state (fp16 keeps float32
@@ -695,7 +696,8 @@ def run(args, log=print) -> dict:
         f"{device} ({backend.device_name(device)}), {args.precision}, threads: BLAS {blas}, "
         f"minivit {backend.get_num_threads()}"
         + (f", torch {torch.get_num_threads()}" if torch is not None else "")
-        + (f"; load average {load_before[0]:.2f}" if load_before else ""))
+        + (f"; load average {load_before[0]:.2f}" if load_before else "")
+        + (f"; compiled CPU kernels {fused_cpu.status().split(' (')[0]}" if device == "cpu" else ""))
     if torch_desc:
         log(f"PyTorch twin: {torch_desc}, same weights (eval logits agree to {logit_check['max_abs_diff']:.2g})")
 
@@ -780,6 +782,7 @@ def run(args, log=print) -> dict:
         "load_average": {"before": load_before, "after": load_after},
         "background_cpus": background,
         "malloc": getattr(minivit.backend, "malloc_settings", None),
+        "fused_cpu": fused_cpu.status() if device == "cpu" else None,
         "timing": ("median of the timed steps, taken in rounds of one block per side (warm-up steps first in "
                    "every block); GPU synchronised before each clock read"),
         "versions": _versions(),

@@ -3,7 +3,8 @@ reference gives (the fast path switched off), and no op may write into its input
 gradient it is handed (the fast paths work in place on arrays they made themselves).
 
 * GELU (exact, float32, CPU): Φ from a rational erfc instead of SciPy's erf; dy/dx saved.
-* Conv2d, depthwise (CPU): one einsum over strided windows instead of im2col.
+* Conv2d, depthwise (CPU): one einsum over strided windows instead of im2col (float64; float32 takes
+  the compiled loops where they build: tests/test_fused_cpu.py).
 * Conv2d, groups = 1, channels-last input (CPU): channels-last columns (L, K) and output; padding,
   im2col and col2im in pieces of the batch on threads.
 * BatchNorm (CPU, float32/float64, (N, C, ...)): per-channel sums from pieces of the batch on
@@ -20,6 +21,7 @@ import minivit.functional as F
 from minivit import Tensor, backend
 from minivit.autograd import Function
 from minivit.functional.activation import GELU, _gelu_float32
+from minivit.functional import fused_cpu
 from minivit.functional.conv import Conv2d
 from minivit.functional.norm import BatchNorm
 from minivit.functional.activation import ReLU
@@ -152,8 +154,9 @@ def test_depthwise_fast_path_is_taken_and_skips_unwanted_grads():
     rng = np.random.default_rng(5)
     x = Tensor(rng.standard_normal((2, 4, 6, 6)).astype(np.float32), requires_grad=True)
     w = Tensor(rng.standard_normal((4, 1, 3, 3)).astype(np.float32))          # frozen weight
-    y = F.conv2d(x, w, padding=1, groups=4)
-    assert y._ctx.depthwise and y._ctx.xpad is None                           # no input kept for ∂W
+    with fused_cpu.use_fused(False):                  # the einsum path (float32 otherwise takes the C loops)
+        y = F.conv2d(x, w, padding=1, groups=4)
+    assert y._ctx.depthwise is True and y._ctx.xpad is None                   # no input kept for ∂W
     assert y.dtype == np.float32
     y.backward(np.ones(y.shape, dtype=np.float32))
     assert x.grad.shape == x.shape and x.grad.dtype == np.float32 and w.grad is None

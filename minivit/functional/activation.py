@@ -11,7 +11,7 @@ import numpy as np
 
 from minivit import amp, backend
 from minivit.autograd import Function
-from minivit.functional import fused_cuda
+from minivit.functional import fused_cpu, fused_cuda
 
 get_array_module = backend.get_array_module
 
@@ -99,7 +99,10 @@ class GELU(Function):
             return fused_cuda.gelu_forward(x, self.approximate)
         if self.approximate == "none" and self.fast_path and x.dtype == np.float32 \
                 and backend.device_of(x) == "cpu":
-            y, self.dydx = _gelu_float32(x, with_grad=self.needs_grad[0])
+            if fused_cpu.applies(x):                        # the same formulas, compiled: one pass
+                y, self.dydx = fused_cpu.gelu_forward(x, with_grad=self.needs_grad[0])
+            else:
+                y, self.dydx = _gelu_float32(x, with_grad=self.needs_grad[0])
             return y
         self.x = x
         if self.approximate == "tanh":

@@ -32,7 +32,7 @@ import numpy as np
 
 from minivit import amp, backend
 from minivit.autograd import Function, Tensor, is_grad_enabled
-from minivit.functional import fused_cuda
+from minivit.functional import fused_cpu, fused_cuda
 from minivit.functional.basic import squeeze, unsqueeze
 from minivit.functional.linear import add_bias_
 
@@ -150,6 +150,10 @@ class Conv2d(Function):
         N, C, H, W = x.shape
         O, Cg, kh, kw = w.shape
         if self.depthwise_fast_path and Cg == 1 and O == self.groups and backend.device_of(x) == "cpu":
+            if x.dtype == np.float32 and fused_cpu.applies(w, *(() if b is None else (b,))):
+                # float32: the compiled loops (fused_cpu.depthwise_conv_*), no padded copy
+                self.depthwise = "cpu"
+                return self._depthwise_compiled_forward(x, w, b)
             self.depthwise = True
             return self._depthwise_forward(x, w, b)
         if self.depthwise_fast_path and Cg == 1 and O == self.groups and fused_cuda.applies(x, w, *(() if b is None else (b,))):
@@ -193,6 +197,8 @@ class Conv2d(Function):
                 gy, xm, x_cl, x_shape, w, self.stride, self.dilation, self.pads, self.needs_grad[0],
                 self.needs_grad[1], has_b and self.needs_grad[2])
             return (gx, gw) if not has_b else (gx, gw, gb)
+        if self.depthwise == "cpu":
+            return self._depthwise_compiled_backward(gy)
         if self.depthwise:
             return self._depthwise_backward(gy)
         if self.channels_last:
@@ -408,6 +414,31 @@ class Conv2d(Function):
         # ∂L/∂b: column sums of the (N·Ho·Wo, C) gradient as one BLAS product
         gb = xp.ones(N * Ho * Wo, dtype=g.dtype) @ g.reshape(-1, C) if self.needs_grad[2] else None
         return gx, gw, gb
+
+
+    def _depthwise_compiled_forward(self, x, w, b):
+        """The same conv by fused_cpu's C loops: channels-last, the padding skipped, not copied."""
+        N, C, H, W = x.shape
+        kh, kw = w.shape[2:]
+        top, bottom, left, right = self.pads
+        out_hw = (_out_size(H, kh, self.stride[0], top, bottom, self.dilation[0]),
+                  _out_size(W, kw, self.stride[1], left, right, self.dilation[1]))
+        x_cl = np.ascontiguousarray(x.transpose(0, 2, 3, 1))                     # (N, H, W, C): a view for tokens
+        taps = np.ascontiguousarray(w.reshape(C, kh, kw).transpose(1, 2, 0))      # (kh, kw, C)
+        y = fused_cpu.depthwise_conv_forward(x_cl, taps, b, out_hw, self.stride, self.dilation, self.pads)
+        self.dw_saved = (x_cl if self.keep_cols else None, x_cl.shape, taps, b is not None)   # x only for ∂W
+        return y.transpose(0, 3, 1, 2)                                           # (N, C, Ho, Wo), a view
+
+    def _depthwise_compiled_backward(self, gy):
+        x_cl, x_shape, taps, has_b = self.dw_saved
+        C, (kh, kw) = x_shape[3], taps.shape[:2]
+        g = np.ascontiguousarray(gy.transpose(0, 2, 3, 1), dtype=np.float32)     # channels last
+        gx, gt, gb = fused_cpu.depthwise_conv_backward(g, x_cl, x_shape, taps, self.stride, self.dilation, self.pads,
+                                                       self.needs_grad[0], self.needs_grad[1],
+                                                       has_b and self.needs_grad[2])
+        gx = None if gx is None else gx.transpose(0, 3, 1, 2)                   # (N, C, H, W), a view
+        gw = None if gt is None else np.ascontiguousarray(gt.transpose(2, 0, 1)).reshape(C, 1, kh, kw)
+        return (gx, gw, gb) if has_b else (gx, gw)
 
 
 def _zero_frame(a, pads):

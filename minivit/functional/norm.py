@@ -18,7 +18,7 @@ import math
 from minivit import amp, backend
 from minivit.autograd import Function, Tensor
 from minivit.backend import get_array_module
-from minivit.functional import fused_cuda
+from minivit.functional import fused_cpu, fused_cuda
 
 
 def _normalise_backward(gxhat, xhat, rstd, axes):
@@ -37,13 +37,14 @@ class LayerNorm(Function):
 
     # On the GPU: fused kernels (fused_cuda.layer_norm_forward / layer_norm_backward), one
     # warp or block per row. They keep the row means and 1/σ, as PyTorch does, instead of
-    # x̂, and rebuild x̂ from x in backward. False: always this reference code.
+    # x̂, and rebuild x̂ from x in backward. On the CPU, float32: compiled kernels of the same
+    # shape (fused_cpu.layer_norm_*), a row at a time. False: always this reference code.
     fast_path = True
 
     def __init__(self, n_dims, eps, has_weight, has_bias):
         self.n_dims, self.eps = n_dims, eps
         self.has_weight, self.has_bias = has_weight, has_bias
-        self.fused = False
+        self.fused = self.fused_cpu = False
 
     def forward(self, x, *params):
         w = params[0] if self.has_weight else None
@@ -55,6 +56,10 @@ class LayerNorm(Function):
         if self.fast_path and x.size and fused_cuda.applies(x, *params):
             y, self.mean, self.rstd = fused_cuda.layer_norm_forward(x2, w, b, self.eps)
             self.fused, self.x2, self.w = True, x2, w
+            return y.reshape(x.shape)
+        if self.fast_path and x.size and fused_cpu.applies(x2, *params):   # on the CPU: compiled rows
+            y, self.mean, self.rstd = fused_cpu.layer_norm_forward(x2, w, b, self.eps)
+            self.fused_cpu, self.x2, self.w = True, x2, w
             return y.reshape(x.shape)
         # Row means as matrix-vector products: BLAS is several times faster than
         # NumPy's mean over a short last axis (D = 64 in Swin's first stage).
@@ -85,7 +90,7 @@ class LayerNorm(Function):
         return y.reshape(x.shape)
 
     def backward(self, gy):
-        if self.fused:
+        if self.fused or self.fused_cpu:
             return self._fused_backward(gy)
         xp = get_array_module(gy)
         g2 = gy.reshape(self.xhat.shape)                           # (M, D)
@@ -125,9 +130,14 @@ class LayerNorm(Function):
         """backward's gradients from the fused kernels (the forward took them too)."""
         want_w = self.has_weight and self.needs_grad[1]
         want_b = self.has_bias and self.needs_grad[-1]
-        gx, gw, gb = fused_cuda.layer_norm_backward(gy.reshape(self.x2.shape), self.x2, self.w,
-                                                    self.mean, self.rstd, need_x=self.needs_grad[0],
-                                                    need_params=want_w or want_b)
+        if self.fused_cpu:
+            gx, gw, gb = fused_cpu.layer_norm_backward(gy.reshape(self.x2.shape), self.x2, self.w, self.mean,
+                                                       self.rstd, need_x=self.needs_grad[0], need_w=want_w,
+                                                       need_b=want_b)
+        else:
+            gx, gw, gb = fused_cuda.layer_norm_backward(gy.reshape(self.x2.shape), self.x2, self.w,
+                                                        self.mean, self.rstd, need_x=self.needs_grad[0],
+                                                        need_params=want_w or want_b)
         pshape = self.shape[len(self.shape) - self.n_dims:]
         grads = [None if gx is None else gx.reshape(self.shape)]
         if self.has_weight:
