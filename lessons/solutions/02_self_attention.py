@@ -34,3 +34,8 @@ def softmax_entropy(S):
     P = np.exp(S - S.max(-1, keepdims=True))         # a stable softmax, row by row
     P /= P.sum(-1, keepdims=True)
     return float(-(P * np.log(P + 1e-30)).sum(-1).mean())
+
+
+# Exercise 5: softmax_vjp
+def softmax_vjp(A, dA):
+    return A * (dA - (dA * A).sum(-1, keepdims=True))     # A ⊙ (dA − rowsum(dA ⊙ A))
