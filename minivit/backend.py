@@ -10,6 +10,7 @@ Devices are named as in PyTorch: ``"cpu"`` and ``"cuda"``.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import os
@@ -405,6 +406,18 @@ def cuda_raw_kernel(code: str, name: str, options: tuple = ()):
 # Each piece writes its own slice of an output the calling thread made, so no piece waits
 # for another. BLAS calls stay outside the pieces: OpenBLAS already has its own threads.
 _threads = {"n": None, "pool": [], "pid": None}     # pool: the workers' inboxes (_workers)
+
+
+@contextlib.contextmanager
+def switched(owner, name: str, on: bool):
+    """``owner.name = bool(on)`` inside a ``with`` block, the old value put back after (the fused
+    kernels' ``use_fused``: tests compare an op with its fast path on and off)."""
+    previous = getattr(owner, name)
+    setattr(owner, name, bool(on))
+    try:
+        yield
+    finally:
+        setattr(owner, name, previous)
 
 
 def get_num_threads() -> int:

@@ -90,6 +90,25 @@ def test_gelu_op_takes_the_kernel_and_its_gradient_matches():
         np.testing.assert_allclose(gx_on, gx_off * 1.001, rtol=1e-6, atol=1e-6)
 
 
+@needs_kernels
+def test_gelu_kernel_takes_any_dense_layout_and_keeps_it():
+    """An (N, C, H, W) view of channels-last memory (a conv's output on the CPU) goes through the kernel
+    as it lies, and y and dy/dx come out in that layout; a strided (not dense) view runs the NumPy code."""
+    x = np.ascontiguousarray(np.random.default_rng(4).standard_normal((2, 5, 6, 3)).astype(np.float32) * 3)
+    view = x.transpose(0, 3, 1, 2)                                           # (2, 3, 5, 6), channels-last
+    assert fused_cpu.applies(view, any_layout=True) and not fused_cpu.applies(view)
+    y, d = fused_cpu.gelu_forward(view)
+    assert y.strides == view.strides and d.strides == view.strides
+    y_np, d_np = _gelu_float32(np.ascontiguousarray(view))
+    np.testing.assert_allclose(y, y_np, rtol=0, atol=4 * 2 ** -23 * 9)
+    np.testing.assert_allclose(d, d_np, rtol=0, atol=4 * 2 ** -23)
+    assert not fused_cpu.applies(x[:, ::2], any_layout=True)                 # every other row: not dense
+    g = np.random.default_rng(5).standard_normal(view.shape)
+    (y_on, (gx_on,), _), (y_off, (gx_off,), _) = (_run(F.gelu, [view], g, fused=f) for f in (True, False))
+    np.testing.assert_allclose(y_on, y_off, rtol=0, atol=4e-7 * 9)
+    np.testing.assert_allclose(gx_on, gx_off, rtol=1e-6, atol=1e-6)
+
+
 # =========================================================================== layer norm
 @needs_kernels
 @pytest.mark.parametrize("rows,d", [(1, 1), (5, 7), (40, 8), (300, 33), (2000, 64), (17, 1000)])

@@ -99,7 +99,7 @@ class GELU(Function):
             return fused_cuda.gelu_forward(x, self.approximate)
         if self.approximate == "none" and self.fast_path and x.dtype == np.float32 \
                 and backend.device_of(x) == "cpu":
-            if fused_cpu.applies(x):                        # the same formulas, compiled: one pass
+            if fused_cpu.applies(x, any_layout=True):       # the same formulas, compiled: one pass
                 y, self.dydx = fused_cpu.gelu_forward(x, with_grad=self.needs_grad[0])
             else:
                 y, self.dydx = _gelu_float32(x, with_grad=self.needs_grad[0])

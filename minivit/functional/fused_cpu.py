@@ -28,13 +28,13 @@ GELU and LayerNorm turns off this and the GPU's kernels together.
 """
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import functools
 import hashlib
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -46,15 +46,9 @@ enabled = os.environ.get("MINIVIT_FUSED_CPU", "1") != "0"
 """Whether CPU ops use these kernels (the default, where they build), or their NumPy code."""
 
 
-@contextlib.contextmanager
 def use_fused(on: bool):
     """Switch the compiled kernels on or off inside a ``with`` block (tests compare the two)."""
-    global enabled
-    previous, enabled = enabled, bool(on)
-    try:
-        yield
-    finally:
-        enabled = previous
+    return backend.switched(sys.modules[__name__], "enabled", on)
 
 
 SOURCE = r"""
@@ -322,11 +316,21 @@ def status() -> str:
     return _build["status"]
 
 
-def applies(*arrays) -> bool:
+def applies(*arrays, any_layout=False) -> bool:
     """True when these kernels should take these arrays: switched on, built, every array a
-    C-contiguous float32 NumPy array."""
-    return (enabled and all(type(a) is np.ndarray and a.dtype == np.float32 and a.flags.c_contiguous
-                            for a in arrays) and available())          # (not a GPU stand-in's subclass)
+    C-contiguous float32 NumPy array (``any_layout``: dense in memory in any order of its axes, such
+    as an (N, C, H, W) view of channels-last memory; for the elementwise GELU)."""
+    def dense(a):
+        return _memory_order(a) is not None if any_layout else a.flags.c_contiguous
+    return (enabled and all(type(a) is np.ndarray and a.dtype == np.float32 and dense(a) for a in arrays)
+            and available())                                           # (not a GPU stand-in's subclass)
+
+
+def _memory_order(a):
+    """The axes of ``a`` from the largest stride to the smallest, where ``a`` fills its memory
+    densely in that order (so ``a.transpose(order).reshape(-1)`` is a view); else None."""
+    order = tuple(int(i) for i in np.argsort([-abs(st) for st in a.strides], kind="stable"))
+    return order if a.transpose(order).flags.c_contiguous else None
 
 
 def _ptr(a):
@@ -337,11 +341,13 @@ _BLOCK = 1 << 16     # elements: pieces smaller than this stay on the calling th
 
 
 def gelu_forward(x, with_grad=True):
-    """(x·Φ(x), Φ(x) + x·φ(x) or None) for a C-contiguous float32 array."""
+    """(x·Φ(x), Φ(x) + x·φ(x) or None) for a float32 array dense in any layout; both come out in
+    x's layout."""
     lib = _library()
-    y = np.empty_like(x)
+    order = _memory_order(x)
+    y = np.empty_like(x)                                   # (empty_like keeps a dense array's strides)
     d = np.empty_like(x) if with_grad else None
-    fx, fy, fd = x.reshape(-1), y.reshape(-1), None if d is None else d.reshape(-1)
+    fx, fy, fd = (None if a is None else a.transpose(order).reshape(-1) for a in (x, y, d))
 
     def piece(lo, hi):
         lib.mv_gelu_forward(_ptr(fx[lo:]), _ptr(fy[lo:]), None if fd is None else _ptr(fd[lo:]), hi - lo)

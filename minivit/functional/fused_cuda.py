@@ -54,10 +54,10 @@ run the reference.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 import os
+import sys
 
 import numpy as np
 
@@ -67,15 +67,9 @@ enabled = os.environ.get("MINIVIT_FUSED", "1") != "0"
 """Whether ops on the GPU use these kernels (the default), or their reference code."""
 
 
-@contextlib.contextmanager
 def use_fused(on: bool):
     """Switch the fused kernels on or off inside a ``with`` block (tests compare the two)."""
-    global enabled
-    previous, enabled = enabled, bool(on)
-    try:
-        yield
-    finally:
-        enabled = previous
+    return backend.switched(sys.modules[__name__], "enabled", on)
 
 
 def applies(*arrays) -> bool:
