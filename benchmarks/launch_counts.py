@@ -29,7 +29,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-MODELS = ["vit_tiny", "deit_tiny", "pvt_tiny", "pvt_v2_tiny", "swin_tiny", "cvt_tiny", "pit_tiny", "resnet_teacher"]
+MODELS = ["vit_tiny", "deit_tiny", "pvt_tiny", "pvt_v2_tiny", "swin_tiny", "cvt_tiny", "pit_tiny", "resnet_teacher",
+          "vit_nano", "mixer_tiny", "convmixer_tiny", "xcit_tiny", "mvitv2_tiny"]
 # aten ops that launch no kernel: views, metadata, allocation.
 NO_KERNEL = {"aten::view", "aten::reshape", "aten::_reshape_alias", "aten::as_strided", "aten::t", "aten::transpose",
              "aten::permute", "aten::expand", "aten::unsqueeze", "aten::squeeze", "aten::select", "aten::slice",
