@@ -1,11 +1,12 @@
 """A/B of the compiled CPU kernels (minivit/functional/fused_cpu.py: exact GELU, layer norm, the
-depthwise conv) against the NumPy code they sit beside, in one process, alternating rounds:
+depthwise conv, max pooling) against the NumPy code they sit beside, in one process, alternating rounds:
 
     python benchmarks/cpu_compiled_kernels.py --json benchmarks/cpu_compiled_kernels.json
 
 For each model, the median training step (forward, loss, backward, AdamW; batch 64, random data)
 with the kernels off (``fused_cpu.enabled = False``: the NumPy code) and on; and each kernel alone at
-the size it has in ``pvt_v2_tiny``'s first stage, forward and backward. The machine, its thread count
+the size it has in ``pvt_v2_tiny``'s first stage (max pooling: ``mvitv2_tiny``'s pooled shortcut),
+forward and backward. The machine, its thread count
 and the kernels' build are in the record.
 """
 from __future__ import annotations
@@ -26,7 +27,7 @@ from minivit.losses import cross_entropy
 from minivit.models import create_model
 from minivit.models.registry import parse_model_kwargs
 
-MODELS = ("pvt_v2_tiny", "cvt_tiny", "vit_nano", "swin_tiny:embed_dim=48")
+MODELS = ("pvt_v2_tiny", "cvt_tiny", "vit_nano", "swin_tiny:embed_dim=48", "mvitv2_tiny")
 
 
 def _training_step(spec, batch):
@@ -54,6 +55,8 @@ def _op_steps():
     m = Tensor(np.ascontiguousarray(rng.standard_normal((64, 16, 16, 256)).astype(np.float32)).transpose(0, 3, 1, 2),
                requires_grad=True)                                                             # tokens as a map
     k = Tensor(rng.standard_normal((256, 1, 3, 3)).astype(np.float32), requires_grad=True)
+    p = Tensor(np.ascontiguousarray(rng.standard_normal((64, 16, 16, 64)).astype(np.float32)).transpose(0, 3, 1, 2),
+               requires_grad=True)                                                             # a stage-1 map
     ones = {}
 
     def grad_of(shape):     # a map's gradient channels-last in memory, as it comes back through tokens
@@ -69,7 +72,8 @@ def _op_steps():
         return go
     return {"gelu (64, 256, 256)": run(F.gelu, h),
             "layer_norm (64, 256, 32)": run(lambda a, w, b: F.layer_norm(a, (32,), w, b), t, w, b),
-            "depthwise 3x3 (64, 256, 16, 16)": run(lambda a, k: F.conv2d(a, k, padding=1, groups=256), m, k)}
+            "depthwise 3x3 (64, 256, 16, 16)": run(lambda a, k: F.conv2d(a, k, padding=1, groups=256), m, k),
+            "max_pool 3x3 stride 2 (64, 64, 16, 16)": run(lambda a: F.max_pool2d(a, 3, 2, 1), p)}
 
 
 def _alternate(fn, rounds, steps):

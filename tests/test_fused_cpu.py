@@ -193,6 +193,55 @@ def test_depthwise_kernel_with_a_frozen_weight_keeps_no_input():
     assert x.grad.shape == x.shape and x.grad.dtype == np.float32 and w.grad is None
 
 
+# =========================================================================== max pooling
+POOL_CASES = [   # (N, C, H, W), max_pool2d's arguments
+    ((2, 5, 9, 8), dict(kernel_size=3, stride=2, padding=1)),             # MViTv2's pooled shortcut
+    ((2, 4, 7, 7), dict(kernel_size=2)),                                   # windows that tile
+    ((1, 3, 10, 9), dict(kernel_size=3, stride=1, padding=1, dilation=2)),
+    ((2, 3, 7, 8), dict(kernel_size=3, stride=2, padding=1, ceil_mode=True)),
+]
+
+
+@needs_kernels
+@pytest.mark.parametrize("case", POOL_CASES, ids=range(len(POOL_CASES)))
+@pytest.mark.parametrize("tokens", [True, False], ids=["channels-last", "nchw"])
+def test_max_pool_kernels_match_the_numpy_code(case, tokens):
+    """The same maxima and winners (ties, −inf and NaN included), bit for bit; gradients equal up to
+    the order in which overlapping windows add into one input."""
+    shape, kw = case
+    rng = np.random.default_rng(sum(shape))
+    x = rng.standard_normal(shape).astype(np.float32)
+    x[0, 0, 0, :3] = x[0, 0, 0, 0]                                          # a tie: the first one wins
+    x[0, 1, :2, :2] = -np.inf
+    x[-1, -1, 1, 1] = np.nan
+    if tokens:
+        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+
+    def pool(t):
+        return F.max_pool2d(t, **kw)
+    y0 = pool(Tensor(x))
+    g = rng.standard_normal(y0.shape)
+    with np.errstate(invalid="ignore"):
+        (y_on, (gx_on,), op_on), (y_off, (gx_off,), op_off) = (_run(pool, [x], g, fused=f) for f in (True, False))
+    assert op_on.compiled and not op_off.compiled
+    np.testing.assert_array_equal(y_on, y_off)
+    np.testing.assert_array_equal(op_on.arg, op_off.arg)
+    assert (y_on.transpose(0, 2, 3, 1) if tokens else y_on).flags.c_contiguous     # in x's layout
+    np.testing.assert_allclose(gx_on, gx_off, rtol=1e-6, atol=1e-6)
+    with fused_cpu.use_fused(True):
+        _, idx_on = F.max_pool2d(Tensor(x), return_indices=True, **kw)
+    with fused_cpu.use_fused(False):
+        _, idx_off = F.max_pool2d(Tensor(x), return_indices=True, **kw)
+    np.testing.assert_array_equal(idx_on.data, idx_off.data)
+
+
+@needs_kernels
+def test_max_pool_kernel_is_not_taken_where_the_batch_is_not_outermost():
+    x = np.random.default_rng(8).standard_normal((4, 3, 6, 6)).astype(np.float32).transpose(1, 0, 2, 3)
+    y = F.max_pool2d(Tensor(np.ascontiguousarray(x).transpose(1, 0, 2, 3), requires_grad=True), kernel_size=2)
+    assert y._ctx.compiled is False
+
+
 @needs_kernels
 def test_results_do_not_depend_on_the_thread_count():
     """Elementwise and per-row results are the same bits with 1 and 2 threads."""

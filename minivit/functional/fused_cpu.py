@@ -1,4 +1,5 @@
-"""Compiled CPU kernels beside the NumPy reference: exact GELU and layer norm, each one pass.
+"""Compiled CPU kernels beside the NumPy reference: exact GELU, layer norm, the depthwise conv and
+max pooling, each one pass.
 
 The CPU twin of :mod:`minivit.functional.fused_cuda`. A NumPy op is a pass over memory, and
 GELU's erf or a layer norm is a chain of them: at batch 64 on two cores they were a quarter of
@@ -10,21 +11,25 @@ is a loop in C that reads its input once:
   short polynomial (``mv_exp_neg``), so the compiler can vectorise the loop;
 * ``layer_norm_forward`` / ``layer_norm_backward``: a row at a time (mean, variance, normalise and
   scale; backward rebuilds x̂ from x and the row's mean and 1/σ, as the GPU kernels do), the
-  parameters' gradients as column sums, one share per thread.
+  parameters' gradients as column sums, one share per thread;
+* ``depthwise_conv_forward`` / ``_backward``: channels-last, the padding skipped rather than copied;
+* ``max_pool_forward`` / ``_backward``: in the input's own layout (NCHW or channels-last), the winning
+  tap kept as ``MaxPool2d`` keeps it.
 
 Float32 only; the work is split over ``backend.get_num_threads()`` threads (ctypes lets go of
 the GIL during the call). Each kernel is held equal to the NumPy code by
 ``tests/test_fused_cpu.py``.
 
 Building. The C source below is compiled once per machine with the system C compiler (``$CC``,
-else ``cc``), ``-O3`` and no ``-march``, so the library runs on any CPU of the architecture, into
+else ``cc``), ``-O3`` and no ``-march``, so the library runs on any CPU of the architecture (with GCC on
+x86-64 Linux each kernel is also built for AVX2, and the loader picks the one the CPU runs), into
 ``$MINIVIT_CACHE`` (default ``~/.cache/minivit``), named by a hash of the source and flags. With no
 compiler, or when the build fails, ``available()`` is False, ``status()`` says why, and the ops run
 their NumPy code (`python -m minivit.bench` prints which).
 
 Switches. ``MINIVIT_FUSED_CPU=0`` in the environment (read at import), or ``fused_cpu.enabled =
 False`` (``with fused_cpu.use_fused(False):``) at run time; per op, the ``fast_path`` attribute of
-GELU and LayerNorm turns off this and the GPU's kernels together.
+GELU and LayerNorm and ``Conv2d.depthwise_fast_path`` turn off this and the GPU's kernels together.
 """
 from __future__ import annotations
 
@@ -253,6 +258,65 @@ void mv_depthwise_backward(const float *restrict g, const float *restrict x, con
                 }
             }
 }
+
+/* Max pooling over (dilated) windows, any memory layout: x (n, C, H, W) read through its element
+   strides xs[4], y and arg (n, C, Ho, Wo) written through ys[4]; the loop over channels is innermost
+   (stride 1 for channels-last memory, where it vectorises). Taps outside x are the −inf padding: the
+   first tap starts the max (−inf when it is padding), a later one wins only when strictly greater, so
+   the first maximum in window order wins, as in PyTorch; arg is the winning tap's index i·kw + j. */
+MV_CLONES
+void mv_max_pool_forward(const float *restrict x, float *restrict y, int32_t *restrict arg, int64_t n,
+                         int64_t C, int64_t H, int64_t W, int64_t Ho, int64_t Wo, const int64_t *xs,
+                         const int64_t *ys, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph,
+                         int64_t pw, int64_t dh, int64_t dw) {
+    for (int64_t m = 0; m < n; m++)
+        for (int64_t ho = 0; ho < Ho; ho++)
+            for (int64_t wo = 0; wo < Wo; wo++) {
+                float *yr = y + m * ys[0] + ho * ys[2] + wo * ys[3];
+                int32_t *ar = arg + m * ys[0] + ho * ys[2] + wo * ys[3];
+                for (int64_t c = 0; c < C; c++) { yr[c * ys[1]] = -INFINITY; ar[c * ys[1]] = 0; }
+                for (int64_t i = 0; i < kh; i++) {
+                    int64_t hi = ho * sh - ph + i * dh;
+                    if (hi < 0 || hi >= H) continue;
+                    for (int64_t j = 0; j < kw; j++) {
+                        int64_t wi = wo * sw - pw + j * dw;
+                        if (wi < 0 || wi >= W) continue;
+                        const float *xr = x + m * xs[0] + hi * xs[2] + wi * xs[3];
+                        int32_t t = (int32_t)(i * kw + j);
+                        if (t == 0) {
+                            for (int64_t c = 0; c < C; c++) yr[c * ys[1]] = xr[c * xs[1]];
+                        } else {
+                            for (int64_t c = 0; c < C; c++) {
+                                float v = xr[c * xs[1]];
+                                int better = v > yr[c * ys[1]];
+                                yr[c * ys[1]] = better ? v : yr[c * ys[1]];
+                                ar[c * ys[1]] = better ? t : ar[c * ys[1]];
+                            }
+                        }
+                    }
+                }
+            }
+}
+
+/* Its backward: each output's gradient g (read through ys) added onto the input position of its winning
+   tap in gx (zeroed first; written through xs); a window that lay wholly in the padding sends nothing. */
+MV_CLONES
+void mv_max_pool_backward(const float *restrict g, const int32_t *restrict arg, float *restrict gx,
+                          int64_t n, int64_t C, int64_t H, int64_t W, int64_t Ho, int64_t Wo,
+                          const int64_t *xs, const int64_t *ys, int64_t gx_size, int64_t kh, int64_t kw,
+                          int64_t sh, int64_t sw, int64_t ph, int64_t pw, int64_t dh, int64_t dw) {
+    memset(gx, 0, (size_t)gx_size * sizeof(float));
+    for (int64_t m = 0; m < n; m++)
+        for (int64_t ho = 0; ho < Ho; ho++)
+            for (int64_t wo = 0; wo < Wo; wo++)
+                for (int64_t c = 0; c < C; c++) {
+                    int64_t at = m * ys[0] + c * ys[1] + ho * ys[2] + wo * ys[3];
+                    int32_t t = arg[at];
+                    int64_t hi = ho * sh - ph + (t / kw) * dh, wi = wo * sw - pw + (t % kw) * dw;
+                    if (hi < 0 || hi >= H || wi < 0 || wi >= W) continue;
+                    gx[m * xs[0] + c * xs[1] + hi * xs[2] + wi * xs[3]] += g[at];
+                }
+}
 """
 
 # Not -ffast-math: NaN and inf go through as in NumPy, and no sum is reordered behind our back.
@@ -296,8 +360,11 @@ def _library():
     lib.mv_layer_norm_backward.argtypes = [P] * 10 + [I, I]
     lib.mv_depthwise_forward.argtypes = [P] * 4 + [I] * 14
     lib.mv_depthwise_backward.argtypes = [P] * 6 + [I] * 14
+    lib.mv_max_pool_forward.argtypes = [P] * 3 + [I] * 6 + [P, P] + [I] * 8
+    lib.mv_max_pool_backward.argtypes = [P] * 3 + [I] * 6 + [P, P] + [I] * 9
     for f in (lib.mv_gelu_forward, lib.mv_layer_norm_forward, lib.mv_layer_norm_backward,
-              lib.mv_depthwise_forward, lib.mv_depthwise_backward):
+              lib.mv_depthwise_forward, lib.mv_depthwise_backward, lib.mv_max_pool_forward,
+              lib.mv_max_pool_backward):
         f.restype = None
     _build["status"] = f"on ({path})"
     return lib
@@ -428,3 +495,46 @@ def depthwise_conv_backward(g_cl, x_cl, x_shape, taps, stride, dilation, pads, n
     gw = functools.reduce(np.add, [s[0] for s in shares]) if need_w else None
     gb = functools.reduce(np.add, [s[1] for s in shares]) if need_b else None
     return gx, gw, gb
+
+
+def _elem_strides(a):
+    return np.array([st // a.itemsize for st in a.strides], dtype=np.int64)
+
+
+def pool_layout_fits(x) -> bool:
+    """max_pool_forward takes x: (n, C, H, W), dense with the batch axis outermost in memory (NCHW or
+    channels-last), so that a piece of the batch is a piece of memory."""
+    return x.ndim == 4 and applies(x, any_layout=True) and _memory_order(x)[0] == 0
+
+
+def max_pool_forward(x, out_hw, k, s, p, d):
+    """(y, arg) of a max pooling of x (``pool_layout_fits``); both come out in x's axis order, arg (int32)
+    the winning tap i·kw + j of each output, as MaxPool2d keeps it."""
+    lib = _library()
+    n, C, H, W = x.shape
+    order = _memory_order(x)
+    shape = (n, C) + tuple(out_hw)
+    y = np.empty(tuple(shape[i] for i in order), np.float32).transpose(np.argsort(order))   # x's axis order
+    arg = np.empty_like(y, dtype=np.int32)                 # y's layout (4-byte elements: the same strides)
+    xs, ys = _elem_strides(x), _elem_strides(y)
+    geo = (*k, *s, *p, *d)
+    backend.parallel_pieces(n, lambda lo, hi: lib.mv_max_pool_forward(
+        _ptr(x[lo:]), _ptr(y[lo:]), _ptr(arg[lo:]), hi - lo, C, H, W, *out_hw, _ptr(xs), _ptr(ys), *geo))
+    return y, arg
+
+
+def max_pool_backward(g, arg, x_shape, x_order, k, s, p, d):
+    """∂x (n, C, H, W) in the axis order ``x_order`` of the forward's input, from g (its output's shape,
+    any strides) and arg."""
+    lib = _library()
+    n, C, H, W = x_shape
+    if g.dtype != np.float32 or not (_elem_strides(g) == _elem_strides(arg)).all():
+        g_in, g = g, np.empty_like(arg, dtype=np.float32)   # read g in arg's layout: both through ys
+        g[...] = g_in
+    gx = np.empty(tuple(x_shape[i] for i in x_order), np.float32).transpose(np.argsort(x_order))
+    xs, ys = _elem_strides(gx), _elem_strides(arg)
+    geo = (*k, *s, *p, *d)
+    backend.parallel_pieces(n, lambda lo, hi: lib.mv_max_pool_backward(
+        _ptr(g[lo:]), _ptr(arg[lo:]), _ptr(gx[lo:]), hi - lo, C, H, W, *arg.shape[2:], _ptr(xs), _ptr(ys),
+        (hi - lo) * C * H * W, *geo))
+    return gx
