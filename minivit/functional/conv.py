@@ -415,7 +415,6 @@ class Conv2d(Function):
         gb = xp.ones(N * Ho * Wo, dtype=g.dtype) @ g.reshape(-1, C) if self.needs_grad[2] else None
         return gx, gw, gb
 
-
     def _depthwise_compiled_forward(self, x, w, b):
         """The same conv by fused_cpu's C loops: channels-last, the padding skipped, not copied."""
         N, C, H, W = x.shape
@@ -741,7 +740,7 @@ class MaxPool2d(Function):
         self.compiled = fused_cpu.pool_layout_fits(x)
         if self.compiled:               # float32 on the CPU: one C loop each way, in x's layout, no padded copy
             y, self.arg = fused_cpu.max_pool_forward(x, (Ho, Wo), self.k, self.s, self.p, self.d)
-            self.x_shape, self.x_order = x.shape, fused_cpu._memory_order(x)
+            self.x_shape = x.shape
             return y
         self.pads = (ph, max(0, (Ho - 1) * sh + dh * (kh - 1) + 1 - H - ph),
                      pw, max(0, (Wo - 1) * sw + dw * (kw - 1) + 1 - W - pw))
@@ -762,8 +761,7 @@ class MaxPool2d(Function):
 
     def backward(self, gy):
         if self.compiled:
-            return fused_cpu.max_pool_backward(gy, self.arg, self.x_shape, self.x_order, self.k, self.s,
-                                               self.p, self.d)
+            return fused_cpu.max_pool_backward(gy, self.arg, self.x_shape, self.k, self.s, self.p, self.d)
         xp = get_array_module(gy)
         (kh, kw), (sh, sw), (dh, dw) = self.k, self.s, self.d
         Ho, Wo = gy.shape[-2:]

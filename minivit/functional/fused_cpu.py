@@ -523,15 +523,16 @@ def max_pool_forward(x, out_hw, k, s, p, d):
     return y, arg
 
 
-def max_pool_backward(g, arg, x_shape, x_order, k, s, p, d):
-    """∂x (n, C, H, W) in the axis order ``x_order`` of the forward's input, from g (its output's shape,
-    any strides) and arg."""
+def max_pool_backward(g, arg, x_shape, k, s, p, d):
+    """∂x (n, C, H, W) from g (the output's shape, any strides) and arg; ∂x comes out in arg's axis order,
+    which is the forward's input's."""
     lib = _library()
     n, C, H, W = x_shape
     if g.dtype != np.float32 or not (_elem_strides(g) == _elem_strides(arg)).all():
         g_in, g = g, np.empty_like(arg, dtype=np.float32)   # read g in arg's layout: both through ys
         g[...] = g_in
-    gx = np.empty(tuple(x_shape[i] for i in x_order), np.float32).transpose(np.argsort(x_order))
+    order = _memory_order(arg)
+    gx = np.empty(tuple(x_shape[i] for i in order), np.float32).transpose(np.argsort(order))
     xs, ys = _elem_strides(gx), _elem_strides(arg)
     geo = (*k, *s, *p, *d)
     backend.parallel_pieces(n, lambda lo, hi: lib.mv_max_pool_backward(
